@@ -1,0 +1,138 @@
+"""Checkpoint layout, validation, rotation and atomic output files.
+
+Layout (the reference's): ``output_dir/checkpoint-N/adapter_model/{adapter_config.json,
+adapter_model.safetensors}`` beside the Trainer's optimizer, scheduler, RNG and state files, and
+``output_dir/completed`` once training has finished.
+
+A checkpoint is trusted only once it holds the ``checkpoint_complete`` marker, written last, after
+every other file is on disk. A run killed while saving leaves a checkpoint without it, which resume
+skips. Old checkpoints are deleted only after the new one is complete.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+
+from transformers import Seq2SeqTrainer
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter_model"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+COMPLETE_MARKER = "checkpoint_complete"
+RUN_COMPLETED_MARKER = "completed"
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def fsync_directory(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_text_atomic(path, text):
+    """Write via a temporary file in the same directory and rename: readers see all or nothing."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    fsync_directory(directory)
+
+
+def write_json_atomic(path, data):
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_jsonl_atomic(path, rows):
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def checkpoint_step(path):
+    match = CHECKPOINT_PATTERN.match(os.path.basename(os.path.normpath(path)))
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(output_dir):
+    """checkpoint-N directories of output_dir, newest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [os.path.join(output_dir, name) for name in os.listdir(output_dir)
+             if checkpoint_step(name) is not None and os.path.isdir(os.path.join(output_dir, name))]
+    return sorted(found, key=checkpoint_step, reverse=True)
+
+
+def is_complete(checkpoint_dir):
+    return os.path.isfile(os.path.join(checkpoint_dir, COMPLETE_MARKER))
+
+
+def find_resume_checkpoint(output_dir):
+    """(newest complete checkpoint or None, whether the run already completed).
+
+    A checkpoint without its marker was torn by a crash during saving: skip it with a warning.
+    """
+    completed = os.path.isfile(os.path.join(output_dir, RUN_COMPLETED_MARKER))
+    for checkpoint in list_checkpoints(output_dir):
+        if is_complete(checkpoint):
+            return checkpoint, completed
+        logger.warning("%s is incomplete (the run stopped while saving it); skipping it", checkpoint)
+    return None, completed
+
+
+def finalize_checkpoint(checkpoint_dir):
+    """Move the adapter into adapter_model/ (reference layout) and mark the checkpoint complete."""
+    adapter_dir = os.path.join(checkpoint_dir, ADAPTER_DIR)
+    present = [name for name in ADAPTER_FILES if os.path.isfile(os.path.join(checkpoint_dir, name))]
+    if present:
+        os.makedirs(adapter_dir, exist_ok=True)
+        for name in present:
+            os.replace(os.path.join(checkpoint_dir, name), os.path.join(adapter_dir, name))
+        fsync_directory(adapter_dir)
+    for name in os.listdir(checkpoint_dir):
+        path = os.path.join(checkpoint_dir, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as stream:
+                os.fsync(stream.fileno())
+    write_text_atomic(os.path.join(checkpoint_dir, COMPLETE_MARKER), "")
+
+
+def rotate_checkpoints(output_dir, keep):
+    """Delete the oldest checkpoints beyond `keep`, never the newest complete one."""
+    if not keep:
+        return
+    complete = [path for path in list_checkpoints(output_dir) if is_complete(path)]
+    for path in complete[max(keep, 1):]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def mark_run_completed(output_dir):
+    write_text_atomic(os.path.join(output_dir, RUN_COMPLETED_MARKER), "")
+
+
+class QLoRATrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer that resumes an adapter from the reference layout (checkpoint-N/adapter_model).
+
+    The stock Trainer would load that folder as a second, frozen adapter named 'adapter_model'
+    and leave the trained one at its initial weights.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = self.model if model is None else model
+        adapter_dir = os.path.join(resume_from_checkpoint, ADAPTER_DIR)
+        if os.path.isdir(adapter_dir) and hasattr(model, "load_adapter"):
+            model.load_adapter(adapter_dir, model.active_adapter, is_trainable=True)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -1,0 +1,204 @@
+"""Command-line arguments of qlora.py, with the QLoRA reference's names and defaults.
+
+Four dataclasses, parsed by HfArgumentParser from flags or from one .yaml/.json file. Flags of
+the 2023 stack that transformers 5 renamed or removed are kept as aliases (``--evaluation_strategy``,
+``--group_by_length``, ``--use_auth_token``) so that old command lines keep working. Parsing is
+strict: a misspelt flag is an error (the reference silently ignored unknown flags).
+"""
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import transformers
+from transformers import HfArgumentParser
+
+BITS_CHOICES = (4, 8, 16, 32)
+QUANT_TYPES = ("nf4", "fp4")
+ADAPTER_MODULES_ALL = "all"
+
+
+class ArgumentError(ValueError):
+    """A bad flag value or combination; qlora.py prints it as one line and exits with 2."""
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="EleutherAI/pythia-12b",
+        metadata={"help": "Hub id or local directory of the base model."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run modelling code shipped with the checkpoint. Off unless you trust it."},
+    )
+    use_auth_token: bool = field(
+        default=False,
+        metadata={"help": "Send the stored hub token (HF_TOKEN / `hf auth login`) to load gated models."},
+    )
+
+
+@dataclass
+class DataArguments:
+    eval_dataset_size: int = field(
+        default=1024, metadata={"help": "Rows split off for evaluation when the dataset has no eval split."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training rows (debugging, quick runs)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N evaluation rows."}
+    )
+    source_max_len: int = field(default=1024, metadata={"help": "Tokens kept of each source (prompt)."})
+    target_max_len: int = field(default=256, metadata={"help": "Tokens kept of each target (response)."})
+    dataset: str = field(
+        default="alpaca",
+        metadata={"help": "Built-in name (alpaca, alpaca-clean, chip2, self-instruct, hh-rlhf, longform, "
+                          "oasst1) or a local .json/.jsonl/.csv/.tsv file."},
+    )
+    dataset_format: str | None = field(
+        default=None,
+        metadata={"help": "alpaca | chip2 | self-instruct | hh-rlhf | oasst1 | input-output. Defaults to "
+                          "the built-in dataset's own format, or input-output for local files."},
+    )
+
+
+@dataclass
+class TrainingArguments(transformers.Seq2SeqTrainingArguments):
+    cache_dir: str | None = field(default=None, metadata={"help": "Hub download cache for models and data."})
+    train_on_source: bool = field(
+        default=False, metadata={"help": "Also compute the loss on the source (prompt) tokens."}
+    )
+    mmlu_split: str = field(default="eval", metadata={"help": "MMLU split to evaluate: eval or test."})
+    mmlu_dataset: str = field(
+        default="mmlu-fs", metadata={"help": "mmlu-zs (zero-shot) or mmlu-fs / mmlu (five-shot)."}
+    )
+    mmlu_data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Directory with the MMLU prompt files (zero_shot_mmlu_val.json, ...). "
+                          "Build them with scripts/build_mmlu_data.py."},
+    )
+    do_mmlu_eval: bool = field(default=False, metadata={"help": "Run MMLU at every evaluation."})
+    max_mmlu_samples: int | None = field(default=None, metadata={"help": "Evaluate only N MMLU questions."})
+    mmlu_source_max_len: int = field(default=2048, metadata={"help": "Tokens kept of each MMLU prompt."})
+    full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of LoRA."})
+    adam8bit: bool = field(default=False, metadata={"help": "Use bitsandbytes' 8-bit Adam."})
+    double_quant: bool = field(
+        default=True, metadata={"help": "Quantize the quantization constants too (QLoRA double quant)."}
+    )
+    quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 or fp4."})
+    bits: int = field(default=4, metadata={"help": "Base weight precision: 4, 8, 16 or 32."})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_modules: str = field(
+        default=ADAPTER_MODULES_ALL,
+        metadata={"help": "'all' for every linear layer but the output head, or a comma list of names."},
+    )
+    max_memory_MB: int = field(default=80000, metadata={"help": "Memory budget per GPU for device_map."})
+    report_to: str = field(default="none", metadata={"help": "Loggers: none, tensorboard, wandb, ..."})
+    output_dir: str = field(default="./output", metadata={"help": "Where checkpoints and outputs go."})
+    optim: str = field(default="paged_adamw_32bit", metadata={"help": "Optimizer."})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Micro-batch per device."})
+    gradient_accumulation_steps: int = field(default=16, metadata={"help": "Micro-batches per step."})
+    max_steps: int = field(default=10000, metadata={"help": "Optimizer steps to train."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    learning_rate: float = field(default=0.0002, metadata={"help": "Peak learning rate."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns for the collator."})
+    max_grad_norm: float = field(default=0.3, metadata={"help": "Gradient clipping norm."})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations."})
+    do_train: bool = field(default=True, metadata={"help": "Train."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning rate schedule."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps for warmup."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    group_by_length: bool = field(
+        default=True,
+        metadata={"help": "Batch rows of similar length together (transformers 5: train_sampling_strategy)."},
+    )
+    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint."})
+    save_steps: int = field(default=250, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=40, metadata={"help": "Checkpoints kept."})
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "Old name of --eval_strategy, still accepted."}
+    )
+    use_cache: bool = field(
+        default=True,
+        metadata={"help": "Use the KV cache when generating (reference generation flag); training "
+                          "always runs without it."},
+    )
+
+    def __post_init__(self):
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.group_by_length:
+            self.train_sampling_strategy = "group_by_length"
+        self.generation_use_cache = self.use_cache
+        self.use_cache = False
+        if self.do_predict:  # predictions.jsonl holds generated answers
+            self.predict_with_generate = True
+        # transformers 5 renamed gradient checkpointing; keep the reference's flag name.
+        if self.gradient_checkpointing:
+            self.activation_checkpointing = True
+            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs or {"use_reentrant": False}
+            self.gradient_checkpointing, self.gradient_checkpointing_kwargs = False, None
+        super().__post_init__()
+
+
+@dataclass
+class GenerationArguments:
+    """Decoding settings for --predict_with_generate, as in the reference (use_cache is above)."""
+
+    max_new_tokens: int | None = field(default=256, metadata={"help": "Longest generated answer."})
+    min_new_tokens: int | None = field(default=None, metadata={"help": "Shortest generated answer."})
+    do_sample: bool | None = field(default=False, metadata={"help": "Sample instead of greedy search."})
+    num_beams: int | None = field(default=1, metadata={"help": "Beam search width."})
+    num_beam_groups: int | None = field(default=1, metadata={"help": "Diverse beam search groups."})
+    penalty_alpha: float | None = field(default=None, metadata={"help": "Contrastive search alpha."})
+    temperature: float | None = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_k: int | None = field(default=50, metadata={"help": "Sample from the k likeliest tokens."})
+    top_p: float | None = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    typical_p: float | None = field(default=1.0, metadata={"help": "Typical decoding mass."})
+    diversity_penalty: float | None = field(default=0.0, metadata={"help": "Diverse beam penalty."})
+    repetition_penalty: float | None = field(default=1.0, metadata={"help": "Penalty on repeated tokens."})
+    length_penalty: float | None = field(default=1.0, metadata={"help": "Beam length penalty."})
+    no_repeat_ngram_size: int | None = field(default=0, metadata={"help": "Forbid repeating n-grams."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments, GenerationArguments)
+
+
+def validate_arguments(model_args, data_args, training_args):
+    """Reject bad values and combinations before anything slow is loaded."""
+    if training_args.bits not in BITS_CHOICES:
+        raise ArgumentError(f"--bits must be one of {BITS_CHOICES}, got {training_args.bits}")
+    if training_args.quant_type not in QUANT_TYPES:
+        raise ArgumentError(f"--quant_type must be one of {QUANT_TYPES}, got {training_args.quant_type!r}")
+    if training_args.full_finetune and training_args.bits in (4, 8):
+        raise ArgumentError("--full_finetune trains 16/32-bit weights: pass --bits 16 or --bits 32")
+    if training_args.bf16 and training_args.fp16:
+        raise ArgumentError("--bf16 and --fp16 exclude each other")
+    if training_args.mmlu_dataset not in ("mmlu-zs", "mmlu-fs", "mmlu"):
+        raise ArgumentError(f"--mmlu_dataset must be mmlu-zs, mmlu-fs or mmlu, got {training_args.mmlu_dataset!r}")
+    if training_args.mmlu_split not in ("eval", "test"):
+        raise ArgumentError(f"--mmlu_split must be eval or test, got {training_args.mmlu_split!r}")
+    model_path = model_args.model_name_or_path
+    if model_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(model_path)):
+        raise ArgumentError(f"--model_name_or_path {model_path}: no such directory")
+
+
+def parse_arguments(argv=None):
+    """Parse flags (or a single .yaml/.json config file) into the four argument dataclasses."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        parsed = parser.parse_yaml_file(os.path.abspath(argv[0]))
+    elif len(argv) == 1 and argv[0].endswith(".json"):
+        parsed = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        try:
+            parsed = parser.parse_args_into_dataclasses(args=argv)
+        except ValueError as error:  # unknown flags
+            raise ArgumentError(str(error)) from error
+    model_args, data_args, training_args, generation_args = parsed
+    validate_arguments(model_args, data_args, training_args)
+    return model_args, data_args, training_args, generation_args

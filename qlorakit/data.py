@@ -1,0 +1,270 @@
+"""Datasets: the built-in registry, row formats, tokenization and the collator.
+
+Every dataset is reduced to rows of ``{"input", "output"}`` text: the model learns to write the
+output after the input. Rows are tokenized once, up front (cached by datasets), so a training
+step only pads; the reference tokenized every micro-batch again inside its collator.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from datasets import DatasetDict, load_dataset
+
+IGNORE_INDEX = -100
+LOCAL_EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}
+
+# Our own wording of the instruction/input/response layout used by Alpaca-style data.
+ALPACA_TEMPLATE_WITH_INPUT = (
+    "Complete the task described by the instruction, using the input as context.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response: "
+)
+ALPACA_TEMPLATE_NO_INPUT = (
+    "Complete the task described by the instruction.\n\n### Instruction:\n{instruction}\n\n### Response: "
+)
+
+
+class DataError(ValueError):
+    """Bad data or data flags; qlora.py prints it as one line and exits with 2."""
+
+
+def format_alpaca(row):
+    template = ALPACA_TEMPLATE_WITH_INPUT if row.get("input") else ALPACA_TEMPLATE_NO_INPUT
+    return {"input": template.format(instruction=row["instruction"], input=row.get("input", "")),
+            "output": row["output"]}
+
+
+def format_chip2(row):
+    human, _, bot = row["text"].partition("\n<bot>: ")
+    return {"input": human.replace("<human>: ", ""), "output": bot}
+
+
+def format_self_instruct(row):
+    return {"input": row["prompt"], "output": row["completion"]}
+
+
+def format_hh_rlhf(row):
+    return {"input": "", "output": row["chosen"]}
+
+
+def format_oasst1(row):
+    return {"input": "", "output": row["text"]}
+
+
+def format_input_output(row):
+    return {"input": row["input"], "output": row["output"]}
+
+
+FORMATS = {
+    "alpaca": (format_alpaca, ("instruction", "output")),
+    "chip2": (format_chip2, ("text",)),
+    "self-instruct": (format_self_instruct, ("prompt", "completion")),
+    "hh-rlhf": (format_hh_rlhf, ("chosen",)),
+    "oasst1": (format_oasst1, ("text",)),
+    "input-output": (format_input_output, ("input", "output")),
+}
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    path: str
+    format: str
+    name: str | None = None
+    data_files: str | None = None
+
+
+# The hub datasets the reference trains on, with the formats it applies to them.
+HUB_DATASETS = {
+    "alpaca": HubDataset("tatsu-lab/alpaca", "alpaca"),
+    "alpaca-clean": HubDataset("yahma/alpaca-cleaned", "alpaca"),
+    "chip2": HubDataset("laion/OIG", "chip2", data_files="unified_chip2.jsonl"),
+    "self-instruct": HubDataset("yizhongw/self_instruct", "self-instruct", name="self_instruct"),
+    "hh-rlhf": HubDataset("Anthropic/hh-rlhf", "hh-rlhf"),
+    "longform": HubDataset("akoksal/LongForm", "input-output"),
+    "oasst1": HubDataset("timdettmers/openassistant-guanaco", "oasst1"),
+}
+
+
+def is_local_dataset(name):
+    return os.path.splitext(name)[1].lower() in LOCAL_EXTENSIONS or os.path.exists(name)
+
+
+def resolve_format(dataset, dataset_format):
+    """The format to apply: the flag if given, else the built-in dataset's, else input-output."""
+    if dataset_format is not None:
+        if dataset_format not in FORMATS:
+            raise DataError(f"unknown --dataset_format {dataset_format!r}; known: {', '.join(FORMATS)}")
+        return dataset_format
+    if dataset in HUB_DATASETS:
+        return HUB_DATASETS[dataset].format
+    return "input-output"
+
+
+def check_dataset_name(dataset):
+    """Fail fast on a dataset that is neither built in nor a readable local file."""
+    if dataset in HUB_DATASETS:
+        return
+    extension = os.path.splitext(dataset)[1].lower()
+    if extension and extension not in LOCAL_EXTENSIONS:
+        raise DataError(f"{dataset}: unsupported file type {extension!r}; use one of {', '.join(LOCAL_EXTENSIONS)}")
+    if extension and not os.path.isfile(dataset):
+        raise DataError(f"{dataset}: no such file")
+    if not extension:
+        raise DataError(f"unknown dataset {dataset!r}; built-in: {', '.join(HUB_DATASETS)}, "
+                        f"or a local {'/'.join(LOCAL_EXTENSIONS)} file")
+
+
+def find_json_error(path):
+    """The first line of a JSON or JSON-lines file that does not parse, as 'path:line: reason'."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as whole_error:
+        if text.lstrip().startswith("["):
+            return f"{path}:{whole_error.lineno}: invalid JSON ({whole_error.msg})"
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"{path}:{number}: invalid JSON ({error.msg})"
+    return None
+
+
+def load_local_dataset(path):
+    extension = os.path.splitext(path)[1].lower()
+    builder = LOCAL_EXTENSIONS[extension]
+    kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
+    try:
+        return load_dataset(builder, data_files={"train": path}, **kwargs)
+    except Exception as error:
+        reason = find_json_error(path) if builder == "json" else None
+        raise DataError(reason or f"{path}: could not be read ({error})") from error
+
+
+def load_hub_dataset(entry, cache_dir=None):
+    try:
+        return load_dataset(entry.path, name=entry.name, data_files=entry.data_files, cache_dir=cache_dir)
+    except (ConnectionError, OSError) as error:
+        raise DataError(f"could not load {entry.path} from the hub ({type(error).__name__}); "
+                        "pass a local file with --dataset to work offline") from error
+
+
+def load_raw_dataset(dataset, cache_dir=None):
+    check_dataset_name(dataset)
+    if dataset in HUB_DATASETS:
+        return load_hub_dataset(HUB_DATASETS[dataset], cache_dir)
+    return load_local_dataset(dataset)
+
+
+def apply_format(dataset_dict, format_name, source):
+    """Turn every split into input/output rows; a row missing a needed field is named."""
+    formatter, required = FORMATS[format_name]
+    for split, split_data in dataset_dict.items():
+        missing = [name for name in required if name not in split_data.column_names]
+        if missing:
+            raise DataError(f"{source}: rows lack the field {missing[0]!r} that --dataset_format {format_name} "
+                            f"needs (columns: {', '.join(split_data.column_names)})")
+        for index, row in enumerate(split_data.select_columns(list(required))):
+            empty = [name for name in required if row[name] is None]
+            if empty:
+                raise DataError(f"{source}: row {index + 1} of split {split!r} has no value for {empty[0]!r}")
+    return DatasetDict({
+        split: split_data.map(formatter, remove_columns=[c for c in split_data.column_names
+                                                         if c not in ("input", "output")])
+        for split, split_data in dataset_dict.items()
+    })
+
+
+def tokenize_rows(batch, tokenizer, source_max_len, target_max_len):
+    """bos + source and target + eos, each truncated to its own budget (the reference's recipe)."""
+    sources = [f"{tokenizer.bos_token}{text}" for text in batch["input"]]
+    targets = [f"{text}{tokenizer.eos_token}" for text in batch["output"]]
+    source_ids = tokenizer(sources, max_length=source_max_len, truncation=True, add_special_tokens=False)
+    target_ids = tokenizer(targets, max_length=target_max_len, truncation=True, add_special_tokens=False)
+    return {
+        "source_ids": source_ids["input_ids"],
+        "target_ids": target_ids["input_ids"],
+        "length": [len(s) + len(t) for s, t in zip(source_ids["input_ids"], target_ids["input_ids"])],
+    }
+
+
+def tokenize_dataset(dataset, tokenizer, source_max_len, target_max_len):
+    return dataset.map(
+        tokenize_rows,
+        batched=True,
+        fn_kwargs={"tokenizer": tokenizer, "source_max_len": source_max_len, "target_max_len": target_max_len},
+        desc="Tokenizing",
+    )
+
+
+def split_train_eval(dataset_dict, data_args, training_args):
+    """Train and eval splits as the reference picks them: an 'eval' split, or a seeded hold-out."""
+    train, evaluation = dataset_dict["train"], None
+    if training_args.do_eval or training_args.do_predict:
+        if "eval" in dataset_dict:
+            evaluation = dataset_dict["eval"]
+        else:
+            if data_args.eval_dataset_size >= len(train):
+                raise DataError(f"--eval_dataset_size {data_args.eval_dataset_size} leaves no training rows "
+                                f"out of {len(train)}")
+            held_out = train.train_test_split(test_size=data_args.eval_dataset_size, shuffle=True, seed=42)
+            train, evaluation = held_out["train"], held_out["test"]
+        if data_args.max_eval_samples is not None and len(evaluation) > data_args.max_eval_samples:
+            evaluation = evaluation.select(range(data_args.max_eval_samples))
+    if data_args.max_train_samples is not None and len(train) > data_args.max_train_samples:
+        train = train.select(range(data_args.max_train_samples))
+    return train, evaluation
+
+
+def build_datasets(data_args, training_args, tokenizer):
+    """Tokenized train and eval datasets (eval is None unless evaluating or predicting)."""
+    raw = load_raw_dataset(data_args.dataset, training_args.cache_dir)
+    format_name = resolve_format(data_args.dataset, data_args.dataset_format)
+    formatted = apply_format(raw, format_name, data_args.dataset)
+    train, evaluation = split_train_eval(formatted, data_args, training_args)
+    tokenize = lambda ds: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len)
+    return tokenize(train), (tokenize(evaluation) if evaluation is not None else None)
+
+
+def pad_rows(rows, value, left=False):
+    width = max(len(row) for row in rows)
+    padded = [([value] * (width - len(row)) + row) if left else (row + [value] * (width - len(row))) for row in rows]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+@dataclass
+class CausalLMCollator:
+    """Pads pre-tokenized rows into a batch.
+
+    Training: source + target, padded on the right, labels -100 on the source (unless
+    train_on_source) and on padding. Generation: the source alone, padded on the left so that
+    every row's prompt ends where generation starts.
+    """
+
+    pad_token_id: int
+    train_on_source: bool = False
+    for_generation: bool = False
+
+    def __call__(self, features):
+        if self.for_generation:
+            input_ids = pad_rows([f["source_ids"] for f in features], self.pad_token_id, left=True)
+            lengths = [len(f["source_ids"]) for f in features]
+            mask = torch.zeros_like(input_ids)
+            for row, length in enumerate(lengths):
+                mask[row, input_ids.shape[1] - length:] = 1
+            return {"input_ids": input_ids, "attention_mask": mask}
+        ids = [f["source_ids"] + f["target_ids"] for f in features]
+        labels = [
+            (f["source_ids"] if self.train_on_source else [IGNORE_INDEX] * len(f["source_ids"])) + f["target_ids"]
+            for f in features
+        ]
+        input_ids = pad_rows(ids, self.pad_token_id)
+        mask = torch.zeros_like(input_ids)
+        for row, sequence in enumerate(ids):
+            mask[row, : len(sequence)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": pad_rows(labels, IGNORE_INDEX)}

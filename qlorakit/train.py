@@ -1,0 +1,118 @@
+"""The qlora.py recipe: set up tokenizer, data and model, then train, evaluate and predict."""
+
+import logging
+import os
+
+import numpy as np
+import transformers
+from transformers import GenerationConfig, set_seed
+
+from . import checkpoints
+from .callbacks import CheckpointCallback, MMLUEvalCallback
+from .data import CausalLMCollator, build_datasets
+from .mmlu import load_mmlu
+from .model import describe_parameters, hub_kwargs, load_model, load_tokenizer, world_size
+
+logger = logging.getLogger(__name__)
+
+
+def build_generation_config(generation_args, training_args):
+    values = {k: v for k, v in vars(generation_args).items() if v is not None}
+    return GenerationConfig(**values, use_cache=training_args.generation_use_cache)
+
+
+def setup_logging(training_args):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    level = training_args.get_process_log_level()
+    transformers.utils.logging.set_verbosity(level)
+    logging.getLogger("qlorakit").setLevel(level)
+
+
+def setup_trainer(model_args, data_args, training_args, generation_args):
+    """Everything before training, cheapest first so that bad input fails in seconds."""
+    tokenizer = load_tokenizer(model_args.model_name_or_path, **hub_kwargs(model_args, training_args.cache_dir))
+    train_dataset, eval_dataset = build_datasets(data_args, training_args, tokenizer)
+    mmlu_dataset = load_mmlu(training_args, tokenizer) if training_args.do_mmlu_eval else None
+
+    model = load_model(model_args, training_args, tokenizer)
+    if training_args.local_process_index == 0:
+        print(f"world size: {world_size()}")
+        for line in describe_parameters(model):
+            print(line)
+
+    training_args.generation_config = build_generation_config(generation_args, training_args)
+    keep_checkpoints = training_args.save_total_limit
+    training_args.save_total_limit = None  # CheckpointCallback rotates, after the new one is complete
+    trainer = checkpoints.QLoRATrainer(
+        model=model,
+        args=training_args,
+        processing_class=tokenizer,
+        train_dataset=train_dataset if training_args.do_train else None,
+        eval_dataset=eval_dataset,
+        data_collator=CausalLMCollator(tokenizer.pad_token_id, train_on_source=training_args.train_on_source),
+        callbacks=[CheckpointCallback(keep_checkpoints)],
+    )
+    if mmlu_dataset is not None:
+        mmlu_callback = MMLUEvalCallback(mmlu_dataset, tokenizer, training_args.mmlu_split)
+        mmlu_callback.trainer = trainer
+        trainer.add_callback(mmlu_callback)
+    return trainer, tokenizer, eval_dataset
+
+
+def decode_predictions(token_ids, tokenizer):
+    token_ids = np.where(token_ids != -100, token_ids, tokenizer.pad_token_id)
+    return tokenizer.batch_decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def predict(trainer, tokenizer, dataset, output_dir):
+    """Generate for every eval row and write predictions.jsonl in the reference's shape."""
+    trainer.data_collator = CausalLMCollator(tokenizer.pad_token_id, for_generation=True)
+    with trainer.accelerator.autocast():  # generate() bypasses the autocast wrapped around forward()
+        result = trainer.predict(test_dataset=dataset, metric_key_prefix="predict")
+    texts = decode_predictions(result.predictions, tokenizer)
+    rows = []
+    for example, text in zip(dataset, texts):
+        row = {k: v for k, v in example.items() if k not in ("source_ids", "target_ids", "length")}
+        row["prediction_with_input"] = text.strip()
+        row["prediction"] = text.replace(example["input"], "", 1).strip()
+        rows.append(row)
+    if trainer.is_world_process_zero():
+        checkpoints.write_jsonl_atomic(os.path.join(output_dir, "predictions.jsonl"), rows)
+    return result.metrics
+
+
+def run(model_args, data_args, training_args, generation_args):
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+    resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
+    if training_args.resume_from_checkpoint:
+        resume_from, completed = training_args.resume_from_checkpoint, False
+    trainer, tokenizer, eval_dataset = setup_trainer(model_args, data_args, training_args, generation_args)
+    if completed and resume_from:
+        logger.info("%s holds a completed run: skipping training, evaluating %s", training_args.output_dir, resume_from)
+        trainer._load_from_checkpoint(resume_from)
+
+    all_metrics = {"run_name": training_args.run_name}
+    if training_args.do_train and not completed:
+        if resume_from:
+            logger.info("resuming from %s", resume_from)
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(training_args.output_dir)
+        all_metrics.update(result.metrics)
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        all_metrics.update(metrics)
+    if training_args.do_predict:
+        metrics = predict(trainer, tokenizer, eval_dataset, training_args.output_dir)
+        trainer.log_metrics("predict", metrics)
+        trainer.save_metrics("predict", metrics)
+        all_metrics.update(metrics)
+    if trainer.is_world_process_zero() and (training_args.do_train or training_args.do_eval or training_args.do_predict):
+        checkpoints.write_json_atomic(os.path.join(training_args.output_dir, "metrics.json"), all_metrics)
+    return all_metrics
