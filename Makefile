@@ -1,0 +1,32 @@
+# Quickstart targets: `make demo` (train the tiny model on CPU, offline) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO := demo
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 in requirements.txt is the CPU build; on a CUDA machine install torch first.
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(DEMO)/tiny-llama/config.json: $(VENV)/.installed scripts/make_tiny_model.py
+	$(PY) scripts/make_tiny_model.py $(DEMO)/tiny-llama
+
+demo: $(DEMO)/tiny-llama/config.json
+	rm -rf $(DEMO)/output
+	$(PY) qlora.py examples/configs/tiny_demo.yaml
+	$(PY) examples/guanaco_generate.py --model_name_or_path $(DEMO)/tiny-llama \
+		--adapter $(DEMO)/output/checkpoint-30/adapter_model --max_new_tokens 40 \
+		--question "How can I make my houseplants last longer?"
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

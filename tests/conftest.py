@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny local LLaMA built once per test session (no download)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_DATA = os.path.join(REPO_ROOT, "examples", "data")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_python(args, cwd=REPO_ROOT, check=True, timeout=600, env=None):
+    """Run a repo script as a user would; returns the CompletedProcess with text output."""
+    result = subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    run_python([os.path.join(REPO_ROOT, "scripts", "make_tiny_model.py"), str(path)])
+    return str(path)

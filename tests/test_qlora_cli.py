@@ -1,0 +1,121 @@
+"""qlora.py end to end on the tiny model: layout, loss, targets, reload, predict, MMLU, bad input."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import EXAMPLE_DATA, REPO_ROOT, run_python
+
+LLAMA_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+ALPACA = os.path.join(EXAMPLE_DATA, "alpaca_sample.json")
+MMLU_DIR = os.path.join(EXAMPLE_DATA, "mmlu_sample")
+
+
+def quick_flags(model_dir, output_dir, *extra, bf16=True):
+    return [
+        "qlora.py", "--model_name_or_path", model_dir, "--output_dir", output_dir,
+        "--dataset", ALPACA, "--dataset_format", "alpaca", "--use_cpu", "--bf16", str(bf16),
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+        "--source_max_len", "64", "--target_max_len", "64", "--lora_r", "8", "--lora_alpha", "16",
+        "--learning_rate", "0.003", "--logging_steps", "1", "--seed", "0", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    output_dir = str(tmp_path_factory.mktemp("run"))
+    result = run_python(quick_flags(
+        tiny_model_dir, output_dir, "--max_steps", "12", "--save_steps", "6",
+        "--do_eval", "--eval_strategy", "steps", "--eval_steps", "6", "--eval_dataset_size", "8",
+        "--do_predict", "--max_new_tokens", "6", "--per_device_eval_batch_size", "4",
+        "--do_mmlu_eval", "--mmlu_data_dir", MMLU_DIR, "--mmlu_dataset", "mmlu-zs", "--max_mmlu_samples", "16",
+    ))
+    return output_dir, result.stdout + result.stderr
+
+
+def test_outputs_sit_where_the_reference_puts_them(trained_run):
+    output_dir, _ = trained_run
+    for step in (6, 12):
+        adapter = os.path.join(output_dir, f"checkpoint-{step}", "adapter_model")
+        assert sorted(os.listdir(adapter)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert os.path.isfile(os.path.join(output_dir, "completed"))
+    metrics = json.load(open(os.path.join(output_dir, "metrics.json")))
+    assert {"train_loss", "eval_loss", "predict_runtime"} <= set(metrics)
+
+
+def test_lora_targets_exactly_the_seven_projections(trained_run):
+    output_dir, _ = trained_run
+    config = json.load(open(os.path.join(output_dir, "checkpoint-12", "adapter_model", "adapter_config.json")))
+    assert set(config["target_modules"]) == LLAMA_PROJECTIONS
+    assert (config["r"], config["lora_alpha"]) == (8, 16)
+
+
+def test_loss_falls_and_the_report_shows_4bit_weights(trained_run):
+    output_dir, log = trained_run
+    history = json.load(open(os.path.join(output_dir, "checkpoint-12", "trainer_state.json")))["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.05
+    assert "world size: 1" in log and "torch.uint8" in log
+
+
+def test_mmlu_accuracy_and_loss_are_logged(trained_run):
+    output_dir, _ = trained_run
+    history = json.load(open(os.path.join(output_dir, "checkpoint-12", "trainer_state.json")))["log_history"]
+    mmlu = [entry for entry in history if "mmlu_eval_accuracy" in entry]
+    assert len(mmlu) == 2
+    assert 0.0 <= mmlu[-1]["mmlu_eval_accuracy"] <= 1.0 and mmlu[-1]["mmlu_loss"] > 0
+    assert any(key.startswith("mmlu_eval_accuracy_") for key in mmlu[-1])
+
+
+def test_predict_writes_predictions_jsonl(trained_run):
+    output_dir, _ = trained_run
+    rows = [json.loads(line) for line in open(os.path.join(output_dir, "predictions.jsonl"))]
+    assert len(rows) == 8
+    for row in rows:
+        assert row["prediction_with_input"].startswith(row["input"].strip()[:20])
+        assert row["input"] not in row["prediction"] and "output" in row
+
+
+def test_a_completed_run_is_not_trained_again(trained_run, tiny_model_dir):
+    output_dir, _ = trained_run
+    before = sorted(os.listdir(output_dir))
+    result = run_python(quick_flags(tiny_model_dir, output_dir, "--max_steps", "12", "--save_steps", "6"))
+    assert "holds a completed run" in result.stderr
+    assert sorted(os.listdir(output_dir)) == before
+
+
+def test_reloaded_adapter_reproduces_the_trained_logits(tiny_model_dir, tmp_path):
+    from qlorakit.config import parse_arguments
+    from qlorakit.model import load_for_inference
+    from qlorakit.train import setup_trainer
+
+    # fp32 compute on both sides, so the comparison is exact up to kernel rounding.
+    arguments = parse_arguments(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "3", "--save_steps", "3",
+                                            "--lora_dropout", "0.1", bf16=False)[1:])
+    trainer, tokenizer, _ = setup_trainer(*arguments)
+    trainer.train()
+    batch = tokenizer(["### Human: What is rain?### Assistant:"], return_tensors="pt")
+    trainer.model.eval()
+    with torch.no_grad():
+        trained = trainer.model(**batch).logits
+    reloaded, _ = load_for_inference(tiny_model_dir, adapter=str(tmp_path / "checkpoint-3" / "adapter_model"),
+                                     compute_dtype=torch.float32)
+    with torch.no_grad():
+        again = reloaded(**batch).logits
+    torch.testing.assert_close(again, trained, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--dataset", "alpacca"), "unknown dataset 'alpacca'"),
+    (("--dataset", "missing.jsonl"), "missing.jsonl: no such file"),
+    (("--bits", "3"), "--bits must be one of"),
+    (("--lora_rnk", "8"), "lora_rnk"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, flags, message):
+    result = run_python(quick_flags(tiny_model_dir, str(tmp_path), *flags), check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
