@@ -8,19 +8,24 @@ Every flag of the QLoRA reference keeps its name and default; `python qlora.py -
 
 import sys
 
+from qlorakit.callbacks import TrainingStopped
+from qlorakit.checkpoints import CheckpointError
 from qlorakit.config import ArgumentError, parse_arguments
 from qlorakit.data import DataError
+from qlorakit.train import run
+
+BAD_INPUT = (ArgumentError, DataError, CheckpointError)
 
 
 def main(argv=None):
     try:
-        arguments = parse_arguments(argv)
-        from qlorakit.train import run  # heavy imports only once the flags are known to be good
-
-        run(*arguments)
-    except (ArgumentError, DataError) as error:
+        run(*parse_arguments(argv))
+    except BAD_INPUT as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

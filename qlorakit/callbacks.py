@@ -1,5 +1,6 @@
-"""Trainer callbacks: checkpoint finishing and MMLU evaluation."""
+"""Trainer callbacks: checkpoint finishing, non-finite gradient guard and MMLU evaluation."""
 
+import logging
 import os
 
 import torch
@@ -8,6 +9,12 @@ from transformers import TrainerCallback
 
 from . import checkpoints
 from .mmlu import accuracy_by_subject, answer_positions, choice_token_ids
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """Training gave up (too many non-finite steps); qlora.py prints it as one line and exits with 1."""
 
 
 class CheckpointCallback(TrainerCallback):
@@ -27,8 +34,43 @@ class CheckpointCallback(TrainerCallback):
             checkpoints.rotate_checkpoints(args.output_dir, self.keep)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        if state.is_world_process_zero and state.global_step >= state.max_steps:
             checkpoints.mark_run_completed(args.output_dir)
+
+
+class NonFiniteGuardCallback(TrainerCallback):
+    """Skips updates whose gradients hold NaN or inf, and stops after `limit` of them in a row.
+
+    fp16 compute on a 4-bit base can overflow; one bad batch should not poison the adapter and
+    the optimizer moments. A skipped step leaves weights and optimizer state untouched (its
+    gradients are dropped, and AdamW skips parameters without one); the step still counts.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.in_a_row = 0
+        self.skipped = 0
+
+    @property
+    def gave_up(self):
+        return self.in_a_row >= self.limit
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads or torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            self.in_a_row = 0
+            return
+        for param in model.parameters():
+            param.grad = None
+        self.in_a_row += 1
+        self.skipped += 1
+        logger.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in all)",
+                       state.global_step + 1, self.in_a_row, self.skipped)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.gave_up:
+            control.should_training_stop = True
+            control.should_save = True
 
 
 class MMLUEvalCallback(TrainerCallback):

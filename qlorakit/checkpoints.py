@@ -92,6 +92,19 @@ def find_resume_checkpoint(output_dir):
     return None, completed
 
 
+class CheckpointError(ValueError):
+    """A --resume_from_checkpoint that cannot be trusted; qlora.py prints it as one line."""
+
+
+def check_explicit_checkpoint(path):
+    if not os.path.isdir(path):
+        raise CheckpointError(f"--resume_from_checkpoint {path}: no such directory")
+    if not is_complete(path):
+        raise CheckpointError(f"--resume_from_checkpoint {path}: incomplete checkpoint (no {COMPLETE_MARKER} "
+                              "marker: the run stopped while saving it); pick an earlier one")
+    return path
+
+
 def finalize_checkpoint(checkpoint_dir):
     """Move the adapter into adapter_model/ (reference layout) and mark the checkpoint complete."""
     adapter_dir = os.path.join(checkpoint_dir, ADAPTER_DIR)
@@ -133,6 +146,7 @@ class QLoRATrainer(Seq2SeqTrainer):
         model = self.model if model is None else model
         adapter_dir = os.path.join(resume_from_checkpoint, ADAPTER_DIR)
         if os.path.isdir(adapter_dir) and hasattr(model, "load_adapter"):
-            model.load_adapter(adapter_dir, model.active_adapter, is_trainable=True)
+            # Keep the adapter in the dtype it trains in (peft would upcast bf16 weights to fp32).
+            model.load_adapter(adapter_dir, model.active_adapter, is_trainable=True, autocast_adapter_dtype=False)
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -118,6 +118,10 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
     save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint."})
     save_steps: int = field(default=250, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=40, metadata={"help": "Checkpoints kept."})
+    max_consecutive_nonfinite_steps: int = field(
+        default=10,
+        metadata={"help": "Stop after this many steps in a row with NaN/inf gradients (each is skipped)."},
+    )
     evaluation_strategy: str | None = field(
         default=None, metadata={"help": "Old name of --eval_strategy, still accepted."}
     )
@@ -126,6 +130,10 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
         metadata={"help": "Use the KV cache when generating (reference generation flag); training "
                           "always runs without it."},
     )
+
+    def __getstate__(self):
+        """Pickled copies (checkpoint-N/training_args.bin) never carry the hub token."""
+        return {**self.__dict__, "hub_token": None}
 
     def __post_init__(self):
         if self.evaluation_strategy is not None:

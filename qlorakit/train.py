@@ -8,7 +8,7 @@ import transformers
 from transformers import GenerationConfig, set_seed
 
 from . import checkpoints
-from .callbacks import CheckpointCallback, MMLUEvalCallback
+from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, TrainingStopped
 from .data import CausalLMCollator, build_datasets
 from .mmlu import load_mmlu
 from .model import describe_parameters, hub_kwargs, load_model, load_tokenizer, world_size
@@ -23,9 +23,9 @@ def build_generation_config(generation_args, training_args):
 
 def setup_logging(training_args):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    level = training_args.get_process_log_level()
-    transformers.utils.logging.set_verbosity(level)
-    logging.getLogger("qlorakit").setLevel(level)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    main_process = training_args.local_process_index == 0
+    logging.getLogger("qlorakit").setLevel(logging.INFO if main_process else logging.WARNING)
 
 
 def setup_trainer(model_args, data_args, training_args, generation_args):
@@ -50,7 +50,8 @@ def setup_trainer(model_args, data_args, training_args, generation_args):
         train_dataset=train_dataset if training_args.do_train else None,
         eval_dataset=eval_dataset,
         data_collator=CausalLMCollator(tokenizer.pad_token_id, train_on_source=training_args.train_on_source),
-        callbacks=[CheckpointCallback(keep_checkpoints)],
+        callbacks=[CheckpointCallback(keep_checkpoints),
+                   NonFiniteGuardCallback(training_args.max_consecutive_nonfinite_steps)],
     )
     if mmlu_dataset is not None:
         mmlu_callback = MMLUEvalCallback(mmlu_dataset, tokenizer, training_args.mmlu_split)
@@ -86,7 +87,7 @@ def run(model_args, data_args, training_args, generation_args):
     set_seed(training_args.seed)
     resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
     if training_args.resume_from_checkpoint:
-        resume_from, completed = training_args.resume_from_checkpoint, False
+        resume_from, completed = checkpoints.check_explicit_checkpoint(training_args.resume_from_checkpoint), False
     trainer, tokenizer, eval_dataset = setup_trainer(model_args, data_args, training_args, generation_args)
     if completed and resume_from:
         logger.info("%s holds a completed run: skipping training, evaluating %s", training_args.output_dir, resume_from)
@@ -97,6 +98,12 @@ def run(model_args, data_args, training_args, generation_args):
         if resume_from:
             logger.info("resuming from %s", resume_from)
         result = trainer.train(resume_from_checkpoint=resume_from)
+        guard = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, NonFiniteGuardCallback))
+        if guard.gave_up:
+            raise TrainingStopped(
+                f"stopped at step {trainer.state.global_step}: {guard.in_a_row} steps in a row had NaN/inf "
+                f"gradients (updates skipped, weights unchanged, saved as checkpoint-{trainer.state.global_step}); "
+                "try --bf16 instead of --fp16 or a lower --learning_rate")
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()

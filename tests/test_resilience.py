@@ -1,0 +1,141 @@
+"""A run survives SIGKILL, skips torn checkpoints and NaN steps, and keeps secrets out of outputs."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT, run_python
+from test_qlora_cli import quick_flags
+
+RESUME_FLAGS = ("--max_steps", "6", "--save_steps", "3", "--lora_dropout", "0.1", "--save_total_limit", "1")
+
+
+def step_losses(output_dir):
+    state = json.load(open(os.path.join(output_dir, "trainer_state.json")))
+    return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+
+def adapter_weights(output_dir, step):
+    return load_file(os.path.join(output_dir, f"checkpoint-{step}", "adapter_model", "adapter_model.safetensors"))
+
+
+def kill_after_checkpoint(command, checkpoint_dir, timeout=300):
+    """Start a run and SIGKILL it the moment the checkpoint is marked complete."""
+    process = subprocess.Popen([sys.executable, *command], cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    marker = os.path.join(checkpoint_dir, "checkpoint_complete")
+    while not os.path.exists(marker):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return process.returncode
+
+
+def test_a_killed_run_resumes_to_the_same_losses_and_weights(tiny_model_dir, tmp_path):
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    run_python(quick_flags(tiny_model_dir, straight, *RESUME_FLAGS))
+    returncode = kill_after_checkpoint(quick_flags(tiny_model_dir, killed, *RESUME_FLAGS),
+                                       os.path.join(killed, "checkpoint-3"))
+    assert returncode == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(killed, "completed"))
+
+    result = run_python(quick_flags(tiny_model_dir, killed, *RESUME_FLAGS))
+    assert "resuming from" in result.stderr and "checkpoint-3" in result.stderr
+    expected, resumed = step_losses(straight), step_losses(killed)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-4)
+    for name, tensor in adapter_weights(straight, 6).items():
+        torch.testing.assert_close(adapter_weights(killed, 6)[name], tensor, atol=1e-5, rtol=0)
+    assert sorted(p for p in os.listdir(killed) if p.startswith("checkpoint-")) == ["checkpoint-6"]
+
+
+def test_a_torn_checkpoint_is_skipped_for_the_previous_one(tiny_model_dir, tmp_path):
+    output_dir = str(tmp_path)
+    run_python(quick_flags(tiny_model_dir, output_dir, "--max_steps", "3", "--save_steps", "3"))
+    os.remove(os.path.join(output_dir, "completed"))
+    torn = os.path.join(output_dir, "checkpoint-5")
+    shutil.copytree(os.path.join(output_dir, "checkpoint-3"), torn)
+    os.remove(os.path.join(torn, "checkpoint_complete"))
+    with open(os.path.join(torn, "optimizer.pt"), "r+b") as handle:
+        handle.truncate(10)
+
+    result = run_python(quick_flags(tiny_model_dir, output_dir, "--max_steps", "4", "--save_steps", "4"))
+    assert "checkpoint-5 is incomplete" in result.stderr
+    assert "resuming from" in result.stderr and "checkpoint-3" in result.stderr
+    assert os.path.exists(os.path.join(output_dir, "checkpoint-4", "checkpoint_complete"))
+
+
+def test_an_explicit_incomplete_checkpoint_is_refused(tiny_model_dir, tmp_path):
+    torn = tmp_path / "checkpoint-2"
+    torn.mkdir()
+    result = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--resume_from_checkpoint", str(torn)), check=False)
+    assert result.returncode == 2
+    assert "incomplete checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def train_with_nan_at(tiny_model_dir, output_dir, bad_steps, *flags):
+    from qlorakit.config import parse_arguments
+    from qlorakit.train import setup_trainer
+
+    arguments = parse_arguments(quick_flags(tiny_model_dir, output_dir, *flags)[1:])
+    trainer, _, _ = setup_trainer(*arguments)
+    head = trainer.model.get_output_embeddings()
+
+    def poison(module, inputs, output):
+        if trainer.state.global_step + 1 in bad_steps:
+            return output * float("nan")
+        return None
+
+    head.register_forward_hook(poison)
+    return trainer, arguments
+
+
+def test_nan_steps_are_skipped_and_counted(tiny_model_dir, tmp_path, caplog):
+    from qlorakit.callbacks import NonFiniteGuardCallback
+
+    trainer, _ = train_with_nan_at(tiny_model_dir, str(tmp_path), {2, 4}, "--max_steps", "5", "--save_steps", "5")
+    trainer.train()
+    guard = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, NonFiniteGuardCallback))
+    assert guard.skipped == 2
+    assert "step 2: non-finite" in caplog.text and "step 4: non-finite" in caplog.text
+    weights = adapter_weights(str(tmp_path), 5)
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def test_too_many_nan_steps_in_a_row_stop_with_a_good_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    from qlorakit import train
+    from qlorakit.callbacks import TrainingStopped
+
+    trainer, arguments = train_with_nan_at(tiny_model_dir, str(tmp_path), set(range(3, 100)), "--max_steps", "20",
+                                           "--save_steps", "50", "--max_consecutive_nonfinite_steps", "3")
+    monkeypatch.setattr(train, "setup_trainer", lambda *args: (trainer, trainer.processing_class, None))
+    with pytest.raises(TrainingStopped, match="stopped at step 5: 3 steps in a row"):
+        train.run(*arguments)
+    assert os.path.exists(tmp_path / "checkpoint-5" / "checkpoint_complete")
+    assert not (tmp_path / "completed").exists()
+    assert all(torch.isfinite(t).all() for t in adapter_weights(str(tmp_path), 5).values())
+
+
+def test_hub_token_never_reaches_logs_or_files(tiny_model_dir, tmp_path):
+    secret = "hf_SECRETtoken1234567890"
+    result = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "1", "--save_steps", "1",
+                                    "--hub_token", secret))
+    assert secret not in result.stdout + result.stderr
+    for folder, _, files in os.walk(tmp_path):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as handle:
+                assert secret.encode() not in handle.read(), name
+    adapter_dir = tmp_path / "checkpoint-1" / "adapter_model"
+    assert not [name for name in os.listdir(adapter_dir) if name.endswith(".bin")]
