@@ -4,6 +4,8 @@ import logging
 import os
 
 import torch
+from accelerate.utils import gather_object
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
@@ -74,35 +76,53 @@ class NonFiniteGuardCallback(TrainerCallback):
 
 
 class MMLUEvalCallback(TrainerCallback):
-    """Scores MMLU at every evaluation and logs accuracy per subject and mmlu_loss."""
+    """Scores MMLU at every evaluation and logs accuracy per subject and mmlu_loss.
+
+    Under data parallel each rank scores every world_size-th question and the results are
+    gathered, so the numbers equal a single-process run's.
+    """
 
     def __init__(self, mmlu_dataset, tokenizer, split):
         self.dataset = mmlu_dataset
-        self.choice_ids = torch.tensor(choice_token_ids(tokenizer))
+        self.choice_ids = choice_token_ids(tokenizer)
         self.split = split
         self.trainer = None
 
-    @torch.no_grad()
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
+    def score_shard(self, model, rank, world):
+        """(question index, predicted choice, true choice) for this rank's questions, and batch losses."""
         trainer = self.trainer
-        loader = trainer.get_eval_dataloader(self.dataset)
-        was_training = model.training
-        model.eval()
-        predictions, references, losses = [], [], []
-        for batch in tqdm(loader, desc="MMLU", disable=not state.is_world_process_zero):
+        indices = list(range(rank, len(self.dataset), world))
+        loader = DataLoader(Subset(self.dataset, indices), batch_size=trainer.args.per_device_eval_batch_size,
+                            collate_fn=trainer.data_collator)
+        choice_ids = torch.tensor(self.choice_ids)
+        scored, losses, position = [], [], 0
+        for batch in tqdm(loader, desc="MMLU", disable=rank != 0):
             batch = trainer._prepare_inputs(batch)
             outputs = model(**batch)
             losses.append(outputs.loss.item())
-            rows = torch.arange(batch["labels"].shape[0], device=batch["labels"].device)
-            positions = answer_positions(batch["labels"])
-            choice_ids = self.choice_ids.to(outputs.logits.device)
-            choice_logits = outputs.logits[rows, positions][:, choice_ids]
-            predictions += choice_logits.argmax(dim=-1).tolist()
-            answer_tokens = batch["labels"][rows, positions + 1]
-            references += [self.choice_ids.tolist().index(token) if token in self.choice_ids else -1
-                           for token in answer_tokens.tolist()]
-        results = accuracy_by_subject(self.dataset["subject"][: len(predictions)], predictions, references, self.split)
+            labels = batch["labels"]
+            rows = torch.arange(labels.shape[0], device=labels.device)
+            positions = answer_positions(labels)
+            predicted = outputs.logits[rows, positions][:, choice_ids.to(labels.device)].argmax(dim=-1)
+            answers = labels[rows, positions + 1].tolist()
+            for offset, (guess, answer) in enumerate(zip(predicted.tolist(), answers)):
+                truth = self.choice_ids.index(answer) if answer in self.choice_ids else -1
+                scored.append((indices[position + offset], guess, truth))
+            position += len(answers)
+        return scored, losses
+
+    @torch.no_grad()
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        was_training = model.training
+        model.eval()
+        scored, losses = self.score_shard(model, args.process_index, args.world_size)
+        if args.world_size > 1:
+            scored, losses = gather_object(scored), gather_object(losses)
+        scored.sort()
+        subjects = self.dataset["subject"]
+        results = accuracy_by_subject([subjects[i] for i, _, _ in scored], [p for _, p, _ in scored],
+                                      [r for _, _, r in scored], self.split)
         results["mmlu_loss"] = sum(losses) / max(len(losses), 1)
-        trainer.log(results)
+        self.trainer.log(results)
         if was_training:
             model.train()

@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+import torch
 import transformers
 from transformers import HfArgumentParser
 
@@ -142,6 +143,13 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
             self.train_sampling_strategy = "group_by_length"
         self.generation_use_cache = self.use_cache
         self.use_cache = False
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            # Data parallel: gloo where there is no GPU (nccl needs one); LoRA on a frozen base
+            # has no unused parameters, and finding them breaks with activation checkpointing.
+            if self.ddp_backend is None and not torch.cuda.is_available():
+                self.ddp_backend = "gloo"
+            if self.ddp_find_unused_parameters is None:
+                self.ddp_find_unused_parameters = False
         if self.do_predict:  # predictions.jsonl holds generated answers
             self.predict_with_generate = True
         # transformers 5 renamed gradient checkpointing; keep the reference's flag name.
