@@ -10,7 +10,7 @@ import os
 
 import bitsandbytes as bnb
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -26,14 +26,20 @@ def compute_dtype_for(training_args):
     return torch.float32
 
 
-def build_quantization_config(bits, quant_type="nf4", double_quant=True, compute_dtype=torch.float32):
-    """BitsAndBytesConfig for 4 or 8 bits; None for 16/32-bit (plain LoRA or full finetuning)."""
+def build_quantization_config(bits, quant_type="nf4", double_quant=True, compute_dtype=torch.float32,
+                              quant_storage=torch.uint8):
+    """BitsAndBytesConfig for 4 or 8 bits; None for 16/32-bit (plain LoRA or full finetuning).
+
+    quant_storage: the dtype that packs the 4-bit weights. FSDP and ZeRO-3 shard flat tensors of
+    one dtype, so sharded training stores them in the compute dtype (bf16) instead of uint8.
+    """
     if bits == 4:
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_compute_dtype=compute_dtype,
             bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_quant_type=quant_type,
+            bnb_4bit_quant_storage=quant_storage,
         )
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -42,6 +48,13 @@ def build_quantization_config(bits, quant_type="nf4", double_quant=True, compute
 
 def world_size():
     return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def sharded_training(training_args):
+    """FSDP or DeepSpeed (ZeRO-3) shards the model itself: no device_map, 4-bit storage in bf16."""
+    launched_sharded = any(os.environ.get(f"ACCELERATE_USE_{name}", "").lower() in ("1", "true")
+                           for name in ("FSDP", "DEEPSPEED"))
+    return bool(training_args.fsdp or training_args.deepspeed or launched_sharded)
 
 
 def resolve_device_map(max_memory_MB=None):
@@ -105,15 +118,18 @@ def resize_embeddings_for(tokenizer, model):
         weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
 
 
-def load_base_model(model_args, training_args):
+def load_base_model(model_args, training_args, sharded=False):
     compute_dtype = compute_dtype_for(training_args)
     device_map, max_memory = resolve_device_map(training_args.max_memory_MB)
     # fp16 training keeps master weights in fp32 (the Trainer's grad scaler needs them).
     load_dtype = torch.bfloat16 if training_args.bf16 else torch.float32
+    quant_storage = torch.uint8
+    if sharded:
+        device_map, max_memory, quant_storage = None, None, load_dtype
     return AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         quantization_config=build_quantization_config(
-            training_args.bits, training_args.quant_type, training_args.double_quant, compute_dtype
+            training_args.bits, training_args.quant_type, training_args.double_quant, compute_dtype, quant_storage
         ),
         device_map=device_map,
         max_memory=max_memory,
@@ -138,16 +154,23 @@ def lora_target_modules(model, lora_modules):
     return [name.strip() for name in lora_modules.split(",") if name.strip()]
 
 
-def attach_lora(model, training_args):
-    """Prepare a k-bit base for training and wrap it with a fresh LoRA adapter."""
-    if training_args.bits < 16:
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=training_args.activation_checkpointing,
-            gradient_checkpointing_kwargs=training_args.activation_checkpointing_kwargs,
-        )
-    elif training_args.activation_checkpointing:
+def prepare_base_for_training(model, training_args):
+    """Freeze the base and set up activation checkpointing.
+
+    peft's prepare_model_for_kbit_training would also upcast embeddings, head and norms to fp32,
+    a transient ~1 GB for a 7B model that cast_for_training undoes for the embeddings and head
+    anyway; here nothing is copied.
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if training_args.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=training_args.activation_checkpointing_kwargs)
         model.enable_input_require_grads()
+
+
+def attach_lora(model, training_args, sharded=False):
+    """Wrap a frozen base with a fresh LoRA adapter on the chosen linear layers."""
+    prepare_base_for_training(model, training_args)
     config = LoraConfig(
         r=training_args.lora_r,
         lora_alpha=training_args.lora_alpha,
@@ -157,19 +180,22 @@ def attach_lora(model, training_args):
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)
-    cast_for_training(model, training_args.bf16)
+    cast_for_training(model, training_args.bf16, norms_in_fp32=not sharded)
     # The only resized rows are the pad token's, rebuilt identically at load time (mean of the
     # base rows); saving both embedding matrices would add ~0.5 GB to every 7B checkpoint.
     model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
     return model
 
 
-def cast_for_training(model, bf16):
-    """LoRA layers in bf16 with --bf16, norms in fp32 for stability, as the reference does."""
+def cast_for_training(model, bf16, norms_in_fp32=True):
+    """LoRA layers in bf16 with --bf16, norms in fp32 for stability, as the reference does.
+
+    FSDP and ZeRO-3 flatten parameters into one dtype, so sharded runs keep norms in bf16.
+    """
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and bf16:
             module.to(torch.bfloat16)
-        if "norm" in name:
+        if "norm" in name and norms_in_fp32:
             module.to(torch.float32)
         if bf16 and ("lm_head" in name or "embed_tokens" in name):
             if hasattr(module, "weight") and module.weight.dtype == torch.float32:
@@ -178,12 +204,13 @@ def cast_for_training(model, bf16):
 
 def load_model(model_args, training_args, tokenizer):
     """The base (quantized as asked) plus a LoRA adapter, or the whole model for --full_finetune."""
-    model = load_base_model(model_args, training_args)
+    sharded = sharded_training(training_args)
+    model = load_base_model(model_args, training_args, sharded)
     resize_embeddings_for(tokenizer, model)
     model.config.dtype = compute_dtype_for(training_args)
     if training_args.full_finetune:
         return model
-    return attach_lora(model, training_args)
+    return attach_lora(model, training_args, sharded)
 
 
 def logical_numel(param):

@@ -4,7 +4,9 @@ import logging
 import os
 
 import numpy as np
+import torch
 import transformers
+from accelerate.utils import gather_object
 from transformers import GenerationConfig, set_seed
 
 from . import checkpoints
@@ -60,6 +62,16 @@ def setup_trainer(model_args, data_args, training_args, generation_args):
     return trainer, tokenizer, eval_dataset
 
 
+def check_replicas(trainer):
+    """Data parallel must leave the same adapter on every rank; a mismatch means broken gradient sync."""
+    trained = [p.detach().double() for p in trainer.model.parameters() if p.requires_grad]
+    checksum = torch.stack([sum(t.sum() for t in trained), sum((t * t).sum() for t in trained)])
+    checksums = gather_object([tuple(checksum.tolist())])
+    if len(set(checksums)) != 1:
+        raise TrainingStopped(f"trained weights differ between ranks (checksums {checksums}): gradient sync failed")
+    logger.info("trained weights identical on all %d ranks (checksum %.10g)", len(checksums), checksums[0][0])
+
+
 def decode_predictions(token_ids, tokenizer):
     token_ids = np.where(token_ids != -100, token_ids, tokenizer.pad_token_id)
     return tokenizer.batch_decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -104,6 +116,8 @@ def run(model_args, data_args, training_args, generation_args):
                 f"stopped at step {trainer.state.global_step}: {guard.in_a_row} steps in a row had NaN/inf "
                 f"gradients (updates skipped, weights unchanged, saved as checkpoint-{trainer.state.global_step}); "
                 "try --bf16 instead of --fp16 or a lower --learning_rate")
+        if training_args.world_size > 1:
+            check_replicas(trainer)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
