@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from . import checkpoints
+from .data import CausalLMCollator
 from .mmlu import accuracy_by_subject, answer_positions, choice_token_ids
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class MMLUEvalCallback(TrainerCallback):
 
     def __init__(self, mmlu_dataset, tokenizer, split):
         self.dataset = mmlu_dataset
+        self.collator = CausalLMCollator(tokenizer.pad_token_id)  # padded: one row per question
         self.choice_ids = choice_token_ids(tokenizer)
         self.split = split
         self.trainer = None
@@ -93,7 +95,7 @@ class MMLUEvalCallback(TrainerCallback):
         trainer = self.trainer
         indices = list(range(rank, len(self.dataset), world))
         loader = DataLoader(Subset(self.dataset, indices), batch_size=trainer.args.per_device_eval_batch_size,
-                            collate_fn=trainer.data_collator)
+                            collate_fn=self.collator)
         choice_ids = torch.tensor(self.choice_ids)
         scored, losses, position = [], [], 0
         for batch in tqdm(loader, desc="MMLU", disable=rank != 0):

@@ -119,6 +119,12 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
     save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint."})
     save_steps: int = field(default=250, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=40, metadata={"help": "Checkpoints kept."})
+    padding_free: bool = field(
+        default=True,
+        metadata={"help": "Concatenate each micro-batch into one row without padding (position ids "
+                          "restart per example). Faster; needs an attention that honours position ids "
+                          "(LLaMA-style models with sdpa, eager, flex or flash attention)."},
+    )
     max_consecutive_nonfinite_steps: int = field(
         default=10,
         metadata={"help": "Stop after this many steps in a row with NaN/inf gradients (each is skipped)."},

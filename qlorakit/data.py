@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from datasets import DatasetDict, load_dataset
+from transformers import DataCollatorWithFlattening
 
 IGNORE_INDEX = -100
 LOCAL_EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}
@@ -241,30 +242,44 @@ def pad_rows(rows, value, left=False):
 class CausalLMCollator:
     """Pads pre-tokenized rows into a batch.
 
-    Training: source + target, padded on the right, labels -100 on the source (unless
-    train_on_source) and on padding. Generation: the source alone, padded on the left so that
-    every row's prompt ends where generation starts.
+    Training: source + target, labels -100 on the source (unless train_on_source) and on
+    padding. Padded on the right, or with padding_free, all rows of the batch concatenated into
+    one row with position ids restarting per example (transformers' flattening collator): no
+    padding tokens are computed, and the attention keeps the examples apart (needs use_cache
+    off, as in training). Generation: the source alone, padded on the left so that every
+    row's prompt ends where generation starts.
     """
 
     pad_token_id: int
     train_on_source: bool = False
     for_generation: bool = False
+    padding_free: bool = False
+
+    def __post_init__(self):
+        self.flatten = DataCollatorWithFlattening(return_tensors="pt")
+
+    def training_row(self, feature):
+        source, target = feature["source_ids"], feature["target_ids"]
+        labels = (source if self.train_on_source else [IGNORE_INDEX] * len(source)) + target
+        return {"input_ids": source + target, "labels": labels}
 
     def __call__(self, features):
         if self.for_generation:
-            input_ids = pad_rows([f["source_ids"] for f in features], self.pad_token_id, left=True)
-            lengths = [len(f["source_ids"]) for f in features]
-            mask = torch.zeros_like(input_ids)
-            for row, length in enumerate(lengths):
-                mask[row, input_ids.shape[1] - length:] = 1
-            return {"input_ids": input_ids, "attention_mask": mask}
-        ids = [f["source_ids"] + f["target_ids"] for f in features]
-        labels = [
-            (f["source_ids"] if self.train_on_source else [IGNORE_INDEX] * len(f["source_ids"])) + f["target_ids"]
-            for f in features
-        ]
+            return self.pad_for_generation([f["source_ids"] for f in features])
+        rows = [self.training_row(f) for f in features]
+        if self.padding_free:
+            return self.flatten(rows)
+        ids = [row["input_ids"] for row in rows]
         input_ids = pad_rows(ids, self.pad_token_id)
         mask = torch.zeros_like(input_ids)
-        for row, sequence in enumerate(ids):
-            mask[row, : len(sequence)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": pad_rows(labels, IGNORE_INDEX)}
+        for index, sequence in enumerate(ids):
+            mask[index, : len(sequence)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask,
+                "labels": pad_rows([row["labels"] for row in rows], IGNORE_INDEX)}
+
+    def pad_for_generation(self, sources):
+        input_ids = pad_rows(sources, self.pad_token_id, left=True)
+        mask = torch.zeros_like(input_ids)
+        for index, source in enumerate(sources):
+            mask[index, input_ids.shape[1] - len(source):] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}

@@ -51,7 +51,8 @@ def setup_trainer(model_args, data_args, training_args, generation_args):
         processing_class=tokenizer,
         train_dataset=train_dataset if training_args.do_train else None,
         eval_dataset=eval_dataset,
-        data_collator=CausalLMCollator(tokenizer.pad_token_id, train_on_source=training_args.train_on_source),
+        data_collator=CausalLMCollator(tokenizer.pad_token_id, train_on_source=training_args.train_on_source,
+                                       padding_free=training_args.padding_free),
         callbacks=[CheckpointCallback(keep_checkpoints),
                    NonFiniteGuardCallback(training_args.max_consecutive_nonfinite_steps)],
     )
