@@ -1,0 +1,136 @@
+"""Judge two answer files question by question with an OpenAI-compatible model (GPT-4 by default).
+
+Assumes: a questions file, two answer files (any reference shape), a prompt file and a reviewer
+file (ours in eval/prompts/ or the reference's), OPENAI_API_KEY set (OPENAI_BASE_URL for any
+other OpenAI-compatible server). Launch from any directory:
+
+    python eval/eval_gpt_review.py -q questions.jsonl -a answers_a.jsonl answers_b.jsonl \
+        -p eval/prompts/judge_pairwise_threeclass.jsonl -r eval/prompts/judge_reviewers.jsonl \
+        -o reviews/ -m gpt-4 --both-orders
+
+Rows are appended as they arrive; rerunning the same command asks only what is missing or
+failed. Cost: one request per question (two with --both-orders), ~1,000 prompt tokens each.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from judgekit import cli, client, naming, prompts, records, verdicts  # noqa: E402
+from judgekit.errors import InputError  # noqa: E402
+
+logger = logging.getLogger("eval_gpt_review")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-q", "--question-file", required=True)
+    parser.add_argument("-a", "--answer-file-list", nargs=2, required=True, metavar="ANSWERS")
+    parser.add_argument("-p", "--prompt-file", required=True)
+    parser.add_argument("-r", "--reviewer-file", required=True)
+    parser.add_argument("-o", "--output-review-file", required=True,
+                        help="output file, or an existing directory to name it <A>-vs-<B>-<judge>-reviewer[-threeclass].jsonl")
+    parser.add_argument("-m", "--model", default="gpt-4", help="judge model (default gpt-4)")
+    parser.add_argument("-id", "--id-key", default="question_id",
+                        help="kept for compatibility with the reference; only question_id is supported")
+    parser.add_argument("--max-tokens", type=int, default=1024, help="judge reply length (default 1024)")
+    parser.add_argument("--model-names", nargs=2, metavar=("A", "B"),
+                        help="names of the two answer files' models (default: file stems, _ -> -)")
+    parser.add_argument("--both-orders", action="store_true", help="judge each pair in both positions")
+    parser.add_argument("--verdict", choices=["auto", *verdicts.VERDICT_KINDS], default="auto",
+                        help="reply shape to parse; auto: threeclass if the prompt file name says so")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every retry")
+    client.add_request_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.id_key != "question_id":
+        parser.error("-id/--id-key: only question_id is supported")
+    return args
+
+
+def review_key(row):
+    """What makes a judgment the same judgment: resume skips rows with a key already written."""
+    return (str(row.get("question_id")), row.get("answer1_id"), row.get("answer2_id"),
+            row.get("answer1_model"), row.get("answer2_model"), row.get("judge_model"),
+            str(row.get("prompt_id")))
+
+
+def output_path(args, model_a, model_b, kind):
+    if os.path.isdir(args.output_review_file) or args.output_review_file.endswith(("/", os.sep)):
+        os.makedirs(args.output_review_file, exist_ok=True)
+        name = naming.review_filename(model_a, model_b, args.model, kind == verdicts.THREECLASS)
+        return os.path.join(args.output_review_file, name)
+    return args.output_review_file
+
+
+def build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args):
+    """One ``ChatJob`` per (question, order); the payload is the row to write, minus the reply."""
+    orders = [(answers_a, answers_b), (answers_b, answers_a)] if args.both_orders else [(answers_a, answers_b)]
+    jobs, missing = [], 0
+    for question in questions:
+        if question.question_id not in answers_a or question.question_id not in answers_b:
+            missing += 1
+            continue
+        reviewer = prompts.select_reviewer(reviewers, question.category)
+        prompt = prompt_table[reviewer.prompt_id]
+        for first, second in orders:
+            answer1, answer2 = first[question.question_id], second[question.question_id]
+            row = {
+                "question_id": question.question_id,
+                "answer1_id": answer1.answer_id,
+                "answer2_id": answer2.answer_id,
+                "reviewer_id": reviewer.reviewer_id,
+                "prompt_id": prompt.prompt_id,
+                "answer1_model": answer1.model,
+                "answer2_model": answer2.model,
+                "judge_model": args.model,
+                "metadata": {},
+            }
+            messages = prompts.render_messages(prompt, question.text, answer1.text, answer2.text)
+            jobs.append(client.ChatJob(messages, reviewer.temperature, args.max_tokens, payload=row))
+    if missing:
+        logger.warning("%d questions lack an answer in one of the answer files; skipped", missing)
+    return jobs
+
+
+def load_inputs(args):
+    questions = records.load_questions(args.question_file)
+    names = args.model_names or [None, None]
+    answers_a = records.load_answers(args.answer_file_list[0], names[0])
+    answers_b = records.load_answers(args.answer_file_list[1], names[1])
+    prompt_table = prompts.load_prompts(args.prompt_file)
+    reviewers = prompts.load_reviewers(args.reviewer_file)
+    prompts.check_reviewers_have_prompts(reviewers, prompt_table, args.reviewer_file, args.prompt_file)
+    return questions, answers_a, answers_b, reviewers, prompt_table
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cli.configure_logging(args.verbose)
+    questions, answers_a, answers_b, reviewers, prompt_table = load_inputs(args)
+    kind = verdicts.infer_verdict_kind(args.prompt_file) if args.verdict == "auto" else args.verdict
+    model_a = next(iter(answers_a.values())).model if answers_a else "A"
+    model_b = next(iter(answers_b.values())).model if answers_b else "B"
+    if model_a == model_b:
+        raise InputError(f"both answer files are named {model_a!r}; pass --model-names A B")
+    out = output_path(args, model_a, model_b, kind)
+
+    jobs = build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args)
+    done = records.load_done_keys(out, review_key)
+    todo = [job for job in jobs if review_key(job.payload) not in done]
+    logger.info("%s: %d judgments, %d already there, %d to ask %s", out, len(jobs),
+                len(jobs) - len(todo), len(todo), args.model)
+    if not todo:
+        return 0
+
+    def make_row(job, text):
+        return {"review_id": uuid.uuid4().hex[:22], **job.payload, "text": text,
+                "score": verdicts.parse_verdict(text, kind), "verdict": kind}
+
+    return client.run_jobs_to_file(client.runner_from_args(args, args.model), todo, out, make_row, "judging")
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

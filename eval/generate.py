@@ -1,0 +1,119 @@
+"""Answer a questions file with a local base model plus an optional QLoRA adapter.
+
+Assumes a causal LM checkpoint (hub name or directory) and, optionally, an adapter directory
+written by qlora.py; loading goes through qlorakit.model.load_for_inference (4-bit NF4 by
+default; bitsandbytes' 4-bit kernels also run on CPU). Memory: the 4-bit base (~5 GB for a 7B
+model, ~40 GB for 65B) plus activations for --batch-size prompts. Launch from any directory:
+
+    python eval/generate.py --model_name_or_path huggyllama/llama-7b \
+        --adapter output/guanaco-7b/checkpoint-1875/adapter_model \
+        -q vicuna_questions.jsonl -o generations/7b-guanaco-vicuna-generations-topp0.9-temp0.7.jsonl
+
+Prompts use the Guanaco format ("### Human: ...### Assistant:", qlorakit.chat_format) or, with
+--prompt-format chat-template, the tokenizer's chat template. Sampling defaults to the paper's
+top_p 0.9 / temperature 0.7. Rows are written in the reference's generation format (question_id,
+text, category, prompt, generation, generation_truncated), appended batch by batch; a rerun
+skips questions already answered.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+EVAL_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, EVAL_DIR)
+sys.path.insert(1, os.path.dirname(EVAL_DIR))  # the repository root, for qlorakit
+
+from judgekit import cli, records  # noqa: E402
+from judgekit.errors import InputError  # noqa: E402
+
+logger = logging.getLogger("generate")
+
+PROMPT_FORMATS = ("guanaco", "chat-template")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_name_or_path", "--model", dest="model_name_or_path", required=True)
+    parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model)")
+    parser.add_argument("-q", "--question-file", required=True)
+    parser.add_argument("-o", "--output", required=True, help="generations file (JSONL, appended)")
+    parser.add_argument("--bits", type=int, default=4, choices=(4, 8, 16, 32))
+    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="guanaco")
+    parser.add_argument("--system-prompt", default="", help="text put before the first turn (guanaco format)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        parser.error("--batch-size and --max-new-tokens must be at least 1")
+    return args
+
+
+def build_prompt(question_text, tokenizer, prompt_format, system_prompt=""):
+    """The model input for one question. OA questions already hold a whole "### Human: ...
+    ### Assistant:" conversation and are used as they are in the Guanaco format."""
+    from qlorakit.chat_format import HUMAN, format_guanaco_prompt
+
+    if prompt_format == "chat-template":
+        if not getattr(tokenizer, "chat_template", None):
+            raise InputError("the tokenizer has no chat template; use --prompt-format guanaco")
+        messages = [{"role": "user", "content": question_text}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    body = question_text if question_text.lstrip().startswith(HUMAN) else format_guanaco_prompt([(question_text, None)])
+    return f"{system_prompt} {body}" if system_prompt else body
+
+
+def generate_batch(model, tokenizer, prompts, args):
+    """Raw continuations of a batch of prompts (the tokenizer pads on the left)."""
+    import torch
+
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(model.device)
+    sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 \
+        else {"do_sample": False}
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                **sampling)
+    new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new) after the padded prompts
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cli.configure_logging()
+    questions = records.load_questions(args.question_file)
+    done = records.load_done_keys(args.output, lambda row: str(row.get("question_id")))
+    todo = [q for q in questions if str(q.question_id) not in done]
+    logger.info("%s: %d questions, %d to answer", args.output, len(questions), len(todo))
+    if not todo:
+        return 0
+
+    import torch
+    from tqdm import tqdm
+
+    from qlorakit.chat_format import cut_at_next_turn
+    from qlorakit.model import load_for_inference
+
+    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, bits=args.bits,
+                                          trust_remote_code=args.trust_remote_code)
+    torch.manual_seed(args.seed)
+    with records.JsonlAppender(args.output) as writer, tqdm(total=len(todo), desc="generating") as bar:
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start:start + args.batch_size]
+            prompts = [build_prompt(q.text, tokenizer, args.prompt_format, args.system_prompt) for q in batch]
+            for question, prompt, generation in zip(batch, prompts, generate_batch(model, tokenizer, prompts, args)):
+                writer.write({"question_id": question.question_id, "text": question.text,
+                              "category": question.category, "prompt": prompt, "generation": generation,
+                              "generation_truncated": cut_at_next_turn(generation)})
+            bar.update(len(batch))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

@@ -1,0 +1,21 @@
+"""judgekit: the importable core behind the eval/ command-line scripts.
+
+One concern per module (see shared STYLE.md, "the judge side"):
+
+- ``records``: read questions, answers and review rows; append-safe JSONL writer; resume index.
+- ``prompts``: load prompt and reviewer files, pick by category, render (pure).
+- ``verdicts``: parse a judge's reply into a score (pure).
+- ``naming``: model names from review file names.
+- ``reviews``: review rows -> judgments with both model names resolved.
+- ``client``: the only module that imports ``openai``: concurrency, retries, resume-aware runs.
+- ``elo``, ``relative``: scoring (pure, seeded).
+- ``stub``: a loopback OpenAI-compatible server for tests, benchmarks and dry runs.
+- ``cli``: the small glue every script shares (one-line errors, logging).
+
+The scripts in eval/ put this directory on ``sys.path`` and import ``judgekit.<module>``; the
+package's module names are never imported bare, so they cannot clash with the script names.
+"""
+
+from .errors import InputError
+
+__all__ = ["InputError"]

@@ -1,0 +1,84 @@
+"""Glue shared by the eval/ scripts: one-line errors, logging that never shows secrets."""
+
+import logging
+import sys
+
+from .errors import InputError
+
+
+def configure_logging(verbose=False):
+    """Log to stderr; keep the HTTP libraries quiet so request headers never reach a log."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_main(main, argv=None):
+    """Call ``main(argv)`` and turn expected failures into ``error: ...`` and exit status 2.
+
+    Bad input is the user's to fix, so they get one line naming the file (and line), not a
+    traceback. Anything else is a bug and keeps its traceback.
+    """
+    try:
+        return main(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"error: no such file: {err.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def expand_review_paths(paths):
+    """Review files from the command line; a directory stands for its ``*.jsonl`` files."""
+    import glob
+    import os
+
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(glob.glob(os.path.join(path, "*.jsonl")))
+            if not found:
+                raise InputError(f"{path}: no .jsonl files in directory")
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise InputError(f"no such file: {path}")
+    return files
+
+
+def add_naming_arguments(parser):
+    """Flags that decide which model each review row is about (see judgekit.reviews)."""
+    parser.add_argument("--judge", default="gpt-4",
+                        help="judge name in the file names, <A>-vs-<B>-<judge>-reviewer... (default gpt-4)")
+    parser.add_argument("--answers", action="append", default=[], metavar="NAME=FILE",
+                        help="answer files whose answer_id values identify NAME's answers, overriding "
+                             "the order in file names (needed for the reference's relative-gpt-3.5 files); "
+                             "repeat for several")
+
+
+def format_table(header, rows):
+    """A plain-text table, columns padded to their widest cell."""
+    cells = [header] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def load_review_judgments(args):
+    """``(files, judgments)`` for the scoring scripts' positional files and naming flags."""
+    from . import reviews
+
+    configure_logging()
+    files = expand_review_paths(args.files)
+    owners = reviews.parse_answer_owner_specs(args.answers)
+    return files, reviews.load_judgments(files, judge=args.judge, owners=owners)

@@ -1,0 +1,250 @@
+"""Chat completions against any OpenAI-compatible server: concurrency, retries, results as they
+arrive. The only module that imports ``openai``.
+
+The server and key come from the SDK's own environment variables, OPENAI_BASE_URL and
+OPENAI_API_KEY, so the same command judges with GPT-4 or with a local vLLM / llama.cpp server.
+The key is never logged or printed: it only travels in the Authorization header.
+
+The SDK's own retries are turned off (``max_retries=0``) so that every retry is ours: bounded
+by ``RetryPolicy.max_retries``, honouring the server's Retry-After, and counted.
+"""
+
+import asyncio
+import dataclasses
+import email.utils
+import logging
+import random
+import time
+
+import openai
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 409, 429}  # plus every 5xx
+FATAL_STATUS = {401, 403, 404}  # wrong key, no access, wrong model or base URL: stop the run
+
+
+@dataclasses.dataclass
+class RetryPolicy:
+    """How hard to try one request: at most ``max_retries`` retries after the first attempt;
+    waits follow the server's Retry-After when given, else ``backoff_base * 2**retry`` seconds
+    (with jitter), capped at ``backoff_max``."""
+
+    max_retries: int = 8
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+
+    def backoff(self, retry):
+        delay = min(self.backoff_max, self.backoff_base * 2**retry)
+        return delay * (0.5 + random.random() / 2)
+
+
+@dataclasses.dataclass
+class ChatJob:
+    """One request: its messages and sampling settings, plus whatever the caller needs back."""
+
+    messages: list
+    temperature: float
+    max_tokens: int
+    payload: object = None
+
+
+@dataclasses.dataclass
+class RunSummary:
+    succeeded: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class RequestFailed(Exception):
+    """A request that did not succeed within its retries (or was refused for good)."""
+
+
+class FatalAPIError(Exception):
+    """The server refuses every request (bad key, unknown model, wrong URL): stop at once."""
+
+
+def retry_after_seconds(headers):
+    """The server's requested wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an
+    HTTP date); None when absent or unreadable."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def _describe(err):
+    """A short, key-free description of an SDK error for logs."""
+    status = getattr(err, "status_code", None)
+    return f"HTTP {status}" if status else type(err).__name__
+
+
+def classify_error(err):
+    """``"retry"``, ``"fatal"`` or ``"fail"`` (give up on this request only)."""
+    if isinstance(err, (openai.APITimeoutError, openai.APIConnectionError)):
+        return "retry"
+    if isinstance(err, openai.APIStatusError):
+        if err.status_code in RETRYABLE_STATUS or err.status_code >= 500:
+            return "retry"
+        if err.status_code in FATAL_STATUS:
+            return "fatal"
+    return "fail"
+
+
+class ChatRunner:
+    """Sends ``ChatJob``s to one model with bounded concurrency and our own retries."""
+
+    def __init__(self, model, concurrency=8, retry=None, timeout=120.0):
+        if concurrency < 1:
+            raise InputError("--concurrency must be at least 1")
+        self.model = model
+        self.concurrency = concurrency
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.summary = RunSummary()
+
+    def _make_client(self):
+        try:
+            return openai.AsyncOpenAI(max_retries=0, timeout=self.timeout)
+        except openai.OpenAIError:
+            raise InputError(
+                "OPENAI_API_KEY is not set (for a local server without keys, set it to any value)"
+            ) from None
+
+    async def _complete(self, client, job):
+        """The reply text of one job, retrying what is worth retrying."""
+        for retry in range(self.retry.max_retries + 1):
+            self.summary.attempts += 1
+            try:
+                response = await client.chat.completions.create(
+                    model=self.model,
+                    messages=job.messages,
+                    temperature=job.temperature,
+                    max_tokens=job.max_tokens,
+                )
+            except openai.OpenAIError as err:
+                kind = classify_error(err)
+                if kind == "fatal":
+                    raise FatalAPIError(f"the server refused the request ({_describe(err)}): check "
+                                        "OPENAI_BASE_URL, the model name and the key") from None
+                if kind == "fail" or retry == self.retry.max_retries:
+                    raise RequestFailed(_describe(err)) from None
+                headers = getattr(getattr(err, "response", None), "headers", None)
+                wait = retry_after_seconds(headers)
+                wait = self.retry.backoff(retry) if wait is None else wait
+                logger.debug("%s; retry %d in %.2fs", _describe(err), retry + 1, wait)
+                self.summary.retries += 1
+                await asyncio.sleep(wait)
+                continue
+            if response.usage is not None:
+                self.summary.prompt_tokens += response.usage.prompt_tokens or 0
+                self.summary.completion_tokens += response.usage.completion_tokens or 0
+            return response.choices[0].message.content or ""
+        raise AssertionError("unreachable")
+
+    async def _run(self, jobs, on_result):
+        semaphore = asyncio.Semaphore(self.concurrency)
+        client = self._make_client()
+
+        async def attempt(job):
+            async with semaphore:
+                try:
+                    return job, await self._complete(client, job), None
+                except RequestFailed as err:
+                    return job, None, err
+
+        tasks = [asyncio.create_task(attempt(job)) for job in jobs]
+        try:
+            for finished in asyncio.as_completed(tasks):
+                job, text, error = await finished
+                if error is None:
+                    self.summary.succeeded += 1
+                else:
+                    self.summary.failed += 1
+                    logger.warning("gave up on one request: %s", error)
+                on_result(job, text, error)  # written before the next result is awaited
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+
+    def run(self, jobs, on_result):
+        """Run every job; ``on_result(job, text, error)`` is called as each one finishes.
+
+        Raises ``FatalAPIError`` (after cancelling the rest) when the server refuses outright.
+        """
+        asyncio.run(self._run(list(jobs), on_result))
+        return self.summary
+
+
+def add_request_arguments(parser):
+    """The flags every script that calls the API shares."""
+    group = parser.add_argument_group("requests (server and key from OPENAI_BASE_URL / OPENAI_API_KEY)")
+    group.add_argument("--concurrency", type=int, default=8, help="parallel requests (default 8)")
+    group.add_argument("--max-retries", type=int, default=8, help="retries per request after the first try")
+    group.add_argument("--backoff-base", type=float, default=1.0,
+                       help="first wait in seconds when the server gives no Retry-After; doubles per retry")
+    group.add_argument("--timeout", type=float, default=120.0, help="seconds before one request is retried")
+
+
+def runner_from_args(args, model):
+    """A ``ChatRunner`` configured by ``add_request_arguments``' flags."""
+    if args.max_retries < 0:
+        raise InputError("--max-retries must be 0 or more")
+    retry = RetryPolicy(max_retries=args.max_retries, backoff_base=args.backoff_base)
+    return ChatRunner(model, concurrency=args.concurrency, retry=retry, timeout=args.timeout)
+
+
+def format_summary(summary, seconds):
+    """One line for stderr at the end of a run."""
+    return (f"{summary.succeeded} done, {summary.failed} failed, {summary.retries} retries, "
+            f"{summary.attempts} requests in {seconds:.1f}s; tokens: {summary.prompt_tokens} prompt, "
+            f"{summary.completion_tokens} completion")
+
+
+def run_jobs_to_file(runner, jobs, path, make_row, desc):
+    """Run ``jobs`` and append ``make_row(job, text)`` to ``path`` as each succeeds; failures are
+    not written, so the next run of the same command asks them again. Returns the exit status:
+    0 when all succeeded, 1 when some failed."""
+    from tqdm import tqdm
+
+    from .records import JsonlAppender
+
+    started = time.perf_counter()
+    with JsonlAppender(path) as writer, tqdm(total=len(jobs), desc=desc) as bar:
+        def on_result(job, text, error):
+            bar.update(1)
+            if error is None:
+                writer.write(make_row(job, text))
+
+        try:
+            summary = runner.run(jobs, on_result)
+        except FatalAPIError as err:
+            raise InputError(str(err)) from None
+    logger.info(format_summary(summary, time.perf_counter() - started))
+    if summary.failed:
+        logger.error("%d requests failed; rerun the same command to ask them again", summary.failed)
+        return 1
+    return 0

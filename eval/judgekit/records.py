@@ -1,0 +1,208 @@
+"""Read questions, answers and review rows in every shape the QLoRA release uses; write JSONL
+rows so that a crash loses at most the row being written.
+
+Shapes read (see ../shared/reference/qlora-eval/):
+
+- questions: ``{"question_id", "text", "category"}`` (Vicuna), the same plus ``input``/``output``
+  (OpenAssistant benchmark), or ``{"question_id", "turns": [...]}`` (FastChat llm_judge);
+- answers: ``{"answer_id", "question_id", "text"}`` or the generation format
+  ``{"question_id", "text" (the question!), "prompt", "generation", "generation_truncated"}``.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# Where a sampled answer runs on into a new turn or a new conversation (the reference's
+# ``generation`` keeps these; ``generation_truncated`` cuts the first).
+CONTINUATION_MARKERS = ("### Human:", "A chat between a curious human")
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    question_id: object
+    text: str
+    category: str = "general"
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    question_id: object
+    answer_id: str
+    text: str
+    model: str
+
+
+def read_jsonl(path, tolerate_torn_tail=False):
+    """Yield ``(line_number, row)`` for each JSON line of ``path``; blank lines are skipped.
+
+    With ``tolerate_torn_tail`` a last line that lacks its newline and does not parse (a write
+    cut short by a crash) is ignored with a warning; any other bad line is an ``InputError``
+    naming ``path:line``.
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"no such file: {path}")
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield number, json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            is_tail = number == len(lines)  # the last piece has no newline after it
+            if tolerate_torn_tail and is_tail:
+                logger.warning("%s:%d: ignoring a torn last line (interrupted write)", path, number)
+                return
+            raise InputError(f"{path}:{number}: invalid JSON ({err})") from None
+
+
+def _require(row, keys, path, number):
+    missing = [key for key in keys if key not in row]
+    if missing:
+        raise InputError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+
+
+def parse_question(row, path="<row>", number=0):
+    """One question row in any supported shape -> ``Question``."""
+    if not isinstance(row, dict):
+        raise InputError(f"{path}:{number}: expected a JSON object")
+    _require(row, ["question_id"], path, number)
+    if "text" in row:
+        text = row["text"]
+    elif "input" in row:
+        text = row["input"]
+    elif row.get("turns"):
+        text = row["turns"][0]
+    else:
+        raise InputError(f"{path}:{number}: a question needs 'text', 'input' or 'turns'")
+    return Question(row["question_id"], text, row.get("category") or "general")
+
+
+def load_questions(path):
+    """All questions of ``path`` in file order; duplicate ids are an error."""
+    questions, seen = [], set()
+    for number, row in read_jsonl(path):
+        question = parse_question(row, path, number)
+        if question.question_id in seen:
+            raise InputError(f"{path}:{number}: duplicate question_id {question.question_id!r}")
+        seen.add(question.question_id)
+        questions.append(question)
+    return questions
+
+
+def truncate_generation(text):
+    """Cut a sampled answer where the model starts a new turn or a new conversation.
+
+    >>> truncate_generation("Sure, 4.### Human: and 5? ### Assistant: 5")
+    'Sure, 4.'
+    >>> truncate_generation(" Fine. A chat between a curious human and ...")
+    'Fine.'
+    """
+    cut = len(text)
+    for marker in CONTINUATION_MARKERS:
+        position = text.find(marker)
+        if position != -1:
+            cut = min(cut, position)
+    return text[:cut].strip()
+
+
+def stable_answer_id(model, question_id, text):
+    """A deterministic id for answers that carry none (the generation format), so that reruns
+    of a judging command recognise the same answer and skip it."""
+    digest = hashlib.sha256(f"{model}\x00{question_id}\x00{text}".encode()).hexdigest()
+    return digest[:22]
+
+
+def parse_answer(row, model, path="<row>", number=0):
+    """One answer row in any supported shape -> ``Answer`` (generations truncated)."""
+    if not isinstance(row, dict):
+        raise InputError(f"{path}:{number}: expected a JSON object")
+    _require(row, ["question_id"], path, number)
+    if "generation_truncated" in row or "generation" in row:
+        # In this shape "text" is the question, not the answer.
+        raw = row.get("generation_truncated")
+        text = truncate_generation(raw if raw is not None else row["generation"])
+    elif "text" in row:
+        text = row["text"]
+    else:
+        raise InputError(f"{path}:{number}: an answer needs 'text' or 'generation'")
+    answer_id = row.get("answer_id") or stable_answer_id(model, row["question_id"], text)
+    return Answer(row["question_id"], str(answer_id), text, model)
+
+
+def model_name_from_path(path):
+    """Default model name of an answer file: its stem, ``_`` -> ``-`` (as the reference's review
+    file names spell ``answer_bard.jsonl`` as ``answer-bard``)."""
+    stem = os.path.basename(path)
+    for suffix in (".jsonl", ".json"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem.replace("_", "-")
+
+
+def load_answers(path, model=None):
+    """``{question_id: Answer}`` for an answer file; the model name defaults to the file stem."""
+    model = model or model_name_from_path(path)
+    answers = {}
+    for number, row in read_jsonl(path):
+        answer = parse_answer(row, model, path, number)
+        if answer.question_id in answers:
+            raise InputError(f"{path}:{number}: two answers for question_id {answer.question_id!r}")
+        answers[answer.question_id] = answer
+    return answers
+
+
+class JsonlAppender:
+    """Append JSON rows to a file, each one flushed and fsynced before the next is written.
+
+    A kill can then only tear the row being written; on open, such a torn tail (bytes after the
+    last newline) is cut off so that the next row starts on a line of its own.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        self._drop_torn_tail()
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def _drop_torn_tail(self):
+        if not os.path.isfile(self.path):
+            return
+        with open(self.path, "rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                keep = data.rfind(b"\n") + 1
+                logger.warning("%s: dropping a torn last line left by an interrupted run", self.path)
+                handle.truncate(keep)
+
+    def write(self, row):
+        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self):
+        self._handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load_done_keys(path, key_of):
+    """Keys (``key_of(row)``) of the rows already in an output file; none if it does not exist.
+
+    Used to resume: work whose key is here has been paid for and is not asked again.
+    """
+    if not os.path.isfile(path):
+        return set()
+    return {key_of(row) for _, row in read_jsonl(path, tolerate_torn_tail=True)}

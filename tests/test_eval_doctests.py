@@ -1,0 +1,17 @@
+"""The examples in judgekit's docstrings are run, so they stay true."""
+
+import doctest
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eval"))
+
+
+@pytest.mark.parametrize("name", ["records", "verdicts", "prompts", "naming"])
+def test_docstring_examples(name):
+    module = importlib.import_module(f"judgekit.{name}")
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

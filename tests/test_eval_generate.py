@@ -1,0 +1,59 @@
+"""eval/generate.py on the tiny local model (scripts/make_tiny_model.py): 4-bit load through
+qlorakit, batched sampling, rows in the reference's generation format, resume."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_DIR = ROOT / "eval"
+sys.path.insert(0, str(EVAL_DIR))
+
+GENERATION_FIELDS = {"question_id", "text", "category", "prompt", "generation", "generation_truncated"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), str(out)], check=True,
+                   capture_output=True, timeout=300)
+    return out
+
+
+def test_generates_rows_in_the_reference_format_and_resumes(tiny_model, tmp_path):
+    questions = tmp_path / "questions.jsonl"
+    rows = [{"question_id": 1, "text": "What is a cat?", "category": "generic"},
+            {"question_id": 2, "text": "### Human: Hi there ### Assistant:", "category": "generic"},
+            {"question_id": 3, "text": "Name a colour.", "category": "writing"}]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "gen" / "tiny-generations.jsonl"
+    command = [sys.executable, str(EVAL_DIR / "generate.py"), "--model_name_or_path", str(tiny_model),
+               "-q", str(questions), "-o", str(out), "--max-new-tokens", "4", "--batch-size", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["question_id"] for r in written] == [1, 2, 3]
+    for row, question in zip(written, rows):
+        assert set(row) == GENERATION_FIELDS
+        assert row["text"] == question["text"] and row["category"] == question["category"]
+        assert row["prompt"].endswith("### Assistant:") and row["prompt"].count("### Human:") == 1
+        assert row["generation"] and "### Human:" not in row["generation_truncated"]
+    assert written[0]["prompt"] == "### Human: What is a cat?### Assistant:"
+    again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0 and "0 to answer" in again.stderr
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_prompt_formats(tiny_model):
+    from transformers import AutoTokenizer
+
+    import generate
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert generate.build_prompt("Hi?", tokenizer, "guanaco") == "### Human: Hi?### Assistant:"
+    assert generate.build_prompt("Hi?", tokenizer, "guanaco", "Be kind.") == "Be kind. ### Human: Hi?### Assistant:"
+    # The tiny tokenizer's chat template is Guanaco's, so both routes agree.
+    assert generate.build_prompt("Hi?", tokenizer, "chat-template") == "### Human: Hi?### Assistant:"

@@ -1,0 +1,219 @@
+"""eval_gpt_review.py and qa_baseline_gpt.py against a loopback OpenAI-compatible stub that
+rate-limits, fails, stalls and hangs: every judgment completes once, a killed run resumes
+without paying twice, and the API key never shows up in what we write or print."""
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
+sys.path.insert(0, str(EVAL_DIR))
+
+from judgekit.stub import StubServer  # noqa: E402
+from judgekit.verdicts import parse_threeclass  # noqa: E402
+
+SECRET = "sk-test-" + secrets.token_hex(12)
+CONTINUATION = "### Human: and now something else"
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """Five questions (one coding, one in a category only 'general' covers), answers in the two
+    reference shapes, and a tiny prompt/reviewer pair of our own."""
+    categories = ["generic", "coding", "math", "roleplay", "generic"]
+    questions = [{"question_id": i, "text": f"Question number {i}?", "category": c}
+                 for i, c in enumerate(categories, start=1)]
+    answers_a = [{"answer_id": f"a{i}", "question_id": i, "text": f"Answer A{i}."} for i in range(1, 6)]
+    answers_b = [{"question_id": i, "text": f"Question number {i}?", "prompt": "...",
+                  "generation": f"Answer B{i}.{CONTINUATION}", "generation_truncated": f"Answer B{i}."}
+                 for i in range(1, 6)]
+    prompt = {"system_prompt": "Judge.", "prompt_template": "Q {question}\nA1 {answer_1}\nA2 {answer_2}\n{prompt}",
+              "defaults": {"prompt": "End with 1, 2 or 3."}, "description": "test"}
+    return {
+        "q": write_jsonl(tmp_path / "questions.jsonl", questions),
+        "a": write_jsonl(tmp_path / "model_a.jsonl", answers_a),
+        "b": write_jsonl(tmp_path / "model_b.jsonl", answers_b),
+        "p": write_jsonl(tmp_path / "tiny_threeclass.jsonl", [
+            {"prompt_id": 1, "category": "general", **prompt},
+            {"prompt_id": 2, "category": "coding", **prompt}]),
+        "r": write_jsonl(tmp_path / "reviewer.jsonl", [
+            {"reviewer_id": "rev-general", "prompt_id": 1, "metadata": {"temperature": 0.2, "max_tokens": 64},
+             "description": "t", "category": "general"},
+            {"reviewer_id": "rev-coding", "prompt_id": 2, "metadata": {"temperature": 0.2, "max_tokens": 64},
+             "description": "t", "category": "coding"}]),
+        "out": tmp_path / "out",
+    }
+
+
+def environment(stub):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(OPENAI_BASE_URL=stub.base_url, OPENAI_API_KEY=SECRET)
+    return env
+
+
+def review_command(inputs, *extra):
+    # An output without .jsonl is a directory to create (trailing separator), named by the models.
+    out = str(inputs["out"]) if inputs["out"].suffix == ".jsonl" else f"{inputs['out']}{os.sep}"
+    return [sys.executable, str(EVAL_DIR / "eval_gpt_review.py"), "-q", str(inputs["q"]),
+            "-a", str(inputs["a"]), str(inputs["b"]), "-p", str(inputs["p"]), "-r", str(inputs["r"]),
+            "-o", out, "--backoff-base", "0.05", *extra]
+
+
+def run(command, stub, cwd):
+    return subprocess.run(command, env=environment(stub), cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def output_file(inputs):
+    (path,) = inputs["out"].glob("*.jsonl")
+    return path
+
+
+def read_rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def order_key(row):
+    return (row["question_id"], row["answer1_model"], row["answer2_model"])
+
+
+class TestReviewAgainstFaultyServer:
+    def test_every_judgment_completes_once(self, inputs, tmp_path):
+        faults = ["429", "500", "slow", "429", "hang", "500"]
+        # "slow" (0.2 s) stays well inside the 1 s timeout even on a loaded machine; "hang" does not.
+        with StubServer(latency=0.02, faults=faults, retry_after=0.05, slow_latency=0.2, hang_seconds=1.5) as stub:
+            result = run(review_command(inputs, "--both-orders", "--timeout", "1", "--concurrency", "4"), stub, tmp_path)
+            assert result.returncode == 0, result.stderr
+            rows = read_rows(output_file(inputs))
+            # 5 questions x 2 orders, each paid for exactly once, each fault retried once.
+            assert len(rows) == 10
+            assert len({order_key(r) for r in rows}) == 10
+            assert stub.billed_total == 10 and set(stub.billed.values()) == {1}
+            assert stub.statuses[429] == 2 and stub.statuses[500] == 2
+            assert stub.requests == 10 + len(faults) - 1  # "slow" is a success, not a retry
+        assert output_file(inputs).name == "model-a-vs-model-b-gpt-4-reviewer-threeclass.jsonl"
+        sent = [m["content"] for body in stub.bodies for m in body["messages"]]
+        assert not any(CONTINUATION in text for text in sent)  # generations were truncated
+        for row in rows:
+            assert {"review_id", "question_id", "answer1_id", "answer2_id", "reviewer_id", "text", "score",
+                    "answer1_model", "answer2_model", "judge_model"} <= set(row)
+            assert row["score"] == parse_threeclass(row["text"])
+            assert row["judge_model"] == "gpt-4"
+            expected = "rev-coding" if row["question_id"] == 2 else "rev-general"
+            assert row["reviewer_id"] == expected  # category match, else the general fallback
+        first = {r["question_id"]: r for r in rows if r["answer1_model"] == "model-a"}
+        second = {r["question_id"]: r for r in rows if r["answer1_model"] == "model-b"}
+        assert first[1]["answer1_id"] == second[1]["answer2_id"] == "a1"
+
+    def test_killed_run_resumes_and_pays_for_nothing_twice(self, inputs, tmp_path):
+        out = tmp_path / "reviews.jsonl"
+        inputs["out"] = out
+        with StubServer(latency=0.02, bill_limit=4) as stub:
+            process = subprocess.Popen(review_command(inputs, "--both-orders", "--concurrency", "2"),
+                                       env=environment(stub), cwd=tmp_path,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and (not out.exists() or len(read_rows(out)) < 4):
+                    time.sleep(0.05)
+                time.sleep(0.2)  # anything more would be paid for past the limit: nothing comes
+                assert len(read_rows(out)) == 4
+            finally:
+                process.kill()
+                process.wait()
+            with out.open("a") as handle:  # a row torn by the kill
+                handle.write('{"review_id": "torn", "question_id": 5, "answer1_id"')
+            stub.open_gate()
+            result = run(review_command(inputs, "--both-orders"), stub, tmp_path)
+            assert result.returncode == 0, result.stderr
+            rows = read_rows(out)
+            assert len(rows) == 10 and len({order_key(r) for r in rows}) == 10
+            assert stub.billed_total == 10 and set(stub.billed.values()) == {1}
+            requests_after = stub.requests
+            again = run(review_command(inputs, "--both-orders"), stub, tmp_path)
+            assert again.returncode == 0 and stub.requests == requests_after  # nothing left to ask
+
+    def test_failed_requests_are_retried_by_the_next_run(self, inputs, tmp_path):
+        inputs["out"] = tmp_path / "reviews.jsonl"
+        with StubServer(faults=["500", "500"]) as stub:
+            first = run(review_command(inputs, "--max-retries", "0", "--concurrency", "1"), stub, tmp_path)
+            assert first.returncode == 1
+            assert "rerun the same command" in first.stderr
+            assert len(read_rows(inputs["out"])) == 3
+            second = run(review_command(inputs, "--max-retries", "0"), stub, tmp_path)
+            assert second.returncode == 0
+            assert len(read_rows(inputs["out"])) == 5
+            assert stub.billed_total == 5 and stub.requests == 7
+
+    def test_api_key_never_printed_or_written(self, inputs, tmp_path):
+        inputs["out"] = tmp_path / "reviews.jsonl"
+        with StubServer(faults=["429", "500"], retry_after=0.05) as stub:
+            ok = run(review_command(inputs, "-v"), stub, tmp_path)
+        with StubServer(faults=["401"] * 20) as refusing:
+            inputs["out"] = tmp_path / "refused.jsonl"
+            refused = run(review_command(inputs, "-v"), refusing, tmp_path)
+        assert ok.returncode == 0 and refused.returncode == 2
+        assert refused.stderr.strip().splitlines()[-1].startswith("error: the server refused")
+        assert f"Bearer {SECRET}" in stub.authorizations  # the key was really sent...
+        written = "".join(p.read_text() for p in tmp_path.glob("*.jsonl"))
+        for text in (ok.stdout, ok.stderr, refused.stdout, refused.stderr, written):
+            assert SECRET not in text  # ...and never shown
+        assert "Traceback" not in refused.stderr
+
+
+class TestReviewInputErrors:
+    def one_line_error(self, result):
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        return result.stderr.strip().splitlines()[-1]
+
+    def test_missing_file(self, inputs, tmp_path):
+        inputs["q"] = tmp_path / "nope.jsonl"
+        with StubServer() as stub:
+            line = self.one_line_error(run(review_command(inputs), stub, tmp_path))
+        assert line.startswith("error:") and "nope.jsonl" in line and stub.requests == 0
+
+    def test_bad_json_names_file_and_line(self, inputs, tmp_path):
+        inputs["a"].write_text('{"answer_id": "a1", "question_id": 1, "text": "x"}\n{"answer_id": \n')
+        with StubServer() as stub:
+            line = self.one_line_error(run(review_command(inputs), stub, tmp_path))
+        assert f"{inputs['a']}:2: invalid JSON" in line
+
+    def test_unknown_category_without_fallback(self, inputs, tmp_path):
+        write_jsonl(inputs["r"], [{"reviewer_id": "c", "prompt_id": 2, "category": "coding", "metadata": {}}])
+        with StubServer() as stub:
+            line = self.one_line_error(run(review_command(inputs), stub, tmp_path))
+        assert "unknown prompt category 'generic'" in line and stub.requests == 0
+
+    def test_reviewer_pointing_at_missing_prompt(self, inputs, tmp_path):
+        write_jsonl(inputs["r"], [{"reviewer_id": "g", "prompt_id": 9, "category": "general", "metadata": {}}])
+        with StubServer() as stub:
+            line = self.one_line_error(run(review_command(inputs), stub, tmp_path))
+        assert "prompt_id 9" in line
+
+
+class TestQaBaseline:
+    def test_answers_every_question_once_and_resumes(self, inputs, tmp_path):
+        out = tmp_path / "answers" / "answer_stub.jsonl"
+        command = [sys.executable, str(EVAL_DIR / "qa_baseline_gpt.py"), "-q", str(inputs["q"]), "-o", str(out),
+                   "-m", "stub-model", "--backoff-base", "0.05"]
+        with StubServer(faults=["429", "500"], retry_after=0.05) as stub:
+            first = run(command, stub, tmp_path)
+            requests = stub.requests
+            second = run(command, stub, tmp_path)
+            assert first.returncode == 0 and second.returncode == 0, first.stderr
+            assert stub.requests == requests == 7  # 5 answers + 2 retries, nothing on the rerun
+        rows = read_rows(out)
+        assert sorted(r["question_id"] for r in rows) == [1, 2, 3, 4, 5]
+        assert all(r["model_id"] == "stub-model" and r["answer_id"] and r["text"] for r in rows)
+        assert SECRET not in first.stderr + first.stdout + out.read_text()

@@ -1,0 +1,82 @@
+"""judgekit.prompts and the prompt/reviewer files we ship in eval/prompts/."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
+sys.path.insert(0, str(EVAL_DIR))
+
+from judgekit import prompts  # noqa: E402
+from judgekit.errors import InputError  # noqa: E402
+
+OURS = EVAL_DIR / "prompts"
+REFERENCE = EVAL_DIR.parent.parent / "shared" / "reference" / "qlora-eval" / "prompts"
+
+
+class TestShippedFiles:
+    @pytest.mark.parametrize("name", ["judge_prompt_threeclass.jsonl", "judge_prompt_relative.jsonl"])
+    def test_every_reviewer_has_its_prompt_and_renders(self, name):
+        table = prompts.load_prompts(OURS / name)
+        reviewers = prompts.load_reviewers(OURS / "judge_reviewer.jsonl")
+        prompts.check_reviewers_have_prompts(reviewers, table, "r", name)
+        for category in ("coding", "math", "roleplay"):
+            reviewer = prompts.select_reviewer(reviewers, category)
+            system, user = prompts.render_messages(table[reviewer.prompt_id], "QQQ", "AAA", "BBB")
+            assert system["role"] == "system" and user["role"] == "user"
+            assert user["content"].index("QQQ") < user["content"].index("AAA") < user["content"].index("BBB")
+            assert not re.search(r"\{\w+\}", user["content"])  # every placeholder filled
+        assert prompts.select_reviewer(reviewers, "roleplay").category == "general"
+
+    def test_fields_match_the_reference_layout(self):
+        for name in ("judge_prompt_threeclass.jsonl", "judge_prompt_relative.jsonl"):
+            for line in (OURS / name).read_text().splitlines():
+                assert set(json.loads(line)) == {"prompt_id", "system_prompt", "prompt_template", "defaults",
+                                                 "description", "category"}
+        for line in (OURS / "judge_reviewer.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            assert set(row) == {"reviewer_id", "prompt_id", "metadata", "description", "category"}
+            assert set(row["metadata"]) == {"temperature", "max_tokens"}
+
+    @pytest.mark.skipif(not REFERENCE.is_dir(), reason="needs ../shared/reference")
+    def test_worded_by_us(self):
+        def words(directory, names):
+            texts = []
+            for name in names:
+                for line in (directory / name).read_text().splitlines():
+                    row = json.loads(line)
+                    texts += [row["system_prompt"], row["prompt_template"], row["defaults"]["prompt"]]
+            return " ".join(texts).lower().split()
+
+        theirs = " ".join(words(REFERENCE, ["vicuna_prompt_threeclass.jsonl", "vicuna_prompt_relative.jsonl",
+                                            "oa_prompt_threeclass.jsonl"]))
+        ours = words(OURS, ["judge_prompt_threeclass.jsonl", "judge_prompt_relative.jsonl"])
+        runs = {" ".join(ours[i:i + 6]) for i in range(len(ours) - 5)}
+        assert [run for run in runs if run in theirs] == []  # no run of 6 words in common
+
+
+class TestSelectAndRender:
+    def test_unknown_category_without_fallback(self):
+        reviewers = {"coding": prompts.Reviewer("r", 1, "coding")}
+        with pytest.raises(InputError, match="unknown prompt category 'poetry'"):
+            prompts.select_reviewer(reviewers, "poetry")
+
+    def test_template_with_unknown_placeholder(self):
+        prompt = prompts.JudgePrompt(1, "s", "{question} {rubric}", {"prompt": "p"}, "general")
+        with pytest.raises(InputError, match="rubric"):
+            prompts.render_messages(prompt, "q", "a", "b")
+
+    def test_reviewer_metadata_defaults(self, tmp_path):
+        path = tmp_path / "r.jsonl"
+        path.write_text(json.dumps({"reviewer_id": "x", "prompt_id": 1, "category": "general"}) + "\n")
+        reviewer = prompts.load_reviewers(path)["general"]
+        assert (reviewer.temperature, reviewer.max_tokens) == (0.2, 1024)
+
+    def test_prompt_row_missing_field(self, tmp_path):
+        path = tmp_path / "p.jsonl"
+        path.write_text(json.dumps({"prompt_id": 1, "system_prompt": "s"}) + "\n")
+        with pytest.raises(InputError, match=r"p.jsonl:1: missing field\(s\) prompt_template"):
+            prompts.load_prompts(path)
