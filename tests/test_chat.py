@@ -1,0 +1,112 @@
+"""examples/chat.py: the multi-turn prompt, streaming up to the next turn, and piped chats that end cleanly."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+CHAT = os.path.join(REPO_ROOT, "examples", "chat.py")
+
+
+def load_chat_module():
+    spec = importlib.util.spec_from_file_location("chat_example", CHAT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+chat = load_chat_module()
+
+
+class TestBuildChatPrompt:
+    def test_first_turn(self):
+        assert chat.build_chat_prompt([], "Hi") == "### Human: Hi### Assistant:"
+
+    def test_second_prompt_carries_the_first_turn(self):
+        prompt = chat.build_chat_prompt([("Name a fruit.", "A pear.")], "What colour is it?")
+        assert prompt == "### Human: Name a fruit.### Assistant: A pear.### Human: What colour is it?### Assistant:"
+
+
+class TestFitHistory:
+    def test_keeps_everything_that_fits(self):
+        history = [("a", "b"), ("c", "d")]
+        assert chat.fit_history(history, "e", count_tokens=len, budget=1000) == history
+
+    def test_drops_the_oldest_turns_first(self):
+        assert chat.fit_history([("a", "b"), ("c", "d")], "e", count_tokens=len, budget=60) == [("c", "d")]
+
+    def test_the_new_message_stays_even_alone_over_budget(self):
+        assert chat.fit_history([("a", "b")], "e" * 100, count_tokens=len, budget=10) == []
+
+
+class TestStreamReply:
+    def stream(self, pieces):
+        written = []
+        reply = chat.stream_reply(iter(pieces), written.append)
+        return reply, "".join(written)
+
+    def test_stops_showing_at_a_marker_split_over_pieces(self):
+        reply, shown = self.stream([" Rain is", " water.#", "## Hu", "man: and snow?"])
+        assert reply == shown == "Rain is water."
+
+    def test_a_held_back_hash_that_is_no_marker_is_shown_at_the_end(self):
+        reply, shown = self.stream([" Use", " #"])
+        assert reply == shown == "Use #"
+
+    def test_assistant_marker_also_ends_the_reply(self):
+        reply, shown = self.stream(["Yes.", "### Assistant: more"])
+        assert reply == shown == "Yes."
+
+    def test_pieces_are_written_as_they_arrive(self):
+        written = []
+        pieces = iter(["One", " two", " three"])
+        chat.stream_reply(pieces, written.append)
+        assert written[:2] == ["One", " two"]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    """An untrained adapter with random (non-zero) LoRA weights: enough to load and change replies."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                        task_type="CAUSAL_LM")
+    path = str(tmp_path_factory.mktemp("chat-adapter"))
+    get_peft_model(base, config).save_pretrained(path)
+    return path
+
+
+def run_chat(tiny_model_dir, adapter_dir, stdin_text):
+    command = [sys.executable, CHAT, "--model_name_or_path", tiny_model_dir, "--adapter", adapter_dir,
+               "--max_new_tokens", "8", "--temperature", "0", "--show_prompt"]
+    result = subprocess.run(command, input=stdin_text, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    prompts = [json.loads(line[len("prompt: "):]) for line in result.stderr.splitlines() if line.startswith("prompt: ")]
+    return result, prompts
+
+
+def test_piped_questions_get_streamed_replies_and_eof_ends_the_chat(tiny_model_dir, adapter_dir):
+    result, prompts = run_chat(tiny_model_dir, adapter_dir, "What is rain?\nAnd snow?\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(prompts) == 2
+    first_reply = prompts[1][len("### Human: What is rain?### Assistant: "):].split("### Human:")[0]
+    assert first_reply, "the tiny model should say something in 8 tokens"
+    assert prompts[1] == chat.build_chat_prompt([("What is rain?", first_reply)], "And snow?")
+    assert result.stdout.startswith(first_reply + "\n")
+    second_reply = result.stdout[len(first_reply) + 1:]
+    assert second_reply.endswith("\n") and second_reply.strip()
+    assert "### Human:" not in result.stdout  # no prompt marker when stdin is not a terminal
+
+
+def test_exit_ends_the_chat_before_later_lines(tiny_model_dir, adapter_dir):
+    result, prompts = run_chat(tiny_model_dir, adapter_dir, "What is rain?\nexit\nAnd snow?\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert prompts == ["### Human: What is rain?### Assistant:"]
