@@ -11,7 +11,6 @@ setup: $(VENV)/.installed
 # torch==2.13.0 in requirements.txt is the CPU build; on a CUDA machine install torch first.
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 

@@ -7,8 +7,8 @@ Both pipelines train the same model (4-bit NF4 + double quant, LoRA r 64 / alpha
 linear layer, paged AdamW, bf16) on the same data for the same number of optimizer steps at the
 same effective batch (16), through the Hugging Face Trainer, each in a fresh process:
 
-- ours: rows tokenized once up front, each micro-batch concatenated without padding
-  (--padding_free), micro-batch x accumulation from the preset (or --ours_batch);
+- ours: rows tokenized once up front, batched by token length, micro-batch x accumulation from
+  the preset (or --ours_batch), optionally without padding (--ours_padding_free True);
 - baseline, as the QLoRA reference runs: tokenized inside the collator at every step, each
   micro-batch padded to its longest row, group_by_length on character lengths, batch 1 x
   accumulation 16 (its Guanaco scripts).
@@ -174,10 +174,10 @@ def make_baseline(trainer, tokenizer, data_args):
     trainer.data_collator = ReferenceStyleCollator(tokenizer, data_args.source_max_len, data_args.target_max_len)
 
 
-def run_pipeline(name, model_dir, data_path, preset, steps, workdir, batch, accumulation):
+def run_pipeline(name, model_dir, data_path, preset, steps, workdir, batch, accumulation, padding_free):
     baseline = name == "baseline"
     flags = training_flags(model_dir, os.path.join(workdir, name), data_path, batch, accumulation, steps,
-                           preset, padding_free=not baseline)
+                           preset, padding_free)
     arguments = parse_arguments(flags)
     if preset.cpu is False:
         torch.cuda.reset_peak_memory_stats()
@@ -223,6 +223,8 @@ def main(argv=None):
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny")
     parser.add_argument("--steps", type=int, help="optimizer steps per pipeline (preset default)")
     parser.add_argument("--ours_batch", type=int, help="our micro-batch (preset default); accumulation = 16 / it")
+    parser.add_argument("--ours_padding_free", choices=("True", "False"), default="False",
+                        help="our --padding_free setting (default False, as qlora.py)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
@@ -234,7 +236,7 @@ def main(argv=None):
         (build_tiny_model if preset.cpu else build_llama_7b)(model_dir)
         data_path = repeated_data(OASST_SAMPLE, copies=4, directory=workdir)
         ours_batch = args.ours_batch or preset.ours_batch
-        layouts = {"baseline": (1, 16), "ours": (ours_batch, 16 // ours_batch)}
+        layouts = {"baseline": (1, 16, False), "ours": (ours_batch, 16 // ours_batch, args.ours_padding_free == "True")}
         results = {name: run_isolated(name, model_dir, data_path, preset, steps, workdir, *layout)
                    for name, layout in layouts.items()}
     report = {"preset": args.preset, "ours": results["ours"], "baseline": results["baseline"],

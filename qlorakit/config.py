@@ -33,6 +33,11 @@ class ModelArguments:
         default=False,
         metadata={"help": "Run modelling code shipped with the checkpoint. Off unless you trust it."},
     )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel: sdpa (transformers' default), eager, flex_attention, "
+                          "flash_attention_2 (GPU, needs flash-attn)."},
+    )
     use_auth_token: bool = field(
         default=False,
         metadata={"help": "Send the stored hub token (HF_TOKEN / `hf auth login`) to load gated models."},
@@ -120,10 +125,11 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
     save_steps: int = field(default=250, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=40, metadata={"help": "Checkpoints kept."})
     padding_free: bool = field(
-        default=True,
+        default=False,
         metadata={"help": "Concatenate each micro-batch into one row without padding (position ids "
-                          "restart per example). Faster; needs an attention that honours position ids "
-                          "(LLaMA-style models with sdpa, eager, flex or flash attention)."},
+                          "restart per example). Pays off with --attn_implementation flash_attention_2 "
+                          "on a GPU; with sdpa or eager attention the packed row costs quadratic "
+                          "attention and was slower on CPU (docs/BENCHMARKS.md)."},
     )
     max_consecutive_nonfinite_steps: int = field(
         default=10,

@@ -134,6 +134,7 @@ def load_base_model(model_args, training_args, sharded=False):
         device_map=device_map,
         max_memory=max_memory,
         dtype=load_dtype,
+        attn_implementation=model_args.attn_implementation,
         **hub_kwargs(model_args, training_args.cache_dir),
     )
 

@@ -1,0 +1,27 @@
+"""The benchmark's reference-style pipeline feeds the model the same tokens as ours."""
+
+import os
+import sys
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+import train_throughput  # noqa: E402
+
+from qlorakit.data import CausalLMCollator, tokenize_rows  # noqa: E402
+from qlorakit.model import load_tokenizer  # noqa: E402
+
+
+def test_reference_style_batches_hold_the_same_tokens_and_labels(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = [{"input": "", "output": "### Human: Hi there### Assistant: Hello, how can I help?"},
+            {"input": "Name a colour.", "output": "Blue."}]
+    reference = train_throughput.ReferenceStyleCollator(tokenizer, 16, 512)(rows)
+    tokenized = tokenize_rows({"input": [r["input"] for r in rows], "output": [r["output"] for r in rows]},
+                              tokenizer, 16, 512)
+    features = [{"source_ids": s, "target_ids": t} for s, t in zip(tokenized["source_ids"], tokenized["target_ids"])]
+    ours = CausalLMCollator(tokenizer.pad_token_id)(features)
+    assert reference["input_ids"].tolist() == ours["input_ids"].tolist()
+    assert reference["labels"].tolist() == ours["labels"].tolist()
+    assert reference["attention_mask"].long().tolist() == ours["attention_mask"].tolist()
+
