@@ -5,7 +5,7 @@ file (ours in eval/prompts/ or the reference's), OPENAI_API_KEY set (OPENAI_BASE
 other OpenAI-compatible server). Launch from any directory:
 
     python eval/eval_gpt_review.py -q questions.jsonl -a answers_a.jsonl answers_b.jsonl \
-        -p eval/prompts/judge_pairwise_threeclass.jsonl -r eval/prompts/judge_reviewers.jsonl \
+        -p eval/prompts/judge_prompt_threeclass.jsonl -r eval/prompts/judge_reviewer.jsonl \
         -o reviews/ -m gpt-4 --both-orders
 
 Rows are appended as they arrive; rerunning the same command asks only what is missing or
