@@ -57,6 +57,7 @@ def merge_adapter(base_model, adapter, output, dtype="bfloat16", dequantize=Fals
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     merged.config.dtype = dtype
     merged.save_pretrained(output)  # safetensors: transformers 5 writes nothing else
+    tokenizer.padding_side = "right"  # loaded left-padded for generation; save the usual default
     tokenizer.save_pretrained(output)
     return merged, tokenizer
 
