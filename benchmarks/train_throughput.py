@@ -76,8 +76,12 @@ def build_llama_7b(directory):
                          num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
                          max_position_embeddings=4096, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly: fp32 first would need 27 GB
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
     model.save_pretrained(directory)
     del model
     torch.cuda.empty_cache()
