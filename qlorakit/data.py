@@ -87,10 +87,6 @@ HUB_DATASETS = {
 }
 
 
-def is_local_dataset(name):
-    return os.path.splitext(name)[1].lower() in LOCAL_EXTENSIONS or os.path.exists(name)
-
-
 def resolve_format(dataset, dataset_format):
     """The format to apply: the flag if given, else the built-in dataset's, else input-output."""
     if dataset_format is not None:

@@ -13,7 +13,7 @@ from . import checkpoints
 from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, TrainingStopped
 from .data import CausalLMCollator, build_datasets
 from .mmlu import load_mmlu
-from .model import describe_parameters, hub_kwargs, load_model, load_tokenizer, world_size
+from .model import describe_parameters, hub_kwargs, load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def setup_trainer(model_args, data_args, training_args, generation_args):
 
     model = load_model(model_args, training_args, tokenizer)
     if training_args.local_process_index == 0:
-        print(f"world size: {world_size()}")
+        print(f"world size: {training_args.world_size}")
         for line in describe_parameters(model):
             print(line)
 
