@@ -88,7 +88,9 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
     max_mmlu_samples: int | None = field(default=None, metadata={"help": "Evaluate only N MMLU questions."})
     mmlu_source_max_len: int = field(default=2048, metadata={"help": "Tokens kept of each MMLU prompt."})
     full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of LoRA."})
-    adam8bit: bool = field(default=False, metadata={"help": "Use bitsandbytes' 8-bit Adam."})
+    adam8bit: bool = field(
+        default=False, metadata={"help": "Shorthand for --optim paged_adamw_8bit (8-bit optimizer states)."}
+    )
     double_quant: bool = field(
         default=True, metadata={"help": "Quantize the quantization constants too (QLoRA double quant)."}
     )
@@ -162,6 +164,8 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
                 self.ddp_backend = "gloo"
             if self.ddp_find_unused_parameters is None:
                 self.ddp_find_unused_parameters = False
+        if self.adam8bit and self.optim == "paged_adamw_32bit":
+            self.optim = "paged_adamw_8bit"
         if self.do_predict:  # predictions.jsonl holds generated answers
             self.predict_with_generate = True
         # transformers 5 renamed gradient checkpointing; keep the reference's flag name.

@@ -54,6 +54,10 @@ class TestOldFlags:
         assert training_args.use_cache is False
         assert parse("--use_cache", "False")[2].generation_use_cache is False
 
+    def test_adam8bit_picks_the_8bit_paged_optimizer(self):
+        assert parse("--adam8bit")[2].optim == "paged_adamw_8bit"
+        assert parse()[2].optim == "paged_adamw_32bit"
+
     def test_do_predict_generates(self):
         assert parse("--do_predict")[2].predict_with_generate is True
 

@@ -108,6 +108,18 @@ def test_reloaded_adapter_reproduces_the_trained_logits(tiny_model_dir, tmp_path
     torch.testing.assert_close(again, trained, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("flags, adapter", [
+    (("--bits", "8"), True),
+    (("--bits", "4", "--quant_type", "fp4", "--double_quant", "False", "--bf16", "False", "--fp16"), True),
+    (("--bits", "16", "--full_finetune"), False),
+])
+def test_other_precisions_train_and_save(tiny_model_dir, tmp_path, flags, adapter):
+    run_python(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "2", "--save_steps", "2", *flags))
+    checkpoint = tmp_path / "checkpoint-2"
+    saved = "adapter_model/adapter_model.safetensors" if adapter else "model.safetensors"
+    assert (checkpoint / saved).is_file() and (checkpoint / "checkpoint_complete").is_file()
+
+
 @pytest.mark.parametrize("flags, message", [
     (("--dataset", "alpacca"), "unknown dataset 'alpacca'"),
     (("--dataset", "missing.jsonl"), "missing.jsonl: no such file"),
