@@ -23,6 +23,7 @@ demo: $(DEMO)/tiny-llama/config.json
 	$(PY) examples/guanaco_generate.py --model_name_or_path $(DEMO)/tiny-llama \
 		--adapter $(DEMO)/output/checkpoint-30/adapter_model --max_new_tokens 40 \
 		--question "How can I make my houseplants last longer?"
+	$(PY) scripts/plot_training.py $(DEMO)/output
 
 test: setup
 	$(PY) -m pytest -q
