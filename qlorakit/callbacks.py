@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 
 import torch
 from accelerate.utils import gather_object
@@ -74,6 +75,41 @@ class NonFiniteGuardCallback(TrainerCallback):
         if self.gave_up:
             control.should_training_stop = True
             control.should_save = True
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM (how clusters and spot instances preempt), checkpoint at the end of the current
+    step and stop, instead of losing everything since the last scheduled checkpoint.
+
+    Under data parallel the ranks agree through an all-reduce each step, so that they all save
+    at the same step even if the signal reaches them at different times.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.stopped_at = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        signal.signal(signal.SIGTERM, self.request_stop)
+
+    def request_stop(self, signum, frame):
+        self.requested = True
+
+    def anyone_requested(self, args):
+        if args.world_size == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_at is None and self.anyone_requested(args):
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class MMLUEvalCallback(TrainerCallback):

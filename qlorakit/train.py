@@ -10,7 +10,8 @@ from accelerate.utils import gather_object
 from transformers import GenerationConfig, set_seed
 
 from . import checkpoints
-from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, TrainingStopped
+from .callbacks import (CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback,
+                        TrainingStopped)
 from .data import CausalLMCollator, build_datasets
 from .mmlu import load_mmlu
 from .model import describe_parameters, hub_kwargs, load_model, load_tokenizer
@@ -54,13 +55,18 @@ def setup_trainer(model_args, data_args, training_args, generation_args):
         data_collator=CausalLMCollator(tokenizer.pad_token_id, train_on_source=training_args.train_on_source,
                                        padding_free=training_args.padding_free),
         callbacks=[CheckpointCallback(keep_checkpoints),
-                   NonFiniteGuardCallback(training_args.max_consecutive_nonfinite_steps)],
+                   NonFiniteGuardCallback(training_args.max_consecutive_nonfinite_steps),
+                   PreemptionCallback()],
     )
     if mmlu_dataset is not None:
         mmlu_callback = MMLUEvalCallback(mmlu_dataset, tokenizer, training_args.mmlu_split)
         mmlu_callback.trainer = trainer
         trainer.add_callback(mmlu_callback)
     return trainer, tokenizer, eval_dataset
+
+
+def find_callback(trainer, callback_type):
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, callback_type))
 
 
 def check_replicas(trainer):
@@ -111,7 +117,11 @@ def run(model_args, data_args, training_args, generation_args):
         if resume_from:
             logger.info("resuming from %s", resume_from)
         result = trainer.train(resume_from_checkpoint=resume_from)
-        guard = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, NonFiniteGuardCallback))
+        preemption = find_callback(trainer, PreemptionCallback)
+        if preemption.stopped_at is not None:
+            raise TrainingStopped(f"stopped by SIGTERM at step {preemption.stopped_at}; checkpoint-"
+                                  f"{preemption.stopped_at} saved: run the same command to resume")
+        guard = find_callback(trainer, NonFiniteGuardCallback)
         if guard.gave_up:
             raise TrainingStopped(
                 f"stopped at step {trainer.state.global_step}: {guard.in_a_row} steps in a row had NaN/inf "

@@ -139,3 +139,25 @@ def test_hub_token_never_reaches_logs_or_files(tiny_model_dir, tmp_path):
                 assert secret.encode() not in handle.read(), name
     adapter_dir = tmp_path / "checkpoint-1" / "adapter_model"
     assert not [name for name in os.listdir(adapter_dir) if name.endswith(".bin")]
+
+
+def test_sigterm_checkpoints_the_current_step_and_resumes(tiny_model_dir, tmp_path):
+    command = quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "400", "--save_steps", "1000")
+    process = subprocess.Popen([sys.executable, *command], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:  # training has begun once a step's loss is logged
+        if "'loss'" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    message = stderr.strip().splitlines()[-1]
+    assert "stopped by SIGTERM at step" in message and "run the same command to resume" in message
+    step = int(message.split("at step ")[1].split(";")[0])
+    assert 1 <= step < 400
+    assert os.path.exists(tmp_path / f"checkpoint-{step}" / "checkpoint_complete")
+    assert not (tmp_path / "completed").exists()
+
+    result = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", str(step + 2), "--save_steps", "1000"))
+    assert f"checkpoint-{step}" in result.stderr and (tmp_path / "completed").exists()
+    assert sorted(step_losses(str(tmp_path))) == list(range(1, step + 3))
