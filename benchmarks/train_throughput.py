@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import psutil
 import torch
-from datasets import Dataset
 from torch.nn.utils.rnn import pad_sequence
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 

@@ -158,23 +158,29 @@ def load_raw_dataset(dataset, cache_dir=None):
     return load_local_dataset(dataset)
 
 
+def format_checked_row(row, index, formatter, required, source, split):
+    """One row through its formatter, after checking it has every field the format reads."""
+    empty = [name for name in required if row[name] is None]
+    if empty:
+        raise DataError(f"{source}: row {index + 1} of split {split!r} has no value for {empty[0]!r}")
+    return formatter(row)
+
+
 def apply_format(dataset_dict, format_name, source):
     """Turn every split into input/output rows; a row missing a needed field is named."""
     formatter, required = FORMATS[format_name]
+    formatted = {}
     for split, split_data in dataset_dict.items():
         missing = [name for name in required if name not in split_data.column_names]
         if missing:
             raise DataError(f"{source}: rows lack the field {missing[0]!r} that --dataset_format {format_name} "
                             f"needs (columns: {', '.join(split_data.column_names)})")
-        for index, row in enumerate(split_data.select_columns(list(required))):
-            empty = [name for name in required if row[name] is None]
-            if empty:
-                raise DataError(f"{source}: row {index + 1} of split {split!r} has no value for {empty[0]!r}")
-    return DatasetDict({
-        split: split_data.map(formatter, remove_columns=[c for c in split_data.column_names
-                                                         if c not in ("input", "output")])
-        for split, split_data in dataset_dict.items()
-    })
+        formatted[split] = split_data.map(
+            format_checked_row, with_indices=True,
+            fn_kwargs={"formatter": formatter, "required": required, "source": source, "split": split},
+            remove_columns=[c for c in split_data.column_names if c not in ("input", "output")],
+        )
+    return DatasetDict(formatted)
 
 
 def tokenize_rows(batch, tokenizer, source_max_len, target_max_len):

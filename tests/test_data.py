@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
-from transformers import AutoTokenizer
 
 from qlorakit import data
 from qlorakit.data import IGNORE_INDEX, CausalLMCollator, DataError

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import EXAMPLE_DATA, REPO_ROOT, run_python
+from conftest import EXAMPLE_DATA, run_python
 
 LLAMA_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 ALPACA = os.path.join(EXAMPLE_DATA, "alpaca_sample.json")

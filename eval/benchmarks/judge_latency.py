@@ -57,7 +57,7 @@ def main():
     parser.add_argument("--latency", type=float, default=0.2, help="stub seconds per reply")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args()
-    print(f"| concurrency | reviews | stub latency | wall time | reviews/s |\n|---|---|---|---|---|")
+    print("| concurrency | reviews | stub latency | wall time | reviews/s |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as directory:
         paths = write_inputs(directory, args.reviews)
         for concurrency in args.concurrency:
