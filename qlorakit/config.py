@@ -133,6 +133,13 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
                           "on a GPU; with sdpa or eager attention the packed row costs quadratic "
                           "attention and was slower on CPU (docs/BENCHMARKS.md)."},
     )
+    norms_in_fp32: bool = field(
+        default=False,
+        metadata={"help": "With --bf16, keep the norm layers in fp32 as the reference did. Their fp32 "
+                          "outputs make the projections, the MLP and the residual stream run in fp32 "
+                          "(bitsandbytes returns its input's dtype): slower and more activation memory "
+                          "(docs/BENCHMARKS.md). Off: the model runs in bf16 throughout."},
+    )
     max_consecutive_nonfinite_steps: int = field(
         default=10,
         metadata={"help": "Stop after this many steps in a row with NaN/inf gradients (each is skipped)."},

@@ -181,17 +181,19 @@ def attach_lora(model, training_args, sharded=False):
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)
-    cast_for_training(model, training_args.bf16, norms_in_fp32=not sharded)
+    cast_for_training(model, training_args.bf16, norms_in_fp32=training_args.norms_in_fp32 and not sharded)
     # The only resized rows are the pad token's, rebuilt identically at load time (mean of the
     # base rows); saving both embedding matrices would add ~0.5 GB to every 7B checkpoint.
     model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
     return model
 
 
-def cast_for_training(model, bf16, norms_in_fp32=True):
-    """LoRA layers in bf16 with --bf16, norms in fp32 for stability, as the reference does.
+def cast_for_training(model, bf16, norms_in_fp32=False):
+    """LoRA layers, embeddings and head in bf16 with --bf16; norms in fp32 only when asked.
 
-    FSDP and ZeRO-3 flatten parameters into one dtype, so sharded runs keep norms in bf16.
+    The reference upcast the norms for stability, but their fp32 outputs spread fp32 through
+    every projection and the residual stream. FSDP and ZeRO-3 flatten parameters into one dtype,
+    so sharded runs keep norms in bf16 regardless.
     """
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and bf16:

@@ -3,6 +3,7 @@
     python scripts/estimate_memory.py --config llama-7b                      # Guanaco-7B recipe
     python scripts/estimate_memory.py --config llama-65b --gpu_memory_gb 48 --json
     python scripts/estimate_memory.py --model_name_or_path /path/to/model --target_max_len 1024
+    python scripts/estimate_memory.py --config llama-7b --norms_in_fp32      # the 2023 reference's norms
 
 Every component is a small pure function that returns bytes; the CLI adds them up. MB here is
 2**20 bytes and GB 2**30 (what torch and nvidia-smi report; a "24 GB" card holds 24 GiB).
@@ -14,24 +15,33 @@ Components and assumptions (defaults = the Guanaco recipe of scripts/qlora_commo
   per block plus one fp32 second-level constant per 256 blocks: 4 + 8/64 + 32/(64*256) =
   4.127 bits per weight. 8-bit (LLM.int8): 1 byte per weight plus one fp32 scale per output row.
   16-bit: 2 bytes. bitsandbytes' per-tensor extras (a 256-entry code book) are left out (<1 MB).
-* embeddings and LM head stay unquantized in bf16 (the project casts them back to bf16 after
-  PEFT's kbit preparation upcasts them); norms are kept in fp32, as the recipe does.
+* embeddings and LM head stay unquantized in bf16; norms in bf16, or in fp32 with --norms_in_fp32
+  (as the 2023 QLoRA reference kept them; qlora.py takes the same flag).
 * LoRA: r * (in + out) parameters per adapted linear layer, stored in bf16 (the project casts
   LoRA layers to bf16 with --bf16; --lora_dtype fp32 otherwise); gradients in the same dtype.
 * optimizer: paged_adamw_32bit keeps 2 fp32 states per trainable parameter (8 bytes),
   paged_adamw_8bit 2 bytes plus one fp32 absmax per 256-value block per state, adamw_torch 2
   states in the parameters' own dtype. All of it is counted as resident; a paged optimizer can
   evict it to CPU RAM under pressure, which the "fits with paging" line accounts for.
-* activations, measured with saved-tensor hooks on this stack (transformers 5.23, peft 0.21.2,
-  bitsandbytes 0.50.2, bf16 autocast, LLaMA layer with LoRA on all seven linears): because the
-  norms are fp32, the residual stream leaves every layer in fp32, so
-  - each checkpointed layer input is batch*seq*hidden*4 bytes (times num_layers);
-  - one layer's recompute working set (what autograd holds while that layer's backward runs)
-    is batch*seq*(28*hidden + 14*intermediate) bytes, plus batch*seq*(14*hidden + 2*intermediate)
-    with LoRA dropout > 0 (dropout masks and outputs), plus 6 bytes per attention score
-    (batch*heads*seq*seq) for eager attention; sdpa and flash attention keep no score matrix;
-  - backward gradient temporaries (assumed, not measured): two fp32 tensors of
-    batch*seq*intermediate and two of batch*seq*hidden, plus one fp32 score gradient for eager;
+* activations, measured by benchmarks/activation_bytes.py with saved-tensor hooks on this stack
+  (transformers 5.23, peft 0.21.2, bitsandbytes 0.50.2, bf16 autocast, a 4-bit LLaMA layer with
+  LoRA on all seven linears; the tests check them against a measurement at sizes outside the
+  fit). With bf16 norms (the default)
+  everything runs in bf16. With --norms_in_fp32 the norm outputs are fp32, Linear4bit returns
+  its input's dtype, so q/k/v/gate/up outputs, the MLP and the residual stream are fp32. So
+  - each checkpointed layer input is batch*seq*hidden*2 bytes, *4 with fp32 norms (times
+    num_layers);
+  - one layer's recompute working set (what autograd holds while that layer's backward runs),
+    per batch*seq element: 20*hidden + 8*intermediate (fp32 norms: 22*hidden + 14*intermediate)
+    + 14*lora_r (the bf16 LoRA A outputs) + 8 (the norms' fp32 1/rms); with LoRA dropout > 0
+    another 18*hidden + 2*intermediate (fp32 norms: 12*hidden + 2*intermediate), 2*hidden more
+    with sdpa; sdpa's fp32 log-sum-exp is 4 bytes per head; eager keeps 6 bytes per attention
+    score (batch*heads*seq*seq) instead. Flash attention is assumed to behave like sdpa;
+  - an fp32 layer input is also saved by the layer itself, so without checkpointing it stays
+    (a bf16 one is not: the norm saves its own fp32 copy, counted above);
+  - backward gradient temporaries (assumed, not measured): two tensors of batch*seq*intermediate
+    and two of batch*seq*hidden in the residual stream's dtype (bf16, fp32 with fp32 norms), plus
+    one fp32 score gradient for eager (its softmax is fp32 either way);
   - one dequantized bf16 copy of the largest base weight (4-bit and 8-bit matmuls dequantize).
   Without gradient checkpointing every layer's working set is kept instead (num_layers times).
 * logits: batch*seq*vocab at 10 bytes per element: bf16 logits, their fp32 copy for the loss and
@@ -48,9 +58,10 @@ paper's 7B example of LoRA weights at 0.2% of the parameters is 26 MB, here 25.7
 NF4+DQ base with bf16 embeddings and head is 3,686 MB for LLaMA-7B (3.9 GB decimal, the issue's
 floor; the paper's figure quotes 5,048 MB for its 7B weights, not reproduced by any dtype choice
 here) and 32,860 MB for 65B (34.5 GB decimal). The paper's model sizes (Table 6: 5/10/21/41 GB for
-7B/13B/33B/65B) are 14-39% above the weights plus adapter counted here. The Guanaco-65B recipe comes to
-about 44 GB, under the paper's 48 GB GPU; 33B lands within 0.1 GB of 24 GB, the case for which the
-paper needed paged optimizers.
+7B/13B/33B/65B) are 14-39% above the weights plus adapter counted here. With the paper's fp32
+norms (--norms_in_fp32) the Guanaco-65B recipe comes to 44.0 GiB, under the paper's 48 GB GPU,
+and 33B lands within 0.1 GB of 24 GB, the case for which the paper needed paged optimizers; with
+bf16 norms they come to 43.2 and 23.5 GiB.
 """
 
 import argparse
@@ -69,12 +80,21 @@ ALL_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pro
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_torch")
 PAGED_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit")
 
-# Measured per-layer saved-activation coefficients (bytes per batch*seq element), see docstring.
-ATTN_SAVED_PER_HIDDEN = 28
-MLP_SAVED_PER_INTER = 14
-DROPOUT_SAVED_PER_HIDDEN = 14
+# What autograd saves for one decoder layer, in bytes per batch*seq element unless named otherwise,
+# measured by benchmarks/activation_bytes.py (LoRA on all seven linears, bf16 autocast). Keyed by
+# norms_in_fp32: "residual" is the bytes per element of the residual stream (the checkpointed
+# layer input) and of the MLP activations; the fp32 stream is also saved by the layer itself
+# (the norm's upcast is a no-op); "dropout_hidden" is the extra with LoRA dropout under eager.
+ACTIVATION_COEFFICIENTS = {
+    False: {"residual": BF16, "saves_input": False, "hidden": 20, "intermediate": 8, "dropout_hidden": 18},
+    True: {"residual": FP32, "saves_input": True, "hidden": 22, "intermediate": 14, "dropout_hidden": 12},
+}
+SAVED_PER_LORA_R = 14  # each adapter's bf16 A output, kept for B: 7 linears * 2 bytes
+SAVED_PER_TOKEN = 8  # the two norms' fp32 1/rms
 DROPOUT_SAVED_PER_INTER = 2
-EAGER_BYTES_PER_SCORE = 6
+SDPA_DROPOUT_SAVED_PER_HIDDEN = 2  # sdpa saves its output, the o_proj input: dropout cannot free it
+SDPA_BYTES_PER_HEAD = 4  # sdpa's fp32 log-sum-exp per head and token (flash attention: assumed alike)
+EAGER_BYTES_PER_SCORE = 6  # fp32 softmax and its bf16 copy
 LOGITS_BYTES_PER_ELEMENT = BF16 + FP32 + FP32
 
 
@@ -174,9 +194,9 @@ def embedding_bytes(shape, dtype_bytes=BF16):
     return matrices * shape.vocab_size * shape.hidden_size * dtype_bytes
 
 
-def norm_bytes(shape, dtype_bytes=FP32):
-    """Two RMSNorm weights per layer plus the final norm, in fp32."""
-    return (2 * shape.num_layers + 1) * shape.hidden_size * dtype_bytes
+def norm_bytes(shape, norms_in_fp32=False):
+    """Two RMSNorm weights per layer plus the final norm: bf16, or fp32 with --norms_in_fp32."""
+    return (2 * shape.num_layers + 1) * shape.hidden_size * (FP32 if norms_in_fp32 else BF16)
 
 
 def parse_lora_modules(lora_modules):
@@ -219,38 +239,50 @@ def optimizer_bytes(n_params, optim="paged_adamw_32bit", param_dtype_bytes=BF16)
     raise ValueError(f"optim: one of {', '.join(OPTIMIZERS)}; got {optim!r}")
 
 
-def checkpoint_activation_bytes(shape, batch, seq, gradient_checkpointing=True, hidden_bytes=FP32):
-    """The layer inputs kept by gradient checkpointing (fp32 residual stream, see docstring)."""
+def checkpoint_activation_bytes(shape, batch, seq, gradient_checkpointing=True, norms_in_fp32=False):
+    """The layer inputs kept by gradient checkpointing: the residual stream, fp32 with fp32 norms."""
     if not gradient_checkpointing:
         return 0
-    return shape.num_layers * batch * seq * shape.hidden_size * hidden_bytes
+    return shape.num_layers * batch * seq * shape.hidden_size * ACTIVATION_COEFFICIENTS[norms_in_fp32]["residual"]
 
 
-def layer_saved_bytes(shape, batch, seq, attn_implementation="sdpa", lora_dropout=0.1):
-    """What autograd keeps for one decoder layer's backward (measured coefficients)."""
-    tokens = batch * seq
-    saved = tokens * (ATTN_SAVED_PER_HIDDEN * shape.hidden_size + MLP_SAVED_PER_INTER * shape.intermediate_size)
+def layer_saved_bytes(shape, batch, seq, attn_implementation="sdpa", lora_dropout=0.1, norms_in_fp32=False, lora_r=64):
+    """What autograd keeps for one decoder layer's backward, its input apart (measured coefficients)."""
+    coef = ACTIVATION_COEFFICIENTS[norms_in_fp32]
+    h, i = shape.hidden_size, shape.intermediate_size
+    per_token = coef["hidden"] * h + coef["intermediate"] * i + SAVED_PER_LORA_R * lora_r + SAVED_PER_TOKEN
     if lora_dropout > 0:
-        saved += tokens * (DROPOUT_SAVED_PER_HIDDEN * shape.hidden_size + DROPOUT_SAVED_PER_INTER * shape.intermediate_size)
+        per_token += coef["dropout_hidden"] * h + DROPOUT_SAVED_PER_INTER * i
+        if attn_implementation != "eager":
+            per_token += SDPA_DROPOUT_SAVED_PER_HIDDEN * h
     if attn_implementation == "eager":
-        saved += EAGER_BYTES_PER_SCORE * batch * shape.num_heads * seq * seq
-    return saved
+        return batch * seq * per_token + EAGER_BYTES_PER_SCORE * batch * shape.num_heads * seq * seq
+    return batch * seq * (per_token + SDPA_BYTES_PER_HEAD * shape.num_heads)
 
 
-def backward_temporary_bytes(shape, batch, seq, attn_implementation="sdpa"):
-    """Gradient buffers alive inside one layer's backward (assumed: 2 fp32 of each width)."""
-    tokens = batch * seq
-    temp = tokens * 2 * FP32 * (shape.hidden_size + shape.intermediate_size)
+def saved_input_bytes(shape, batch, seq, norms_in_fp32=False):
+    """The layer input, where the layer itself saves it (an fp32 residual stream)."""
+    coef = ACTIVATION_COEFFICIENTS[norms_in_fp32]
+    return batch * seq * shape.hidden_size * coef["residual"] if coef["saves_input"] else 0
+
+
+def backward_temporary_bytes(shape, batch, seq, attn_implementation="sdpa", norms_in_fp32=False):
+    """Gradient buffers alive inside one layer's backward (assumed: 2 of each width in the
+    residual stream's dtype, plus an fp32 score gradient for eager's fp32 softmax)."""
+    dtype_bytes = ACTIVATION_COEFFICIENTS[norms_in_fp32]["residual"]
+    temp = batch * seq * 2 * dtype_bytes * (shape.hidden_size + shape.intermediate_size)
     if attn_implementation == "eager":
         temp += FP32 * batch * shape.num_heads * seq * seq
     return temp
 
 
-def layer_activation_bytes(shape, batch, seq, gradient_checkpointing=True, attn_implementation="sdpa", lora_dropout=0.1):
+def layer_activation_bytes(shape, batch, seq, gradient_checkpointing=True, attn_implementation="sdpa", lora_dropout=0.1,
+                           norms_in_fp32=False, lora_r=64):
     """One layer's recompute working set under checkpointing, all layers' saved tensors without."""
-    saved = layer_saved_bytes(shape, batch, seq, attn_implementation, lora_dropout)
-    layers = 1 if gradient_checkpointing else shape.num_layers
-    return layers * saved + backward_temporary_bytes(shape, batch, seq, attn_implementation)
+    saved = layer_saved_bytes(shape, batch, seq, attn_implementation, lora_dropout, norms_in_fp32, lora_r)
+    if not gradient_checkpointing:  # no checkpoint line then: count the inputs the layers save
+        saved = shape.num_layers * (saved + saved_input_bytes(shape, batch, seq, norms_in_fp32))
+    return saved + backward_temporary_bytes(shape, batch, seq, attn_implementation, norms_in_fp32)
 
 
 def dequant_buffer_bytes(shape, bits=4):
@@ -268,7 +300,7 @@ def logits_bytes(shape, batch, seq):
 def estimate(shape, bits=4, double_quant=True, lora_r=64, lora_modules="all", source_max_len=16,
              target_max_len=512, per_device_train_batch_size=1, gradient_checkpointing=True,
              optim="paged_adamw_32bit", lora_dtype="bf16", lora_dropout=0.1, attn_implementation="sdpa",
-             overhead_mb=DEFAULT_OVERHEAD_MB):
+             overhead_mb=DEFAULT_OVERHEAD_MB, norms_in_fp32=False):
     """Ordered {component: bytes}; the peak estimate is their sum."""
     lora_bytes = {"bf16": BF16, "fp32": FP32}[lora_dtype]
     n_lora = lora_params(shape, lora_r, parse_lora_modules(lora_modules))
@@ -276,13 +308,15 @@ def estimate(shape, bits=4, double_quant=True, lora_r=64, lora_modules="all", so
     return {
         "quantized_base_weights": quantized_base_bytes(shape, bits, double_quant),
         "embeddings_and_lm_head": embedding_bytes(shape),
-        "norms": norm_bytes(shape),
+        "norms": norm_bytes(shape, norms_in_fp32),
         "lora_weights": lora_weight_bytes(n_lora, lora_bytes),
         "lora_gradients": lora_grad_bytes(n_lora, lora_bytes),
         "optimizer_states": optimizer_bytes(n_lora, optim, lora_bytes),
-        "checkpointed_activations": checkpoint_activation_bytes(shape, batch, seq, gradient_checkpointing),
+        "checkpointed_activations": checkpoint_activation_bytes(
+            shape, batch, seq, gradient_checkpointing, norms_in_fp32
+        ),
         "layer_activations": layer_activation_bytes(
-            shape, batch, seq, gradient_checkpointing, attn_implementation, lora_dropout
+            shape, batch, seq, gradient_checkpointing, attn_implementation, lora_dropout, norms_in_fp32, lora_r
         ),
         "dequantized_weight_buffer": dequant_buffer_bytes(shape, bits),
         "logits": logits_bytes(shape, batch, seq),
@@ -332,6 +366,9 @@ def parse_args(argv=None):
     parser.add_argument("--gradient_checkpointing", type=str2bool, default=True)
     parser.add_argument("--optim", choices=OPTIMIZERS, default="paged_adamw_32bit")
     parser.add_argument("--attn_implementation", choices=("sdpa", "flash_attention_2", "eager"), default="sdpa")
+    parser.add_argument("--norms_in_fp32", type=str2bool, nargs="?", const=True, default=False,
+                        help="norms kept in fp32 as qlora.py --norms_in_fp32 (the 2023 reference): an fp32 "
+                             "residual stream and MLP")
     parser.add_argument("--overhead_mb", type=float, default=DEFAULT_OVERHEAD_MB,
                         help="CUDA context, workspaces and fragmentation (MB)")
     parser.add_argument("--gpu_memory_gb", type=float, default=24)
@@ -360,7 +397,7 @@ def main(argv=None):
             target_max_len=args.target_max_len, per_device_train_batch_size=args.per_device_train_batch_size,
             gradient_checkpointing=args.gradient_checkpointing, optim=args.optim, lora_dtype=args.lora_dtype,
             lora_dropout=args.lora_dropout, attn_implementation=args.attn_implementation,
-            overhead_mb=args.overhead_mb,
+            overhead_mb=args.overhead_mb, norms_in_fp32=args.norms_in_fp32,
         )
     except (ValueError, OSError, AttributeError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -370,7 +407,8 @@ def main(argv=None):
     if args.json:
         print(json.dumps({"model": name, "bits": args.bits, "lora_r": args.lora_r,
                           "seq_len": args.source_max_len + args.target_max_len,
-                          "per_device_train_batch_size": args.per_device_train_batch_size, **report}))
+                          "per_device_train_batch_size": args.per_device_train_batch_size,
+                          "norms_in_fp32": args.norms_in_fp32, **report}))
     else:
         print(format_table(report, name))
     return 0

@@ -1,6 +1,7 @@
 """scripts/estimate_memory.py: each component against values computed by hand, and the CLI."""
 
 import importlib.util
+import itertools
 import json
 import os
 
@@ -9,6 +10,7 @@ import pytest
 from conftest import REPO_ROOT, run_python
 
 SCRIPT = os.path.join(REPO_ROOT, "scripts", "estimate_memory.py")
+BENCHMARK = os.path.join(REPO_ROOT, "benchmarks", "activation_bytes.py")
 _spec = importlib.util.spec_from_file_location("estimate_memory", SCRIPT)
 em = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(em)
@@ -41,7 +43,8 @@ def test_embeddings_norms_and_tied_head():
     assert em.embedding_bytes(LLAMA_7B) == 2 * 32000 * 4096 * 2 == 524_288_000  # 500 MB, bf16
     tied = em.ModelShape(64, 128, 2, 4, 100, tie_word_embeddings=True)
     assert em.embedding_bytes(tied) == 100 * 64 * 2
-    assert em.norm_bytes(LLAMA_7B) == (2 * 32 + 1) * 4096 * 4
+    assert em.norm_bytes(LLAMA_7B) == (2 * 32 + 1) * 4096 * 2  # bf16 by default
+    assert em.norm_bytes(LLAMA_7B, norms_in_fp32=True) == (2 * 32 + 1) * 4096 * 4
 
 
 def test_lora_params_one_llama_7b_layer_r64():
@@ -66,25 +69,76 @@ def test_lora_weights_gradients_and_optimizer_states():
         em.optimizer_bytes(n, "sgd")
 
 
-def test_activation_components():
-    batch, seq = 2, 528
-    # fp32 layer inputs, one per layer
-    assert em.checkpoint_activation_bytes(LLAMA_7B, batch, seq) == 32 * 2 * 528 * 4096 * 4
+def test_activation_components_bf16_norms():
+    batch, seq, tokens = 2, 528, 2 * 528
+    # bf16 layer inputs, one per layer
+    assert em.checkpoint_activation_bytes(LLAMA_7B, batch, seq) == 32 * tokens * 4096 * 2
     assert em.checkpoint_activation_bytes(LLAMA_7B, batch, seq, gradient_checkpointing=False) == 0
-    saved = 2 * 528 * (28 * 4096 + 14 * 11008)
-    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "sdpa", lora_dropout=0.0) == saved
-    dropout = 2 * 528 * (14 * 4096 + 2 * 11008)
-    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "sdpa", lora_dropout=0.1) == saved + dropout
+    # 20 per hidden, 8 per intermediate, 14 per LoRA rank, 8 per token; sdpa: 4 per head and token
+    core = tokens * (20 * 4096 + 8 * 11008 + 14 * 64 + 8)
+    sdpa = core + tokens * 4 * 32
+    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "sdpa", lora_dropout=0.0) == sdpa
+    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "flash_attention_2", 0.0) == sdpa
+    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "sdpa", 0.0, lora_r=8) == sdpa - tokens * 14 * 56
+    # dropout: 18 per hidden (20 with sdpa, whose saved output dropout cannot free) + 2 per intermediate
+    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "sdpa", 0.1) == sdpa + tokens * (20 * 4096 + 2 * 11008)
     scores = 2 * 32 * 528 * 528
-    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "eager", 0.0) == saved + 6 * scores
-    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "flash_attention_2", 0.0) == saved
-    temp = 2 * 528 * 2 * 4 * (4096 + 11008)
+    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "eager", 0.0) == core + 6 * scores
+    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "eager", 0.1) == (
+        core + tokens * (18 * 4096 + 2 * 11008) + 6 * scores)
+    # assumed temporaries: two bf16 gradients of each width (+ an fp32 score gradient for eager)
+    temp = tokens * 2 * 2 * (4096 + 11008)
     assert em.backward_temporary_bytes(LLAMA_7B, batch, seq) == temp
-    assert em.layer_activation_bytes(LLAMA_7B, batch, seq, True, "sdpa", 0.0) == saved + temp
-    assert em.layer_activation_bytes(LLAMA_7B, batch, seq, False, "sdpa", 0.0) == 32 * saved + temp
+    assert em.backward_temporary_bytes(LLAMA_7B, batch, seq, "eager") == temp + 4 * scores
+    assert em.layer_activation_bytes(LLAMA_7B, batch, seq, True, "sdpa", 0.0) == sdpa + temp
+    # without checkpointing every layer's set; a bf16 layer input is not saved by the layer itself
+    assert em.saved_input_bytes(LLAMA_7B, batch, seq) == 0
+    assert em.layer_activation_bytes(LLAMA_7B, batch, seq, False, "sdpa", 0.0) == 32 * sdpa + temp
     assert em.dequant_buffer_bytes(LLAMA_7B, 4) == 4096 * 11008 * 2
     assert em.dequant_buffer_bytes(LLAMA_7B, 16) == 0
-    assert em.logits_bytes(LLAMA_7B, batch, seq) == 2 * 528 * 32000 * (2 + 4 + 4)
+    assert em.logits_bytes(LLAMA_7B, batch, seq) == tokens * 32000 * (2 + 4 + 4)
+
+
+def test_activation_components_fp32_norms():
+    batch, seq, tokens = 2, 528, 2 * 528
+    fp32 = {"norms_in_fp32": True}
+    # the fp32 residual stream: 4 bytes per layer input
+    assert em.checkpoint_activation_bytes(LLAMA_7B, batch, seq, **fp32) == 32 * tokens * 4096 * 4
+    sdpa = tokens * (22 * 4096 + 14 * 11008 + 14 * 64 + 8 + 4 * 32)
+    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "sdpa", 0.0, **fp32) == sdpa
+    assert em.layer_saved_bytes(LLAMA_7B, batch, seq, "sdpa", 0.1, **fp32) == sdpa + tokens * (14 * 4096 + 2 * 11008)
+    temp = tokens * 2 * 4 * (4096 + 11008)  # two fp32 gradients of each width
+    assert em.backward_temporary_bytes(LLAMA_7B, batch, seq, **fp32) == temp
+    # the layer saves its fp32 input itself: without checkpointing it stays, once per layer
+    layer_input = tokens * 4096 * 4
+    assert em.saved_input_bytes(LLAMA_7B, batch, seq, **fp32) == layer_input
+    assert em.layer_activation_bytes(LLAMA_7B, batch, seq, True, "sdpa", 0.0, **fp32) == sdpa + temp
+    assert em.layer_activation_bytes(LLAMA_7B, batch, seq, False, "sdpa", 0.0, **fp32) == (
+        32 * (sdpa + layer_input) + temp)
+
+
+def test_fp32_norms_cost_more_in_every_activation_setting():
+    for attn, dropout, checkpointing in itertools.product(("sdpa", "eager"), (0.0, 0.1), (True, False)):
+        args = (LLAMA_7B, 1, 528, checkpointing, attn, dropout)
+        assert em.layer_activation_bytes(*args, norms_in_fp32=True) > em.layer_activation_bytes(*args)
+
+
+def test_coefficients_match_a_measurement_at_unfitted_sizes(tmp_path):
+    """benchmarks/activation_bytes.py fits its coefficients at heads 32 wide and intermediate
+    192/384; measure one layer at LLaMA's head width 128, intermediate 352 and another rank."""
+    spec = importlib.util.spec_from_file_location("activation_bytes", BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.save_model(str(tmp_path), 128, 352, head_dim=128)
+    shape = em.ModelShape(128, 352, bench.NUM_LAYERS, 1, 256)
+    for norms_in_fp32, dropout, attn in [(False, 0.1, "sdpa"), (False, 0.0, "eager"), (True, 0.0, "sdpa"),
+                                         (True, 0.1, "eager")]:
+        model = bench.load(str(tmp_path), norms_in_fp32, dropout, attn, 16)
+        saved, layer_input, input_saved = bench.measure(model, 48)
+        assert saved == em.layer_saved_bytes(shape, bench.BATCH, 48, attn, dropout, norms_in_fp32, lora_r=16)
+        assert layer_input.numel() * layer_input.element_size() == (
+            em.checkpoint_activation_bytes(shape, bench.BATCH, 48, True, norms_in_fp32) / shape.num_layers)
+        assert input_saved == (em.saved_input_bytes(shape, bench.BATCH, 48, norms_in_fp32) > 0)
 
 
 def test_estimate_sums_the_components():
@@ -92,14 +146,22 @@ def test_estimate_sums_the_components():
     assert components["quantized_base_weights"] == 3_340_771_328
     assert components["optimizer_states"] == 8 * 159_907_840
     assert components["cuda_context_overhead"] == 768 * MB
-    assert components["checkpointed_activations"] == 32 * 528 * 4096 * 4  # seq = 16 + 512
+    assert components["checkpointed_activations"] == 32 * 528 * 4096 * 2  # seq = 16 + 512, bf16
+    assert components["norms"] == (2 * 32 + 1) * 4096 * 2
+    reference = em.estimate(LLAMA_7B, norms_in_fp32=True)
+    assert reference["checkpointed_activations"] == 2 * components["checkpointed_activations"]
+    assert reference["norms"] == 2 * components["norms"]
+    assert reference["layer_activations"] > components["layer_activations"]
+    changed = {name for name in components if components[name] != reference[name]}
+    assert changed == {"norms", "checkpointed_activations", "layer_activations"}
     # the issue's floor: ~3.9 GB (decimal) of base weights incl. bf16 embeddings and head
     base = components["quantized_base_weights"] + components["embeddings_and_lm_head"]
     assert 3.85e9 < base < 3.9e9
 
 
-def test_paper_claims_65b_fits_48gb_not_24gb():
-    components = em.estimate(em.LLAMA_CONFIGS["llama-65b"])
+@pytest.mark.parametrize("norms_in_fp32", [False, True])
+def test_paper_claims_65b_fits_48gb_not_24gb(norms_in_fp32):
+    components = em.estimate(em.LLAMA_CONFIGS["llama-65b"], norms_in_fp32=norms_in_fp32)
     base = components["quantized_base_weights"] + components["embeddings_and_lm_head"]
     assert 34.4e9 < base < 34.5e9  # the issue's 34.5 GB
     assert em.summarize(components, 48, "paged_adamw_32bit")["fits"]
@@ -116,7 +178,7 @@ def _cli_json(*args):
 
 def test_cli_json_components_sum_to_total():
     report = _cli_json("--config", "llama-65b", "--gpu_memory_gb", "48")
-    assert report["model"] == "llama-65b" and report["seq_len"] == 528
+    assert report["model"] == "llama-65b" and report["seq_len"] == 528 and report["norms_in_fp32"] is False
     assert report["total_mb"] == pytest.approx(sum(report["components_mb"].values()), abs=0.05)
     assert report["fits"] is True
     assert report["components_mb"]["quantized_base_weights"] == pytest.approx(
@@ -133,6 +195,12 @@ def test_cli_flags_change_the_right_components():
     assert eight["components_mb"]["quantized_base_weights"] > base["components_mb"]["quantized_base_weights"]
     longer = _cli_json("--config", "llama-7b", "--target_max_len", "2032", "--per_device_train_batch_size", "4")
     assert longer["components_mb"]["logits"] == pytest.approx(base["components_mb"]["logits"] * 4 * 2048 / 528, rel=1e-3)
+    fp32 = _cli_json("--config", "llama-7b", "--norms_in_fp32")
+    assert fp32["norms_in_fp32"] is True and _cli_json("--config", "llama-7b", "--norms_in_fp32", "False") == base
+    assert fp32["components_mb"]["checkpointed_activations"] == pytest.approx(
+        2 * base["components_mb"]["checkpointed_activations"], abs=0.1)
+    assert fp32["components_mb"]["layer_activations"] > base["components_mb"]["layer_activations"]
+    assert fp32["components_mb"]["optimizer_states"] == base["components_mb"]["optimizer_states"]
     no_gc = _cli_json("--config", "llama-7b", "--gradient_checkpointing", "False")
     assert no_gc["components_mb"]["checkpointed_activations"] == 0
     assert no_gc["components_mb"]["layer_activations"] > 10 * base["components_mb"]["layer_activations"]
@@ -142,7 +210,7 @@ def test_cli_table():
     result = run_python([SCRIPT, "--config", "llama-7b", "--gpu_memory_gb", "6"])
     assert "quantized_base_weights" in result.stdout and "cuda_context_overhead" in result.stdout
     assert "does NOT fit in 6 GB" in result.stdout
-    assert "paged optimizer" in result.stdout  # 7.0 GB total, 5.8 GB without the optimizer states
+    assert "paged optimizer" in result.stdout  # 6.7 GB total, 5.5 GB without the optimizer states
 
 
 def test_cli_model_name_or_path_reads_a_local_config(tmp_path):

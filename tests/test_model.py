@@ -51,3 +51,41 @@ def test_pad_token_is_added_and_new_rows_are_the_mean(tiny_model_dir):
 def test_llama_bos_is_id_1(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (1, 2)
+
+
+def lora_model_and_residual_dtype(tiny_model_dir, norms_in_fp32):
+    """A bf16 4-bit LoRA model as qlora.py builds it, its loss on one batch and the dtype of the
+    residual stream that leaves the first decoder layer."""
+    from qlorakit.config import parse_arguments
+    from qlorakit.model import load_model
+
+    _, _, training_args, _ = parse_arguments([
+        "--model_name_or_path", tiny_model_dir, "--output_dir", "unused", "--use_cpu", "--bf16",
+        "--lora_r", "8", "--norms_in_fp32", str(norms_in_fp32)])
+    tokenizer = load_tokenizer(tiny_model_dir)
+    torch.manual_seed(0)
+    model = load_model(parse_arguments(["--model_name_or_path", tiny_model_dir])[0], training_args, tokenizer)
+    for name, param in model.named_parameters():  # LoRA B starts at zero; make the adapter matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    seen = {}
+
+    def record_dtype(module, args, output):
+        seen["dtype"] = (output[0] if isinstance(output, tuple) else output).dtype
+
+    model.base_model.model.model.layers[0].register_forward_hook(record_dtype)
+    ids = torch.randint(3, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    return model, loss.item(), seen["dtype"]
+
+
+def test_norms_stay_bf16_by_default_and_match_fp32_norms_in_loss(tiny_model_dir):
+    model, loss, residual_dtype = lora_model_and_residual_dtype(tiny_model_dir, norms_in_fp32=False)
+    norm_dtypes = {p.dtype for n, p in model.named_parameters() if "norm" in n}
+    assert norm_dtypes == {torch.bfloat16} and residual_dtype == torch.bfloat16
+
+    model, loss_fp32_norms, residual_dtype = lora_model_and_residual_dtype(tiny_model_dir, norms_in_fp32=True)
+    assert {p.dtype for n, p in model.named_parameters() if "norm" in n} == {torch.float32}
+    assert residual_dtype == torch.float32  # bitsandbytes returns fp32 for the fp32 norm outputs
+    assert loss == pytest.approx(loss_fp32_norms, rel=5e-4)
