@@ -12,7 +12,7 @@ from qlorakit.callbacks import TrainingStopped
 from qlorakit.checkpoints import CheckpointError
 from qlorakit.config import ArgumentError, parse_arguments
 from qlorakit.data import DataError
-from qlorakit.train import run
+from qlorakit.train import release_process_group, run
 
 BAD_INPUT = (ArgumentError, DataError, CheckpointError)
 
@@ -26,6 +26,8 @@ def main(argv=None):
     except TrainingStopped as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finally:
+        release_process_group()
     return 0
 
 

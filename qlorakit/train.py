@@ -2,6 +2,7 @@
 
 import logging
 import os
+import resource
 
 import numpy as np
 import torch
@@ -101,6 +102,21 @@ def predict(trainer, tokenizer, dataset, output_dir):
     return result.metrics
 
 
+def peak_memory_mb(training_args):
+    """This process's peak so far: CUDA max allocated on a GPU (what scripts/estimate_memory.py
+    predicts), the maximum resident set size on CPU (Linux reports it in KiB)."""
+    if training_args.device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(training_args.device) / 2**20)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def release_process_group():
+    """Tear torch.distributed down before exit; left to interpreter shutdown, a gloo rank can abort
+    ("terminate called without an active exception") after a run that succeeded."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def run(model_args, data_args, training_args, generation_args):
     setup_logging(training_args)
     set_seed(training_args.seed)
@@ -129,6 +145,7 @@ def run(model_args, data_args, training_args, generation_args):
                 "try --bf16 instead of --fp16 or a lower --learning_rate")
         if training_args.world_size > 1:
             check_replicas(trainer)
+        result.metrics["train_peak_memory_mb"] = peak_memory_mb(training_args)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()

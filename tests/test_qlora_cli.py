@@ -43,6 +43,7 @@ def test_outputs_sit_where_the_reference_puts_them(trained_run):
     assert os.path.isfile(os.path.join(output_dir, "completed"))
     metrics = json.load(open(os.path.join(output_dir, "metrics.json")))
     assert {"train_loss", "eval_loss", "predict_runtime"} <= set(metrics)
+    assert 50 < metrics["train_peak_memory_mb"] < 8000  # the process's peak RSS on CPU, in MB
 
 
 def test_lora_targets_exactly_the_seven_projections(trained_run):
