@@ -1,21 +1,24 @@
 """Training throughput: our pipeline against a reference-style one, side by side in one process.
 
-    python benchmarks/train_throughput.py --preset cpu-tiny [--steps 6] [--json]
+    python benchmarks/train_throughput.py --preset cpu-tiny [--steps 6] [--repeats 3] [--json]
     python benchmarks/train_throughput.py --preset gpu-7b --json      # needs a CUDA GPU (~20 GB)
+    python benchmarks/train_throughput.py --ablate "--norms_in_fp32 True"   # ours against ours + flags
 
 Both pipelines train the same model (4-bit NF4 + double quant, LoRA r 64 / alpha 16 on every
 linear layer, paged AdamW, bf16) on the same data for the same number of optimizer steps at the
 same effective batch (16), through the Hugging Face Trainer, each in a fresh process:
 
-- ours: rows tokenized once up front, batched by token length, micro-batch x accumulation from
-  the preset (or --ours_batch), optionally without padding (--ours_padding_free True);
+- ours: qlora.py's defaults: rows tokenized once up front, batched by token length, bf16 norms,
+  micro-batch x accumulation from the preset (or --ours_batch), plus any --ours_flags;
 - baseline, as the QLoRA reference runs: tokenized inside the collator at every step, each
-  micro-batch padded to its longest row, group_by_length on character lengths, batch 1 x
-  accumulation 16 (its Guanaco scripts).
+  micro-batch padded to its longest row, group_by_length on character lengths, norms in fp32,
+  batch 1 x accumulation 16 (its Guanaco scripts). With --ablate FLAGS the baseline is ours
+  again, with FLAGS added: the share of one option, measured side by side.
 
 Reported per pipeline: non-padding tokens per second (steps after the first, which pays one-time
 costs), mean step time, peak memory (CUDA max allocated on GPU, peak RSS sampled on CPU) and the
-final loss. Data: the bundled OpenAssistant-format conversations, repeated, so lengths follow
+final loss. --repeats N runs the pair N times, alternating, and reports the pair with the
+median speedup (this box's speed drifts by ~10% between runs). Data: the bundled OpenAssistant-format conversations, repeated, so lengths follow
 real conversations. gpu-7b builds a LLaMA-7B-shaped model with random weights (no download) and
 quantizes it on load.
 """
@@ -25,6 +28,7 @@ import gc
 import json
 import multiprocessing
 import os
+import shlex
 import sys
 import tempfile
 import threading
@@ -159,14 +163,17 @@ class PeakRSS:
         self.thread.join()
 
 
-def training_flags(model_dir, output_dir, data_path, batch, accumulation, steps, preset, padding_free):
+BASELINE_FLAGS = ["--norms_in_fp32", "True"]  # the reference upcast norms to fp32
+
+
+def training_flags(model_dir, output_dir, data_path, batch, accumulation, steps, preset, extra_flags):
     flags = ["--model_name_or_path", model_dir, "--output_dir", output_dir, "--dataset", data_path,
              "--dataset_format", "oasst1", "--bf16", "--source_max_len", "16", "--target_max_len", "512",
              "--lora_r", "64", "--lora_alpha", "16", "--per_device_train_batch_size", str(batch),
              "--gradient_accumulation_steps", str(accumulation), "--max_steps", str(steps),
              "--save_strategy", "no", "--logging_steps", "1", "--seed", "0", "--disable_tqdm", "True",
-             "--padding_free", str(padding_free), "--dataloader_num_workers", "0"]
-    return flags + (["--use_cpu"] if preset.cpu else [])
+             "--dataloader_num_workers", "0"]
+    return flags + (["--use_cpu"] if preset.cpu else []) + extra_flags
 
 
 def make_baseline(trainer, tokenizer, data_args):
@@ -177,16 +184,16 @@ def make_baseline(trainer, tokenizer, data_args):
     trainer.data_collator = ReferenceStyleCollator(tokenizer, data_args.source_max_len, data_args.target_max_len)
 
 
-def run_pipeline(name, model_dir, data_path, preset, steps, workdir, batch, accumulation, padding_free):
-    baseline = name == "baseline"
+def run_pipeline(name, model_dir, data_path, preset, steps, workdir, batch, accumulation, extra_flags,
+                 reference_style):
     flags = training_flags(model_dir, os.path.join(workdir, name), data_path, batch, accumulation, steps,
-                           preset, padding_free)
+                           preset, extra_flags)
     arguments = parse_arguments(flags)
     if preset.cpu is False:
         torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as rss:
         trainer, tokenizer, _ = setup_trainer(*arguments)
-        if baseline:
+        if reference_style:
             make_baseline(trainer, tokenizer, arguments[1])
         meter = StepMeter(cuda=not preset.cpu)
         trainer.add_callback(meter)
@@ -226,8 +233,10 @@ def main(argv=None):
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny")
     parser.add_argument("--steps", type=int, help="optimizer steps per pipeline (preset default)")
     parser.add_argument("--ours_batch", type=int, help="our micro-batch (preset default); accumulation = 16 / it")
-    parser.add_argument("--ours_padding_free", choices=("True", "False"), default="False",
-                        help="our --padding_free setting (default False, as qlora.py)")
+    parser.add_argument("--ours_flags", default="", help='extra qlora.py flags for ours, e.g. "--padding_free True"')
+    parser.add_argument("--ablate", help="baseline = ours plus these qlora.py flags, instead of the reference's way")
+    parser.add_argument("--repeats", type=int, default=1, help="run the pair N times; report the median speedup")
+    parser.add_argument("--model_dir", help="keep the built model here and reuse it when present (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
@@ -235,15 +244,23 @@ def main(argv=None):
         parser.error(f"--preset {args.preset} needs a CUDA GPU")
     steps = args.steps or preset.steps
     with tempfile.TemporaryDirectory() as workdir:
-        model_dir = os.path.join(workdir, "model")
-        (build_tiny_model if preset.cpu else build_llama_7b)(model_dir)
+        model_dir = args.model_dir or os.path.join(workdir, "model")
+        if not os.path.exists(os.path.join(model_dir, "config.json")):
+            (build_tiny_model if preset.cpu else build_llama_7b)(model_dir)
         data_path = repeated_data(OASST_SAMPLE, copies=4, directory=workdir)
         ours_batch = args.ours_batch or preset.ours_batch
-        layouts = {"baseline": (1, 16, False), "ours": (ours_batch, 16 // ours_batch, args.ours_padding_free == "True")}
-        results = {name: run_isolated(name, model_dir, data_path, preset, steps, workdir, *layout)
-                   for name, layout in layouts.items()}
-    report = {"preset": args.preset, "ours": results["ours"], "baseline": results["baseline"],
-              "speedup": round(results["ours"]["tokens_per_s"] / results["baseline"]["tokens_per_s"], 2)}
+        ours_flags = shlex.split(args.ours_flags)
+        layouts = {"baseline": (1, 16, BASELINE_FLAGS, True),  # (batch, accumulation, flags, reference_style)
+                   "ours": (ours_batch, 16 // ours_batch, ours_flags, False)}
+        if args.ablate is not None:
+            layouts["baseline"] = (ours_batch, 16 // ours_batch, ours_flags + shlex.split(args.ablate), False)
+        pairs = [{name: run_isolated(name, model_dir, data_path, preset, steps, workdir, *layout)
+                  for name, layout in layouts.items()} for _ in range(args.repeats)]
+    speedups = [round(pair["ours"]["tokens_per_s"] / pair["baseline"]["tokens_per_s"], 2) for pair in pairs]
+    median = sorted(range(len(pairs)), key=speedups.__getitem__)[len(pairs) // 2]
+    results = pairs[median]
+    report = {"preset": args.preset, "ours_flags": args.ours_flags, "ablate": args.ablate, "ours": results["ours"],
+              "baseline": results["baseline"], "speedup": speedups[median], "speedups": speedups}
     if args.json:
         print(json.dumps(report))
         return
@@ -252,7 +269,7 @@ def main(argv=None):
         r = results[name]
         print(f"  {name:8s} {r['micro_batch']:>2d} x {r['accumulation']:<2d}  {r['tokens_per_s']:>9.1f} tokens/s  "
               f"{r['step_time_s']:.3f} s/step  peak {r['peak_mem_mb']} MB  final loss {r['final_loss']}")
-    print(f"  speedup {report['speedup']}x")
+    print(f"  speedup {report['speedup']}x" + (f" (median of {speedups})" if len(pairs) > 1 else ""))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""The benchmark's reference-style pipeline feeds the model the same tokens as ours."""
+"""The throughput benchmark: its reference-style pipeline feeds the model the same tokens as ours,
+and its CLI runs and reports."""
 
+import json
+import math
 import os
 import sys
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_python
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 import train_throughput  # noqa: E402
@@ -25,3 +28,14 @@ def test_reference_style_batches_hold_the_same_tokens_and_labels(tiny_model_dir)
     assert reference["labels"].tolist() == ours["labels"].tolist()
     assert reference["attention_mask"].long().tolist() == ours["attention_mask"].tolist()
 
+
+
+def test_ablation_runs_ours_twice_and_reports_one_json_line():
+    result = run_python(["benchmarks/train_throughput.py", "--preset", "cpu-tiny", "--steps", "2", "--ours_batch", "8",
+                         "--ablate", "--norms_in_fp32 True", "--json"])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["ablate"] == "--norms_in_fp32 True" and len(report["speedups"]) == 1
+    for name in ("ours", "baseline"):
+        assert (report[name]["micro_batch"], report[name]["accumulation"], report[name]["steps"]) == (8, 2, 2)
+        assert report[name]["tokens_per_s"] > 0 and math.isfinite(report[name]["final_loss"])
+    assert report["speedup"] == round(report["ours"]["tokens_per_s"] / report["baseline"]["tokens_per_s"], 2)
