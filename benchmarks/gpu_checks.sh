@@ -10,8 +10,14 @@
 #   recipe      scripts/finetune_guanaco_7b.sh for 20 steps on the random LLaMA-7B, its peak
 #               memory next to scripts/estimate_memory.py --config llama-7b
 #   norms       ours against ours with --norms_in_fp32 on gpu-7b (that option's share)
+#   packing     ours padding-free with flex_attention (and flash_attention_2 if flash-attn is
+#               installed) against ours padded with sdpa, on gpu-7b
+#   liger       ours with --use_liger_kernel against ours without (carry the liger-kernel wheel:
+#               ../shared/tools/device-wheels.sh liger-kernel)
 #   fsdp        examples/accelerate/fsdp_qlora.yaml with one process on the tiny model
 # The random LLaMA-7B (13 GB of bf16 safetensors) is built once in $WORK/llama-7b and shared.
+# A stage on 7B takes about 3-6 minutes; the device tool allows 10 per command, so run one or
+# two stages per command.
 # On the device machine, carry the bitsandbytes and datasets wheels (../shared/tools/device-wheels.sh)
 # in .whl/: they are installed into /tmp/site first. QLORA_FLAGS is appended to the tiny and fsdp
 # runs: QLORA_FLAGS=--use_cpu tries those two stages on a machine without a GPU.
@@ -60,6 +66,25 @@ stage_norms() {
         --json | tail -n 1 > "$OUT/norms.json"
 }
 
+stage_packing() {
+    local attn
+    rm -f "$OUT/packing.json"
+    for attn in flex_attention flash_attention_2; do
+        if [ "$attn" = flash_attention_2 ] && ! "$PY" -c "import flash_attn" 2> /dev/null; then
+            echo "flash-attn not installed: $attn skipped"
+            continue
+        fi
+        "$PY" benchmarks/train_throughput.py --preset gpu-7b --model_dir "$LLAMA_7B" \
+            --ours_flags "--padding_free True --attn_implementation $attn" \
+            --ablate "--padding_free False --attn_implementation sdpa" --json | tail -n 1 >> "$OUT/packing.json" || return 1
+    done
+}
+
+stage_liger() {
+    "$PY" benchmarks/train_throughput.py --preset gpu-7b --model_dir "$LLAMA_7B" --ours_flags "--use_liger_kernel True" \
+        --ablate "--use_liger_kernel False" --json | tail -n 1 > "$OUT/liger.json"
+}
+
 stage_recipe() {
     [ -f "$LLAMA_7B/config.json" ] || "$PY" -c "
 import sys; sys.path[:0] = ['benchmarks', 'scripts']
@@ -99,8 +124,8 @@ cat "$OUT/machine.txt"
 for stage in "${@:-tiny throughput recipe}"; do
     for name in $stage; do
         case "$name" in
-            tiny|throughput|recipe|norms|fsdp) run_stage "$name" "stage_$name" ;;
-            *) echo "unknown stage: $name (tiny, throughput, recipe, norms, fsdp)" >&2; exit 2 ;;
+            tiny|throughput|recipe|norms|packing|liger|fsdp) run_stage "$name" "stage_$name" ;;
+            *) echo "unknown stage: $name (tiny, throughput, recipe, norms, packing, liger, fsdp)" >&2; exit 2 ;;
         esac
     done
 done
