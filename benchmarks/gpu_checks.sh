@@ -12,8 +12,8 @@
 #   norms       ours against ours with --norms_in_fp32 on gpu-7b (that option's share)
 #   packing     ours padding-free with flex_attention (and flash_attention_2 if flash-attn is
 #               installed) against ours padded with sdpa, on gpu-7b
-#   liger       ours with --use_liger_kernel against ours without (carry the liger-kernel wheel:
-#               ../shared/tools/device-wheels.sh liger-kernel)
+#   liger       ours with --use_liger_kernel against the reference's way (carry the liger-kernel
+#               wheel: ../shared/tools/device-wheels.sh liger-kernel); compare with throughput
 #   fsdp        examples/accelerate/fsdp_qlora.yaml with one process on the tiny model
 # The random LLaMA-7B (13 GB of bf16 safetensors) is built once in $WORK/llama-7b and shared.
 # A stage on 7B takes about 3-6 minutes; the device tool allows 10 per command, so run one or
@@ -82,7 +82,7 @@ stage_packing() {
 
 stage_liger() {
     "$PY" benchmarks/train_throughput.py --preset gpu-7b --model_dir "$LLAMA_7B" --ours_flags "--use_liger_kernel True" \
-        --ablate "--use_liger_kernel False" --json | tail -n 1 > "$OUT/liger.json"
+        --json | tail -n 1 > "$OUT/liger.json"
 }
 
 stage_recipe() {
