@@ -18,9 +18,9 @@ same effective batch (16), through the Hugging Face Trainer, each in a fresh pro
 Reported per pipeline: non-padding tokens per second (steps after the first, which pays one-time
 costs), mean step time, peak memory (CUDA max allocated on GPU, peak RSS sampled on CPU) and the
 final loss. --repeats N runs the pair N times, alternating, and reports the pair with the
-median speedup (this box's speed drifts by ~10% between runs). Data: the bundled OpenAssistant-format conversations, repeated, so lengths follow
-real conversations. gpu-7b builds a LLaMA-7B-shaped model with random weights (no download) and
-quantizes it on load.
+median speedup (a shared box's speed drifts by ~10% between runs). Data: the bundled
+OpenAssistant-format conversations, repeated, so lengths follow real conversations. gpu-7b
+builds a LLaMA-7B-shaped model with random weights (no download) and quantizes it on load.
 """
 
 import argparse
