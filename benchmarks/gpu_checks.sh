@@ -18,15 +18,20 @@
 # The random LLaMA-7B (13 GB of bf16 safetensors) is built once in $WORK/llama-7b and shared.
 # A stage on 7B takes about 3-6 minutes; the device tool allows 10 per command, so run one or
 # two stages per command.
-# On the device machine, carry the bitsandbytes and datasets wheels (../shared/tools/device-wheels.sh)
-# in .whl/: they are installed into /tmp/site first. QLORA_FLAGS is appended to the tiny and fsdp
-# runs: QLORA_FLAGS=--use_cpu tries those two stages on a machine without a GPU.
+# The device image lacks bitsandbytes and datasets and has transformers 5.17. Once, here:
+#   echo /.whl/ >> .git/info/exclude
+#   ../shared/tools/device-wheels.sh transformers==5.23.0 peft==0.21.2 liger-kernel    # 57 MB
+# then carry [".whl"] in each run: the script installs .whl/*.whl into /tmp/site first. The tool
+# returns at most 8 files from $OUT, so at most 3 stages per command (2 files each, plus
+# machine.txt and summary.txt). QLORA_FLAGS is appended to the tiny and fsdp runs:
+# QLORA_FLAGS=--use_cpu tries those two stages on a machine without a GPU.
 set -uo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$REPO_ROOT/gpu_checks}"
 WORK="${WORK:-/tmp/gpu_checks}"
 PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
 LLAMA_7B="$WORK/llama-7b"
 mkdir -p "$OUT" "$WORK"
 cd "$REPO_ROOT" || exit 1
