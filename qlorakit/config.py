@@ -6,6 +6,7 @@ the 2023 stack that transformers 5 renamed or removed are kept as aliases (``--e
 strict: a misspelt flag is an error (the reference silently ignored unknown flags).
 """
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -206,6 +207,21 @@ class GenerationArguments:
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments, GenerationArguments)
 
 
+# Flags whose package is optional: (the modules, any one of which serves it; what to install).
+OPTIONAL_PACKAGES = {
+    "--use_liger_kernel": (("liger_kernel",), "pip install liger-kernel (Triton kernels: CUDA GPUs)"),
+    "--attn_implementation flash_attention_2": (("flash_attn", "kernels"),
+                                                 "pip install flash-attn, or kernels to fetch it from the hub"),
+}
+
+
+def check_optional_package(flag):
+    """One line up front instead of an ImportError once the model is loaded."""
+    modules, install = OPTIONAL_PACKAGES[flag]
+    if all(importlib.util.find_spec(module) is None for module in modules):
+        raise ArgumentError(f"{flag} needs {' or '.join(modules)}: {install}")
+
+
 def validate_arguments(model_args, data_args, training_args):
     """Reject bad values and combinations before anything slow is loaded."""
     if training_args.bits not in BITS_CHOICES:
@@ -220,6 +236,10 @@ def validate_arguments(model_args, data_args, training_args):
         raise ArgumentError(f"--mmlu_dataset must be mmlu-zs, mmlu-fs or mmlu, got {training_args.mmlu_dataset!r}")
     if training_args.mmlu_split not in ("eval", "test"):
         raise ArgumentError(f"--mmlu_split must be eval or test, got {training_args.mmlu_split!r}")
+    if training_args.use_liger_kernel:
+        check_optional_package("--use_liger_kernel")
+    if model_args.attn_implementation == "flash_attention_2":
+        check_optional_package("--attn_implementation flash_attention_2")
     model_path = model_args.model_name_or_path
     if model_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(model_path)):
         raise ArgumentError(f"--model_name_or_path {model_path}: no such directory")

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import pytest
@@ -76,6 +77,22 @@ class TestValidation:
     def test_bad_values_are_rejected(self, flags, message):
         with pytest.raises(ArgumentError, match=message):
             parse(*flags)
+
+    @pytest.mark.parametrize("flags, missing, message", [
+        (("--use_liger_kernel", "True"), {"liger_kernel"}, "--use_liger_kernel needs liger_kernel: pip install liger-kernel"),
+        (("--attn_implementation", "flash_attention_2"), {"flash_attn", "kernels"}, "needs flash_attn or kernels"),
+    ])
+    def test_a_flag_whose_package_is_missing_fails_up_front(self, monkeypatch, flags, missing, message):
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name in missing else find_spec(name))
+        with pytest.raises(ArgumentError, match=message):
+            parse(*flags)
+
+    def test_flash_attention_through_hub_kernels_is_accepted(self, monkeypatch):
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name: None if name == "flash_attn" else object() if name == "kernels" else find_spec(name))
+        assert parse("--attn_implementation", "flash_attention_2")[0].attn_implementation == "flash_attention_2"
 
     def test_missing_local_model_directory(self):
         with pytest.raises(ArgumentError, match="no such directory"):
