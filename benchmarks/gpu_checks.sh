@@ -104,8 +104,9 @@ import train_throughput; train_throughput.build_llama_7b('$LLAMA_7B')" || return
 import json
 metrics = json.load(open('$WORK/recipe/metrics.json'))
 estimate = json.load(open('$WORK/estimate.json'))
+allocated = estimate['total_mb'] - estimate['components_mb']['cuda_context_overhead']
 print(json.dumps({'measured_peak_mb': metrics['train_peak_memory_mb'], 'train_runtime_s': metrics['train_runtime'],
-                  'estimate': estimate}))" > "$OUT/recipe.json"
+                  'estimate_without_overhead_mb': round(allocated, 1), 'estimate': estimate}))" > "$OUT/recipe.json"
 }
 
 stage_fsdp() {
