@@ -33,7 +33,9 @@ def setup_logging(training_args):
 
 
 def setup_trainer(model_args, data_args, training_args, generation_args):
-    """Everything before training, cheapest first so that bad input fails in seconds."""
+    """Everything before training, cheapest first so that bad input fails in seconds. Seeded
+    first: the LoRA initialisation draws random numbers before the Trainer would seed."""
+    set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.model_name_or_path, **hub_kwargs(model_args, training_args.cache_dir))
     train_dataset, eval_dataset = build_datasets(data_args, training_args, tokenizer)
     mmlu_dataset = load_mmlu(training_args, tokenizer) if training_args.do_mmlu_eval else None
@@ -119,7 +121,6 @@ def release_process_group():
 
 def run(model_args, data_args, training_args, generation_args):
     setup_logging(training_args)
-    set_seed(training_args.seed)
     resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
     if training_args.resume_from_checkpoint:
         resume_from, completed = checkpoints.check_explicit_checkpoint(training_args.resume_from_checkpoint), False

@@ -1,0 +1,24 @@
+"""qlorakit.train: what setup_trainer guarantees before training starts."""
+
+import os
+
+import torch
+
+from conftest import EXAMPLE_DATA
+from qlorakit.config import parse_arguments
+from qlorakit.train import setup_trainer
+
+
+def lora_a_weights(tiny_model_dir, output_dir, seed):
+    arguments = parse_arguments([
+        "--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir), "--use_cpu",
+        "--dataset", os.path.join(EXAMPLE_DATA, "alpaca_sample.json"), "--dataset_format", "alpaca",
+        "--lora_r", "8", "--max_steps", "1", "--seed", str(seed)])
+    trainer, _, _ = setup_trainer(*arguments)
+    return {name: param.detach().clone() for name, param in trainer.model.named_parameters() if "lora_A" in name}
+
+
+def test_the_seed_fixes_the_lora_initialisation(tiny_model_dir, tmp_path):
+    first, again, other = (lora_a_weights(tiny_model_dir, tmp_path / str(i), seed) for i, seed in enumerate((0, 0, 1)))
+    assert first and all(torch.equal(first[name], again[name]) for name in first)
+    assert not any(torch.equal(first[name], other[name]) for name in first)
