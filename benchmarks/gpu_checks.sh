@@ -51,8 +51,12 @@ run_stage() {  # run_stage NAME COMMAND...: stdout+stderr to NAME.log, exit stat
     tail -n 3 "$OUT/$name.log"
 }
 
+tiny_model() {
+    [ -f "$WORK/tiny/config.json" ] || "$PY" scripts/make_tiny_model.py "$WORK/tiny"
+}
+
 stage_tiny() {
-    [ -f "$WORK/tiny/config.json" ] || "$PY" scripts/make_tiny_model.py "$WORK/tiny" || return 1
+    tiny_model || return 1
     rm -rf "$WORK/tiny-run"
     "$PY" qlora.py --model_name_or_path "$WORK/tiny" --output_dir "$WORK/tiny-run" --bf16 \
         --dataset examples/data/oasst1_sample.jsonl --dataset_format oasst1 --source_max_len 16 \
@@ -110,7 +114,7 @@ print(json.dumps({'measured_peak_mb': metrics['train_peak_memory_mb'], 'train_ru
 }
 
 stage_fsdp() {
-    [ -f "$WORK/tiny/config.json" ] || "$PY" scripts/make_tiny_model.py "$WORK/tiny" || return 1
+    tiny_model || return 1
     rm -rf "$WORK/fsdp-run"
     "$PY" -m accelerate.commands.launch --config_file examples/accelerate/fsdp_qlora.yaml --num_processes 1 \
         qlora.py --model_name_or_path "$WORK/tiny" --output_dir "$WORK/fsdp-run" --bf16 \

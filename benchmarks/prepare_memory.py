@@ -16,16 +16,36 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import threading
+import time
 
+import psutil
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import PeakRSS  # noqa: E402
 
 MB = 2**20
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self):
+        self.process, self.peak, self.running = psutil.Process(), 0, True
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
 
 
 def save_random_llama(directory, hidden_size, num_layers, vocab_size):
@@ -38,7 +58,6 @@ def save_random_llama(directory, hidden_size, num_layers, vocab_size):
 
 
 def prepare(method, model_dir):
-    import psutil
     from peft import prepare_model_for_kbit_training
 
     from qlorakit.config import parse_arguments

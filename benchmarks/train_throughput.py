@@ -16,7 +16,7 @@ same effective batch (16), through the Hugging Face Trainer, each in a fresh pro
   again, with FLAGS added: the share of one option, measured side by side.
 
 Reported per pipeline: non-padding tokens per second (steps after the first, which pays one-time
-costs), mean step time, peak memory (CUDA max allocated on GPU, peak RSS sampled on CPU) and the
+costs), mean step time, peak memory (CUDA max allocated on GPU, the process's peak RSS on CPU) and the
 final loss. --repeats N runs the pair N times, alternating, and reports the pair with the
 median speedup (a shared box's speed drifts by ~10% between runs). Data: the bundled
 OpenAssistant-format conversations, repeated, so lengths follow real conversations. gpu-7b
@@ -31,11 +31,9 @@ import os
 import shlex
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 
-import psutil
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
@@ -45,7 +43,7 @@ sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
 from qlorakit.config import parse_arguments  # noqa: E402
 from qlorakit.data import IGNORE_INDEX, apply_format, load_local_dataset  # noqa: E402
-from qlorakit.train import setup_trainer  # noqa: E402
+from qlorakit.train import peak_memory_mb, setup_trainer  # noqa: E402
 
 OASST_SAMPLE = os.path.join(REPO_ROOT, "examples", "data", "oasst1_sample.jsonl")
 
@@ -144,25 +142,6 @@ class StepMeter(TrainerCallback):
         self.steps.append((time.perf_counter() - self.started, self.tokens))
 
 
-class PeakRSS:
-    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
-
-    def __enter__(self):
-        self.process, self.peak, self.running = psutil.Process(), 0, True
-        self.thread = threading.Thread(target=self.sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-
-
 BASELINE_FLAGS = ["--norms_in_fp32", "True"]  # the reference upcast norms to fp32
 
 
@@ -189,22 +168,18 @@ def run_pipeline(name, model_dir, data_path, preset, steps, workdir, batch, accu
     flags = training_flags(model_dir, os.path.join(workdir, name), data_path, batch, accumulation, steps,
                            preset, extra_flags)
     arguments = parse_arguments(flags)
-    if preset.cpu is False:
-        torch.cuda.reset_peak_memory_stats()
-    with PeakRSS() as rss:
-        trainer, tokenizer, _ = setup_trainer(*arguments)
-        if reference_style:
-            make_baseline(trainer, tokenizer, arguments[1])
-        meter = StepMeter(cuda=not preset.cpu)
-        trainer.add_callback(meter)
-        trainer.model.register_forward_pre_hook(meter.count_tokens, with_kwargs=True)
-        trainer.train()
+    trainer, tokenizer, _ = setup_trainer(*arguments)
+    if reference_style:
+        make_baseline(trainer, tokenizer, arguments[1])
+    meter = StepMeter(cuda=not preset.cpu)
+    trainer.add_callback(meter)
+    trainer.model.register_forward_pre_hook(meter.count_tokens, with_kwargs=True)
+    trainer.train()
     timed = meter.steps[1:]
     seconds, tokens = sum(t for t, _ in timed), sum(n for _, n in timed)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    peak = torch.cuda.max_memory_allocated() if not preset.cpu else rss.peak
     result = {"tokens_per_s": round(tokens / seconds, 1), "step_time_s": round(seconds / len(timed), 3),
-              "peak_mem_mb": round(peak / 2**20), "final_loss": round(losses[-1], 4),
+              "peak_mem_mb": peak_memory_mb(trainer.args), "final_loss": round(losses[-1], 4),
               "micro_batch": batch, "accumulation": accumulation, "steps": steps}
     del trainer
     gc.collect()
