@@ -13,6 +13,7 @@ failed. Cost: one request per question (two with --both-orders), ~1,000 prompt t
 """
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -25,18 +26,22 @@ from judgekit.errors import InputError  # noqa: E402
 
 logger = logging.getLogger("eval_gpt_review")
 
+# The reference script's long flags: abbreviations of these keep the meaning they had there.
+REFERENCE_FLAGS = ("--question-file", "--answer-file-list", "--prompt-file", "--reviewer-file",
+                   "--output-review-file", "--model", "--id-key", "--max-tokens")
+
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-q", "--question-file", required=True)
-    parser.add_argument("-a", "--answer-file-list", nargs=2, required=True, metavar="ANSWERS")
+    parser.add_argument("-a", "--answer-file-list", nargs="+", required=True, metavar="ANSWERS",
+                        help="two answer files (further ones are ignored, as the reference did)")
     parser.add_argument("-p", "--prompt-file", required=True)
     parser.add_argument("-r", "--reviewer-file", required=True)
     parser.add_argument("-o", "--output-review-file", required=True,
                         help="output file, or an existing directory to name it <A>-vs-<B>-<judge>-reviewer[-threeclass].jsonl")
     parser.add_argument("-m", "--model", default="gpt-4", help="judge model (default gpt-4)")
-    parser.add_argument("-id", "--id-key", default="question_id",
-                        help="kept for compatibility with the reference; only question_id is supported")
+    cli.add_id_key_argument(parser)
     parser.add_argument("--max-tokens", type=int, default=1024, help="judge reply length (default 1024)")
     parser.add_argument("--model-names", nargs=2, metavar=("A", "B"),
                         help="names of the two answer files' models (default: file stems, _ -> -)")
@@ -45,15 +50,20 @@ def parse_args(argv):
                         help="reply shape to parse; auto: threeclass if the prompt file name says so")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every retry")
     client.add_request_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.id_key != "question_id":
-        parser.error("-id/--id-key: only question_id is supported")
+    args = parser.parse_args(cli.expand_reference_abbreviations(argv, REFERENCE_FLAGS, parser))
+    if len(args.answer_file_list) < 2:
+        parser.error("-a/--answer-file-list needs two answer files")
+    if len(args.answer_file_list) > 2:
+        print(f"note: judging the first two answer files; ignoring {' '.join(args.answer_file_list[2:])}",
+              file=sys.stderr)
+        args.answer_file_list = args.answer_file_list[:2]
     return args
 
 
-def review_key(row):
-    """What makes a judgment the same judgment: resume skips rows with a key already written."""
-    return (str(row.get("question_id")), row.get("answer1_id"), row.get("answer2_id"),
+def review_key(row, id_keys):
+    """What makes a judgment the same judgment: resume skips rows with a key already written.
+    ``id_keys``: the id fields the questions carry (all of them are written to each row)."""
+    return (*(str(row.get(key)) for key in id_keys), row.get("answer1_id"), row.get("answer2_id"),
             row.get("answer1_model"), row.get("answer2_model"), row.get("judge_model"),
             str(row.get("prompt_id")))
 
@@ -67,19 +77,24 @@ def output_path(args, model_a, model_b, kind):
 
 
 def build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args):
-    """One ``ChatJob`` per (question, order); the payload is the row to write, minus the reply."""
-    orders = [(answers_a, answers_b), (answers_b, answers_a)] if args.both_orders else [(answers_a, answers_b)]
+    """One ``ChatJob`` per (question, order); the payload is the row to write, minus the reply.
+
+    ``answers_a`` / ``answers_b`` are ``(id_key, {id: Answer})``: each answer file is joined to a
+    question by the question's value of that file's key.
+    """
+    (key_a, by_id_a), (key_b, by_id_b) = answers_a, answers_b
     jobs, missing = [], 0
     for question in questions:
-        if question.question_id not in answers_a or question.question_id not in answers_b:
+        answer_a, answer_b = by_id_a.get(question.ids.get(key_a)), by_id_b.get(question.ids.get(key_b))
+        if answer_a is None or answer_b is None:
             missing += 1
             continue
         reviewer = prompts.select_reviewer(reviewers, question.category)
         prompt = prompt_table[reviewer.prompt_id]
-        for first, second in orders:
-            answer1, answer2 = first[question.question_id], second[question.question_id]
+        orders = [(answer_a, answer_b), (answer_b, answer_a)] if args.both_orders else [(answer_a, answer_b)]
+        for answer1, answer2 in orders:
             row = {
-                "question_id": question.question_id,
+                **question.ids,
                 "answer1_id": answer1.answer_id,
                 "answer2_id": answer2.answer_id,
                 "reviewer_id": reviewer.reviewer_id,
@@ -97,14 +112,16 @@ def build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args):
 
 
 def load_inputs(args):
-    questions = records.load_questions(args.question_file)
+    """Questions, both answer files as ``(id_key, answers)``, reviewers and prompts; logs the
+    fields the files were joined on."""
+    questions = records.load_questions(args.question_file, args.id_key)
     names = args.model_names or [None, None]
-    answers_a = records.load_answers(args.answer_file_list[0], names[0])
-    answers_b = records.load_answers(args.answer_file_list[1], names[1])
+    answers = [records.load_keyed_answers(path, name, args.id_key) for path, name in zip(args.answer_file_list, names)]
+    logger.info("joining answers to questions on %s", " and ".join(dict.fromkeys(key for key, _ in answers)))
     prompt_table = prompts.load_prompts(args.prompt_file)
     reviewers = prompts.load_reviewers(args.reviewer_file)
     prompts.check_reviewers_have_prompts(reviewers, prompt_table, args.reviewer_file, args.prompt_file)
-    return questions, answers_a, answers_b, reviewers, prompt_table
+    return questions, answers[0], answers[1], reviewers, prompt_table
 
 
 def main(argv=None):
@@ -112,15 +129,16 @@ def main(argv=None):
     cli.configure_logging(args.verbose)
     questions, answers_a, answers_b, reviewers, prompt_table = load_inputs(args)
     kind = verdicts.infer_verdict_kind(args.prompt_file) if args.verdict == "auto" else args.verdict
-    model_a = next(iter(answers_a.values())).model if answers_a else "A"
-    model_b = next(iter(answers_b.values())).model if answers_b else "B"
+    model_a = next(iter(answers_a[1].values())).model if answers_a[1] else "A"
+    model_b = next(iter(answers_b[1].values())).model if answers_b[1] else "B"
     if model_a == model_b:
         raise InputError(f"both answer files are named {model_a!r}; pass --model-names A B")
     out = output_path(args, model_a, model_b, kind)
 
     jobs = build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args)
-    done = records.load_done_keys(out, review_key)
-    todo = [job for job in jobs if review_key(job.payload) not in done]
+    key_of = functools.partial(review_key, id_keys=tuple(questions[0].ids) if questions else ())
+    done = records.load_done_keys(out, key_of)
+    todo = [job for job in jobs if key_of(job.payload) not in done]
     logger.info("%s: %d judgments, %d already there, %d to ask %s", out, len(jobs),
                 len(jobs) - len(todo), len(todo), args.model)
     if not todo:

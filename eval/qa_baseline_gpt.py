@@ -4,11 +4,13 @@ Assumes OPENAI_API_KEY (and OPENAI_BASE_URL for a server other than OpenAI's). L
 
     python eval/qa_baseline_gpt.py -q questions.jsonl -o answers/answer_gpt35.jsonl -m gpt-3.5-turbo
 
-Writes the reference's answer format (answer_id, question_id, model_id, text, metadata), one row
-as each reply arrives; a rerun answers only the questions still missing.
+Writes the reference's answer format (answer_id, question_id, model_id, text, metadata; OA rows
+also carry message_id, as the questions do), one row as each reply arrives; a rerun answers only
+the questions still missing.
 """
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -19,6 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from judgekit import cli, client, records  # noqa: E402
 
 logger = logging.getLogger("qa_baseline_gpt")
+
+# The reference script's long flags: abbreviations of these keep the meaning they had there.
+REFERENCE_FLAGS = ("--question", "--output", "--max-tokens")
 
 # Our own wording; the answer should read like any assistant's, with no judge-specific framing.
 SYSTEM_PROMPT = "You are an assistant. Answer the user's request clearly, correctly and in useful detail."
@@ -32,28 +37,32 @@ def parse_args(argv):
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("-v", "--verbose", action="store_true")
+    cli.add_id_key_argument(parser)
     client.add_request_arguments(parser)
-    return parser.parse_args(argv)
+    return parser.parse_args(cli.expand_reference_abbreviations(argv, REFERENCE_FLAGS, parser))
 
 
-def answer_key(row):
-    return (str(row.get("question_id")), row.get("model_id"))
+def answer_key(row, id_keys):
+    """Resume key: the question's ids (every id field the questions carry) and the model."""
+    return (*(str(row.get(key)) for key in id_keys), row.get("model_id"))
 
 
 def main(argv=None):
     args = parse_args(argv)
     cli.configure_logging(args.verbose)
-    questions = records.load_questions(args.question)
-    done = records.load_done_keys(args.output, answer_key)
+    questions = records.load_questions(args.question, args.id_key)
+    key_of = functools.partial(answer_key, id_keys=tuple(questions[0].ids) if questions else ())
+    done = records.load_done_keys(args.output, key_of)
+    payloads = [{**q.ids, "model_id": args.model} for q in questions]  # rows keyed like the questions
     jobs = [
         client.ChatJob(
             messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q.text}],
             temperature=args.temperature,
             max_tokens=args.max_tokens,
-            payload={"question_id": q.question_id, "model_id": args.model},
+            payload=payload,
         )
-        for q in questions
-        if answer_key({"question_id": q.question_id, "model_id": args.model}) not in done
+        for q, payload in zip(questions, payloads)
+        if key_of(payload) not in done
     ]
     logger.info("%s: %d questions, %d to ask %s", args.output, len(questions), len(jobs), args.model)
     if not jobs:

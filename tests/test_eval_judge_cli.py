@@ -217,3 +217,94 @@ class TestQaBaseline:
         assert sorted(r["question_id"] for r in rows) == [1, 2, 3, 4, 5]
         assert all(r["model_id"] == "stub-model" and r["answer_id"] and r["text"] for r in rows)
         assert SECRET not in first.stderr + first.stdout + out.read_text()
+
+
+REFERENCE_EVAL = EVAL_DIR.parent.parent / "shared" / "reference" / "qlora-eval"
+
+
+@pytest.fixture
+def oa_inputs(inputs, tmp_path):
+    """The same judging inputs in the OpenAssistant benchmark's shape: questions carry message_id
+    and question_id, answers only message_id (one file in the generation format without answer
+    ids, as the released Guanaco files; one with answer ids, as the released ChatGPT file)."""
+    ids = [f"{i:04d}-msg" for i in range(1, 4)]
+    write_jsonl(inputs["q"], [{"input": f"### Human: Q{i}? ### Assistant:", "text": f"### Human: Q{i}? ### Assistant:",
+                               "message_id": m, "question_id": m, "category": "generic"} for i, m in enumerate(ids)])
+    write_jsonl(inputs["a"], [{"input": "...", "message_id": m, "generation": f"Guanaco {m}.{CONTINUATION}",
+                               "generation_truncated": f"Guanaco {m}."} for m in ids])
+    write_jsonl(inputs["b"], [{"input": "...", "message_id": m, "generation": f"ChatGPT {m}.", "answer_id": f"g-{m}"}
+                              for m in reversed(ids)])
+    inputs["ids"] = ids
+    return inputs
+
+
+class TestOpenAssistantShape:
+    def test_joins_on_message_id_by_itself(self, oa_inputs, tmp_path):
+        with StubServer() as stub:
+            result = run(review_command(oa_inputs), stub, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "joining answers to questions on message_id" in result.stderr
+        rows = read_rows(output_file(oa_inputs))
+        assert sorted(r["message_id"] for r in rows) == oa_inputs["ids"]
+        assert all(r["answer2_id"] == f"g-{r['message_id']}" for r in rows)
+        assert stub.billed_total == 3
+
+    def test_named_key_and_resume(self, oa_inputs, tmp_path):
+        with StubServer() as stub:
+            first = run(review_command(oa_inputs, "-id", "message_id"), stub, tmp_path)
+            second = run(review_command(oa_inputs, "--id-key", "message_id"), stub, tmp_path)
+            assert first.returncode == second.returncode == 0, first.stderr
+            assert stub.billed_total == 3  # the rerun found every message_id judged already
+
+    def test_a_key_the_answers_lack_is_one_line(self, oa_inputs, tmp_path):
+        with StubServer() as stub:
+            result = run(review_command(oa_inputs, "-id", "question_id"), stub, tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"{oa_inputs['a']}:1: missing field(s) question_id" in result.stderr.strip().splitlines()[-1]
+
+    @pytest.mark.skipif(not REFERENCE_EVAL.is_dir(), reason="needs ../shared/reference")
+    def test_released_questions_and_chatgpt_generations(self, inputs, tmp_path):
+        questions = [json.loads(line) for line in (REFERENCE_EVAL / "prompts" / "oa_questions.jsonl").open()][:4]
+        inputs["q"] = write_jsonl(tmp_path / "oa_questions.jsonl", questions)
+        inputs["a"] = write_jsonl(tmp_path / "guanaco-oa.jsonl",
+                                  [{"message_id": q["message_id"], "generation": "Fine."} for q in questions])
+        inputs["b"] = REFERENCE_EVAL / "generations" / "oa" / "gpt-3.5-oa-generations.jsonl"
+        with StubServer() as stub:
+            result = run(review_command(inputs), stub, tmp_path)
+        assert result.returncode == 0, result.stderr
+        rows = read_rows(output_file(inputs))
+        assert sorted(r["message_id"] for r in rows) == sorted(q["message_id"] for q in questions)
+
+
+class TestReferenceCommandLines:
+    def test_more_than_two_answer_files_judges_the_first_two(self, inputs, tmp_path):
+        extra = write_jsonl(tmp_path / "model_c.jsonl", [{"answer_id": "c1", "question_id": 1, "text": "C."}])
+        command = review_command(inputs)
+        command.insert(command.index(str(inputs["b"])) + 1, str(extra))
+        with StubServer() as stub:
+            result = run(command, stub, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"note: judging the first two answer files; ignoring {extra}" in result.stderr
+        assert {(r["answer1_model"], r["answer2_model"]) for r in read_rows(output_file(inputs))} == {("model-a", "model-b")}
+
+    def test_reference_abbreviations_keep_their_meaning(self, inputs, tmp_path):
+        with StubServer() as stub:
+            result = run(review_command(inputs, "--mo", "judge-x", "--max", "77"), stub, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert {body["model"] for body in stub.bodies} == {"judge-x"}
+        assert {body["max_tokens"] for body in stub.bodies} == {77}
+
+    def test_ambiguous_abbreviation_names_the_full_flags(self, inputs, tmp_path):
+        with StubServer() as stub:
+            result = run(review_command(inputs, "--m", "x"), stub, tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "--model" in result.stderr and "--max-tokens" in result.stderr and stub.requests == 0
+
+    def test_qa_baseline_reference_abbreviations(self, inputs, tmp_path):
+        out = tmp_path / "answer_stub.jsonl"
+        command = [sys.executable, str(EVAL_DIR / "qa_baseline_gpt.py"), "--q", str(inputs["q"]), "--o", str(out),
+                   "--max", "33", "-m", "stub-model"]
+        with StubServer() as stub:
+            result = run(command, stub, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert {body["max_tokens"] for body in stub.bodies} == {33} and len(read_rows(out)) == 5

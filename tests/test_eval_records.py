@@ -96,3 +96,26 @@ class TestTornLines:
         assert records.load_done_keys(path, lambda row: row["k"]) == set()
         path.write_text('{"k": 1}\n{"k": 2}\n{"k"')
         assert records.load_done_keys(path, lambda row: row["k"]) == {1, 2}
+
+
+class TestIdKeys:
+    def test_openassistant_files_are_keyed_by_message_id(self, tmp_path):
+        questions = write_lines(tmp_path / "oa_questions.jsonl", [
+            json.dumps({"message_id": "m1", "question_id": "m1", "text": "### Human: Hi ### Assistant:"})])
+        answers = write_lines(tmp_path / "gen.jsonl", [json.dumps({"message_id": "m1", "generation": "Hello."})])
+        (question,) = records.load_questions(questions)
+        assert question.ids == {"question_id": "m1", "message_id": "m1"}
+        key, by_id = records.load_keyed_answers(answers)
+        assert key == "message_id" and by_id["m1"].text == "Hello."
+
+    def test_named_key_wins_and_is_checked(self, tmp_path):
+        path = write_lines(tmp_path / "q.jsonl", [json.dumps({"question_id": 1, "message_id": "m1", "text": "x"})])
+        (question,) = records.load_questions(path, id_key="message_id")
+        assert question.question_id == "m1" and list(question.ids) == ["message_id", "question_id"]
+        with pytest.raises(InputError, match="q.jsonl:1: missing field"):
+            records.load_questions(path, id_key="uid")
+
+    def test_files_keyed_differently_have_no_shared_key(self, tmp_path):
+        rows = {"a.jsonl": [(1, {"question_id": 1})], "b.jsonl": [(1, {"message_id": "m"})]}
+        with pytest.raises(InputError, match="different fields"):
+            records.detect_id_key(rows)

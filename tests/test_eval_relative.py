@@ -74,3 +74,30 @@ def test_reference_relative_files_give_the_paper_table():
     suffix = "-vicuna-generations-topp0.9-temp0.7"
     assert scores["65b-guanaco" + suffix] == 99.3 and scores["7b-guanaco" + suffix] == 87.0
     assert scores["gpt4"] == 114.5 and scores["bard"] == 94.8
+
+
+def test_message_id_rows_as_the_openassistant_files_key_them(tmp_path):
+    # Same numbers as the hand-computed case, with rows keyed by message_id only (and one file
+    # still by question_id: each file's own key is used).
+    write_rows(tmp_path / "sys-vs-ref-gpt-4-reviewer.jsonl",
+               [{"message_id": "m-1", "score": [8, 10]}, {"message_id": "m-2", "score": [6, 8]}])
+    write_rows(tmp_path / "ref-vs-sys-gpt-4-reviewer.jsonl",
+               [{"question_id": "m-1", "score": [9, 9]}, {"question_id": "m-2", "score": [7, 5]}])
+    result = subprocess.run([sys.executable, str(EVAL_DIR / "relative_score.py"), str(tmp_path),
+                             "--reference", "ref", "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["score"] == pytest.approx(100 * 28 / 34)
+    assert row["low"] == pytest.approx(100 * 11 / 15)  # the two files' rows met on their question ids
+    assert "questions identified by question_id (1 file), message_id (1 file)" in result.stderr
+
+
+def test_rows_without_an_id_are_one_line(tmp_path):
+    write_rows(tmp_path / "sys-vs-ref-gpt-4-reviewer.jsonl", [{"qid": 1, "score": [8, 10]}])
+    result = subprocess.run([sys.executable, str(EVAL_DIR / "relative_score.py"), str(tmp_path),
+                             "--reference", "ref"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no question_id or message_id field" in result.stderr and "--id-key" in result.stderr
+    named = subprocess.run([sys.executable, str(EVAL_DIR / "relative_score.py"), str(tmp_path),
+                            "--reference", "ref", "-id", "qid", "--json"], capture_output=True, text=True, timeout=60)
+    assert named.returncode == 0, named.stderr

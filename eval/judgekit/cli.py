@@ -55,8 +55,48 @@ def expand_review_paths(paths):
     return files
 
 
+def expand_reference_abbreviations(argv, reference_flags, parser):
+    """``argv`` with the reference script's abbreviations spelled out in full.
+
+    argparse accepts any unambiguous prefix of a long flag. The reference scripts had fewer
+    flags, so some prefixes they accepted (``--max`` for ``--max-tokens``, ``--mo`` for
+    ``--model``) now match two of ours; a prefix that matches exactly one of
+    ``reference_flags`` means what it meant there. Everything else is left to argparse, whose
+    errors name the flags an ambiguous prefix could mean.
+
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> for flag in ("--model", "--model-names", "--max-tokens", "--max-retries"):
+    ...     _ = p.add_argument(flag)
+    >>> expand_reference_abbreviations(["--mo", "gpt-4", "--max=9", "--max-r", "2"], ["--model", "--max-tokens"], p)
+    ['--model', 'gpt-4', '--max-tokens=9', '--max-r', '2']
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours = set(parser._option_string_actions)
+    expanded = []
+    for position, token in enumerate(argv):
+        if token == "--":
+            return expanded + argv[position:]
+        flag, equals, value = token.partition("=")
+        if flag.startswith("--") and flag not in ours:
+            meant = [full for full in reference_flags if full.startswith(flag)]
+            if len(meant) == 1 and meant[0] in ours:
+                token = meant[0] + equals + value
+        expanded.append(token)
+    return expanded
+
+
+def add_id_key_argument(parser):
+    """``-id/--id-key``: the field that identifies a question in every file (the reference's flag)."""
+    parser.add_argument("-id", "--id-key", default=None, metavar="FIELD",
+                        help="field that identifies a question, e.g. question_id (Vicuna) or message_id "
+                             "(OpenAssistant); default: found in the files, and said which")
+
+
 def add_naming_arguments(parser):
-    """Flags that decide which model each review row is about (see judgekit.reviews)."""
+    """Flags that decide which question and which model each review row is about
+    (see judgekit.reviews)."""
+    add_id_key_argument(parser)
     parser.add_argument("--judge", default="gpt-4",
                         help="judge name in the file names, <A>-vs-<B>-<judge>-reviewer... (default gpt-4)")
     parser.add_argument("--answers", action="append", default=[], metavar="NAME=FILE",
@@ -80,5 +120,5 @@ def load_review_judgments(args):
 
     configure_logging()
     files = expand_review_paths(args.files)
-    owners = reviews.parse_answer_owner_specs(args.answers)
-    return files, reviews.load_judgments(files, judge=args.judge, owners=owners)
+    owners = reviews.parse_answer_owner_specs(args.answers, args.id_key)
+    return files, reviews.load_judgments(files, judge=args.judge, owners=owners, id_key=args.id_key)

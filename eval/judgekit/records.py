@@ -7,6 +7,12 @@ Shapes read (see ../shared/reference/qlora-eval/):
   (OpenAssistant benchmark), or ``{"question_id", "turns": [...]}`` (FastChat llm_judge);
 - answers: ``{"answer_id", "question_id", "text"}`` or the generation format
   ``{"question_id", "text" (the question!), "prompt", "generation", "generation_truncated"}``.
+
+The OpenAssistant benchmark's files key rows by ``message_id`` instead (its questions carry
+both, with equal values). Every reader takes the key as ``id_key``; left out, it is found in
+the file (``ID_KEYS``, in that order). ``Question.question_id`` / ``Answer.question_id`` hold the
+value of whichever key was used, and ``Question.ids`` every id field of the row, so answers keyed
+by either field can be joined to it.
 """
 
 import dataclasses
@@ -22,6 +28,7 @@ logger = logging.getLogger(__name__)
 # Where a sampled answer runs on into a new turn or a new conversation (the reference's
 # ``generation`` keeps these; ``generation_truncated`` cuts the first).
 CONTINUATION_MARKERS = ("### Human:", "A chat between a curious human")
+ID_KEYS = ("question_id", "message_id")  # Vicuna / OpenAssistant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +36,7 @@ class Question:
     question_id: object
     text: str
     category: str = "general"
+    ids: dict = dataclasses.field(default_factory=dict, compare=False)  # {"question_id": 1, ...}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,17 +71,37 @@ def read_jsonl(path, tolerate_torn_tail=False):
             raise InputError(f"{path}:{number}: invalid JSON ({err})") from None
 
 
+def detect_id_key(rows_by_path, id_key=None):
+    """The id field every row of every file has: ``id_key`` when given (checked), else the first
+    of ``ID_KEYS`` they all carry. ``rows_by_path`` maps a path to its ``(number, row)`` list.
+
+    >>> detect_id_key({"q.jsonl": [(1, {"question_id": 1, "message_id": "a"})], "a.jsonl": [(1, {"message_id": "a"})]})
+    'message_id'
+    """
+    candidates = [id_key] if id_key else ID_KEYS
+    for key in candidates:
+        if all(isinstance(row, dict) and key in row for rows in rows_by_path.values() for _, row in rows):
+            return key
+    for path, rows in rows_by_path.items():
+        for number, row in rows:
+            if not isinstance(row, dict) or not any(key in row for key in candidates):
+                raise InputError(f"{path}:{number}: no {' or '.join(candidates)} field to identify the question"
+                                 + ("" if id_key else "; name the field with -id/--id-key"))
+    raise InputError(f"no id field is shared by {', '.join(rows_by_path)}: these files key their rows by "
+                     f"different fields; name one they all have with -id/--id-key")
+
+
 def _require(row, keys, path, number):
     missing = [key for key in keys if key not in row]
     if missing:
         raise InputError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
 
 
-def parse_question(row, path="<row>", number=0):
+def parse_question(row, path="<row>", number=0, id_key="question_id"):
     """One question row in any supported shape -> ``Question``."""
     if not isinstance(row, dict):
         raise InputError(f"{path}:{number}: expected a JSON object")
-    _require(row, ["question_id"], path, number)
+    _require(row, [id_key], path, number)
     if "text" in row:
         text = row["text"]
     elif "input" in row:
@@ -82,16 +110,20 @@ def parse_question(row, path="<row>", number=0):
         text = row["turns"][0]
     else:
         raise InputError(f"{path}:{number}: a question needs 'text', 'input' or 'turns'")
-    return Question(row["question_id"], text, row.get("category") or "general")
+    ids = {key: row[key] for key in dict.fromkeys((id_key, *ID_KEYS)) if key in row}
+    return Question(row[id_key], text, row.get("category") or "general", ids)
 
 
-def load_questions(path):
-    """All questions of ``path`` in file order; duplicate ids are an error."""
+def load_questions(path, id_key=None):
+    """All questions of ``path`` in file order, identified by ``id_key`` (default: found in the
+    file); duplicate ids are an error."""
+    rows = list(read_jsonl(path))
+    id_key = id_key or detect_id_key({path: rows})
     questions, seen = [], set()
-    for number, row in read_jsonl(path):
-        question = parse_question(row, path, number)
+    for number, row in rows:
+        question = parse_question(row, path, number, id_key)
         if question.question_id in seen:
-            raise InputError(f"{path}:{number}: duplicate question_id {question.question_id!r}")
+            raise InputError(f"{path}:{number}: duplicate {id_key} {question.question_id!r}")
         seen.add(question.question_id)
         questions.append(question)
     return questions
@@ -120,11 +152,11 @@ def stable_answer_id(model, question_id, text):
     return digest[:22]
 
 
-def parse_answer(row, model, path="<row>", number=0):
+def parse_answer(row, model, path="<row>", number=0, id_key="question_id"):
     """One answer row in any supported shape -> ``Answer`` (generations truncated)."""
     if not isinstance(row, dict):
         raise InputError(f"{path}:{number}: expected a JSON object")
-    _require(row, ["question_id"], path, number)
+    _require(row, [id_key], path, number)
     if "generation_truncated" in row or "generation" in row:
         # In this shape "text" is the question, not the answer.
         raw = row.get("generation_truncated")
@@ -133,8 +165,8 @@ def parse_answer(row, model, path="<row>", number=0):
         text = row["text"]
     else:
         raise InputError(f"{path}:{number}: an answer needs 'text' or 'generation'")
-    answer_id = row.get("answer_id") or stable_answer_id(model, row["question_id"], text)
-    return Answer(row["question_id"], str(answer_id), text, model)
+    answer_id = row.get("answer_id") or stable_answer_id(model, row[id_key], text)
+    return Answer(row[id_key], str(answer_id), text, model)
 
 
 def model_name_from_path(path):
@@ -147,16 +179,24 @@ def model_name_from_path(path):
     return stem.replace("_", "-")
 
 
-def load_answers(path, model=None):
-    """``{question_id: Answer}`` for an answer file; the model name defaults to the file stem."""
+def load_keyed_answers(path, model=None, id_key=None):
+    """``(id_key, {id: Answer})`` for an answer file, keyed by ``id_key`` (default: found in the
+    file); the model name defaults to the file stem."""
     model = model or model_name_from_path(path)
+    rows = list(read_jsonl(path))
+    id_key = id_key or detect_id_key({path: rows})
     answers = {}
-    for number, row in read_jsonl(path):
-        answer = parse_answer(row, model, path, number)
+    for number, row in rows:
+        answer = parse_answer(row, model, path, number, id_key)
         if answer.question_id in answers:
-            raise InputError(f"{path}:{number}: two answers for question_id {answer.question_id!r}")
+            raise InputError(f"{path}:{number}: two answers for {id_key} {answer.question_id!r}")
         answers[answer.question_id] = answer
-    return answers
+    return id_key, answers
+
+
+def load_answers(path, model=None, id_key=None):
+    """``{id: Answer}`` for an answer file (see ``load_keyed_answers``)."""
+    return load_keyed_answers(path, model, id_key)[1]
 
 
 class JsonlAppender:

@@ -4,7 +4,10 @@ Model names come from the row's own ``answer1_model``/``answer2_model`` fields (
 eval_gpt_review.py) when present, else from the file name (``naming``). Optionally, answer
 files given as ``NAME=FILE`` correct file-name orientation by ``answer1_id``/``answer2_id``:
 the reference's relative-gpt-3.5 files about generations carry ChatGPT as answer 1 in files
-named ``<generation>-vs-gpt-3.5`` (see ../shared/README.md).
+named ``<generation>-vs-gpt-3.5``.
+
+A row's question is identified by ``id_key`` when given, else by the first of
+``records.ID_KEYS`` the file's rows carry (``message_id`` in the OpenAssistant benchmark's files).
 """
 
 import dataclasses
@@ -12,7 +15,7 @@ import logging
 
 from .errors import InputError
 from .naming import DEFAULT_JUDGE, split_review_filename
-from .records import load_answers, read_jsonl
+from .records import detect_id_key, load_answers, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +33,17 @@ class Judgment:
 class LoadStats:
     rows: int = 0
     reoriented: int = 0
+    files_by_id_key: dict = dataclasses.field(default_factory=dict)  # {"message_id": 1, ...}
 
 
-def parse_answer_owner_specs(specs):
+def parse_answer_owner_specs(specs, id_key=None):
     """``["gpt-3.5=path/answer_gpt35.jsonl", ...]`` -> ``{answer_id: "gpt-3.5"}``."""
     owners = {}
     for spec in specs or []:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise InputError(f"--answers expects NAME=FILE, got {spec!r}")
-        for answer in load_answers(path, model=name).values():
+        for answer in load_answers(path, model=name, id_key=id_key).values():
             owners[answer.answer_id] = name
     return owners
 
@@ -53,24 +57,29 @@ def _orient(row, file_pair, owners):
     return model1, model2, False
 
 
-def load_judgments(paths, judge=DEFAULT_JUDGE, owners=None, stats=None):
+def load_judgments(paths, judge=DEFAULT_JUDGE, owners=None, stats=None, id_key=None):
     """All judgments of the review files, in file order."""
     owners = owners or {}
     stats = stats if stats is not None else LoadStats()
     judgments = []
     for path in paths:
         file_pair = None
-        for number, row in read_jsonl(path, tolerate_torn_tail=True):
-            if not isinstance(row, dict) or "score" not in row or "question_id" not in row:
-                raise InputError(f"{path}:{number}: a review row needs 'question_id' and 'score'")
+        rows = list(read_jsonl(path, tolerate_torn_tail=True))
+        file_key = detect_id_key({path: rows}, id_key)
+        stats.files_by_id_key[file_key] = stats.files_by_id_key.get(file_key, 0) + 1
+        for number, row in rows:
+            if "score" not in row:
+                raise InputError(f"{path}:{number}: a review row needs 'score'")
             if row.get("answer1_model") and row.get("answer2_model"):
                 model1, model2 = row["answer1_model"], row["answer2_model"]
             else:
                 file_pair = file_pair or split_review_filename(path, judge)
                 model1, model2, swapped = _orient(row, file_pair, owners)
                 stats.reoriented += swapped
-            judgments.append(Judgment(row["question_id"], model1, model2, row["score"], str(path)))
+            judgments.append(Judgment(row[file_key], model1, model2, row["score"], str(path)))
             stats.rows += 1
+    logger.info("questions identified by %s", ", ".join(f"{key} ({count} file{'s' * (count > 1)})"
+                                                        for key, count in stats.files_by_id_key.items()))
     if stats.reoriented:
         logger.info("%d rows oriented by their answer ids rather than their file names", stats.reoriented)
     return judgments
