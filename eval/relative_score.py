@@ -1,11 +1,12 @@
 """Scores relative to a reference system from 10-point score-pair review files (paper's table).
 
 Assumes review files whose rows have score [s1, s2], named <A>-vs-<B>-<judge>-reviewer.jsonl
-(or carrying answer1_model / answer2_model). Launch from any directory, e.g. on the reference:
+(or carrying answer1_model / answer2_model), keyed by question_id or message_id. Launch from any
+directory, e.g. on the public QLoRA repository's eval/ folder:
 
-    python eval/relative_score.py ../shared/reference/qlora-eval/ratings-gpt4/vicuna/relative-gpt-3.5 \
+    python eval/relative_score.py $QLORA_EVAL/ratings-gpt4/vicuna/relative-gpt-3.5 \
         --reference gpt-3.5 --judge gpt4 \
-        --answers gpt-3.5=../shared/reference/qlora-eval/generations/vicuna/answer_gpt35.jsonl
+        --answers gpt-3.5=$QLORA_EVAL/generations/vicuna/answer_gpt35.jsonl
 
 Score = 100 * system total / reference total over both presentation orders; also per order, and
 a 95% bootstrap interval over questions (seeded).

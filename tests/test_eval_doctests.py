@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eval"))
 
 
-@pytest.mark.parametrize("name", ["records", "verdicts", "prompts", "naming"])
+@pytest.mark.parametrize("name", ["records", "verdicts", "prompts", "naming", "cli"])
 def test_docstring_examples(name):
     module = importlib.import_module(f"judgekit.{name}")
     result = doctest.testmod(module)

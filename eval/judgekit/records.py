@@ -1,7 +1,7 @@
 """Read questions, answers and review rows in every shape the QLoRA release uses; write JSONL
 rows so that a crash loses at most the row being written.
 
-Shapes read (see ../shared/reference/qlora-eval/):
+Shapes read (those of the QLoRA release's eval/ folder):
 
 - questions: ``{"question_id", "text", "category"}`` (Vicuna), the same plus ``input``/``output``
   (OpenAssistant benchmark), or ``{"question_id", "turns": [...]}`` (FastChat llm_judge);
