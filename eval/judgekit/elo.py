@@ -219,20 +219,31 @@ def ordering_chunks(codes, sizes, rng, background):
         helper.stderr.close()
 
 
+def spare_core():
+    """Whether a helper process would likely get a core of its own: at least two cores and a
+    load average below their number minus one. (On a saturated machine it only competes.)"""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        return cores > 1 and os.getloadavg()[0] < cores - 1
+    except OSError:  # no load average on this platform
+        return cores > 1
+
+
 def compute_elo(judgments, orderings=10_000, k=K_FACTOR, seed=0, initial=INITIAL_RATING, progress=None,
                 background=None):
     """Elo ratings, best first, and the number of skipped judgments (see ``build_games``).
 
     ``progress`` (optional) is called with the number of orderings finished after each chunk.
     ``background`` shuffles in a helper process (default: when the work is large enough to
-    repay its start-up); the numbers are the same either way.
+    repay its start-up and a core looks free, ``spare_core``); the numbers are the same either
+    way.
     """
     games = build_games(judgments)
     if not games.models:
         return [], games.skipped
     codes = encode_games(games)[0]
     if background is None:
-        background = len(codes) * orderings >= BACKGROUND_MIN_SHUFFLES
+        background = len(codes) * orderings >= BACKGROUND_MIN_SHUFFLES and spare_core()
     sizes = [min(ORDERINGS_PER_CHUNK, orderings - start) for start in range(0, orderings, ORDERINGS_PER_CHUNK)]
     finals = []
     for chunk in ordering_chunks(codes, sizes, np.random.default_rng(seed), background):
