@@ -120,7 +120,11 @@ def load_inputs(args):
     logger.info("joining answers to questions on %s", " and ".join(dict.fromkeys(key for key, _ in answers)))
     prompt_table = prompts.load_prompts(args.prompt_file)
     reviewers = prompts.load_reviewers(args.reviewer_file)
-    prompts.check_reviewers_have_prompts(reviewers, prompt_table, args.reviewer_file, args.prompt_file)
+    # Only the reviewers these questions use must have a prompt: the reference's OA command pairs
+    # the one-prompt OA file with the three-reviewer Vicuna reviewer file.
+    used = {reviewer.category: reviewer for reviewer in
+            (prompts.select_reviewer(reviewers, question.category) for question in questions)}
+    prompts.check_reviewers_have_prompts(used, prompt_table, args.reviewer_file, args.prompt_file)
     return questions, answers[0], answers[1], reviewers, prompt_table
 
 

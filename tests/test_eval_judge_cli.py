@@ -287,6 +287,17 @@ class TestReferenceCommandLines:
         assert f"note: judging the first two answer files; ignoring {extra}" in result.stderr
         assert {(r["answer1_model"], r["answer2_model"]) for r in read_rows(output_file(inputs))} == {("model-a", "model-b")}
 
+    def test_oa_prompt_file_with_the_three_reviewer_file(self, oa_inputs, tmp_path):
+        # The reference's OA command pairs its one-prompt OA file with the Vicuna reviewer file,
+        # whose coding and math reviewers name prompts the OA file lacks; no OA question uses them.
+        write_jsonl(oa_inputs["p"], [row for row in read_rows(oa_inputs["p"]) if row["prompt_id"] == 1])
+        write_jsonl(oa_inputs["r"], [{"reviewer_id": f"r{i}", "prompt_id": i, "category": c, "metadata": {}}
+                                     for i, c in [(1, "general"), (2, "coding"), (3, "math")]])
+        with StubServer() as stub:
+            result = run(review_command(oa_inputs), stub, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert stub.billed_total == 3
+
     def test_reference_abbreviations_keep_their_meaning(self, inputs, tmp_path):
         with StubServer() as stub:
             result = run(review_command(inputs, "--mo", "judge-x", "--max", "77"), stub, tmp_path)
