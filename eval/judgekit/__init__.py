@@ -8,7 +8,7 @@ One concern per module (see shared STYLE.md, "the judge side"):
 - ``naming``: model names from review file names.
 - ``reviews``: review rows -> judgments with both model names resolved.
 - ``client``: the only module that imports ``openai``: concurrency, retries, resume-aware runs.
-- ``elo``, ``relative``: scoring (pure, seeded).
+- ``elo``, ``bradley_terry``, ``relative``: scoring (pure, seeded).
 - ``stub``: a loopback OpenAI-compatible server for tests, benchmarks and dry runs.
 - ``cli``: the small glue every script shares (one-line errors, logging).
 
