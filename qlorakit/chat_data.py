@@ -8,8 +8,8 @@ included, and on nothing else.
 
 The assistant spans are found from rendered text alone, so any template works, with or without
 ``{% generation %}`` markers: a turn starts where the conversation before it, rendered with the
-generation prompt, stops matching the whole rendering, and ends where the conversation through
-it stops matching. Whitespace a template writes after an end-of-turn special token is glue, not
+generation prompt, ends inside the whole rendering, and ends where the conversation through it
+stops matching; the reply's text must lie in between. Whitespace a template writes after an end-of-turn special token is glue, not
 part of the reply, and stays untrained.
 """
 
@@ -110,12 +110,23 @@ def common_prefix_length(first, second):
     return next((i for i in range(limit) if first[i] != second[i]), limit)
 
 
-def trim_glue(text, start, end, special_tokens):
-    """End a span after its end-of-turn special token, leaving the newline a template may add."""
+def ends_with_special(text, end, special_tokens):
+    return any(token and text.startswith(token, end - len(token)) for token in special_tokens)
+
+
+def turn_end(text, start, through, special_tokens):
+    """Where the assistant turn rendered as `through` ends inside the whole rendering `text`.
+
+    Whitespace after an end-of-turn special token is template glue and stays out. A template that
+    closes only the whole conversation (eos at the very end) makes `through` diverge from `text`
+    after the turn; the turn then ends at the last special token before the divergence.
+    """
+    end = common_prefix_length(through, text)
+    if end < len(through):
+        ends = [i for i in range(end, start, -1) if ends_with_special(text, i, special_tokens)]
+        end = ends[0] if ends else start + len(text[start:end].rstrip())
     stripped = start + len(text[start:end].rstrip())
-    if any(text.startswith(token, stripped - len(token)) for token in special_tokens if token):
-        return stripped
-    return end
+    return stripped if ends_with_special(text, stripped, special_tokens) else end
 
 
 def find_assistant_spans(tokenizer, template, messages):
@@ -128,9 +139,10 @@ def find_assistant_spans(tokenizer, template, messages):
             continue
         before = render(tokenizer, template, messages[:index], add_generation_prompt=True) if index else ""
         through = render(tokenizer, template, messages[:index + 1])
-        start = common_prefix_length(before, text)
-        end = trim_glue(text, start, common_prefix_length(through, text), special_tokens)
-        if end <= start or (spans and start < spans[-1][1]):
+        start = len(before)
+        end = turn_end(text, start, through, special_tokens)
+        located = text.startswith(before) and message["content"].strip() in text[start:end]
+        if not located or (spans and start < spans[-1][1]):
             raise ConversationError(f"assistant message {index + 1} cannot be located: the chat template does not "
                                     "render the turns before it as the start of the whole conversation")
         spans.append((start, end))
@@ -218,8 +230,8 @@ def check_template(tokenizer, template, description):
         text, spans = find_assistant_spans(tokenizer, template, probe)
     except ConversationError as error:
         raise ConversationError(f"chat template {description}: {error}") from error
-    reply = text[slice(*spans[0])].rstrip()
-    if not any(token and reply.endswith(token) for token in tokenizer.all_special_tokens):
+    reply = text[slice(*spans[0])]
+    if not ends_with_special(reply, len(reply), tokenizer.all_special_tokens):
         logger.warning("chat template %s ends an assistant turn with no special token (%r): the model will not "
                        "learn where a reply ends; --chat_template guanaco ends each reply with eos",
                        description, reply[-20:])

@@ -179,29 +179,6 @@ def find_json_error(path):
     return None
 
 
-def read_json_rows(path):
-    """The rows of a valid JSON list or JSON-lines file."""
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def find_conversation_error(path):
-    """The first bad conversation of a file that parses but does not load: a content that is a
-    number in one row and text in others stops the loader before any row can be checked."""
-    rows = read_json_rows(path)
-    if not any(isinstance(row, dict) and ("messages" in row or "conversations" in row) for row in rows):
-        return None
-    for number, row in enumerate(rows, start=1):
-        try:
-            chat_data.normalize_conversation(row if isinstance(row, dict) else {})
-        except chat_data.ConversationError as error:
-            return f"{path}: row {number}: {error}"
-    return None
-
-
 def load_local_dataset(path):
     extension = os.path.splitext(path)[1].lower()
     builder = LOCAL_EXTENSIONS[extension]
@@ -209,7 +186,7 @@ def load_local_dataset(path):
     try:
         return load_dataset(builder, data_files={"train": path}, **kwargs)
     except Exception as error:
-        reason = (find_json_error(path) or find_conversation_error(path)) if builder == "json" else None
+        reason = find_json_error(path) if builder == "json" else None
         raise DataError(reason or f"{path}: could not be read ({error})") from error
 
 
