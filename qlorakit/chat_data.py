@@ -103,7 +103,9 @@ def render(tokenizer, template, messages, add_generation_prompt=False):
 
 
 def common_prefix_length(first, second):
-    """>>> common_prefix_length("abcd", "abxy")
+    """How many leading characters two strings share.
+
+    >>> common_prefix_length("abcd", "abxy")
     2
     """
     limit = min(len(first), len(second))

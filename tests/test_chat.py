@@ -137,3 +137,10 @@ def test_guanaco_template_prompts_carry_eos_after_each_reply(tiny_model_dir, ada
 def test_a_missing_template_file_is_refused_before_loading(tiny_model_dir, adapter_dir):
     result, _ = run_chat(tiny_model_dir, adapter_dir, "", "--chat_template", "missing.jinja")
     assert result.returncode == 2 and "missing.jinja" in result.stderr.strip().splitlines()[-1]
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(chat)
+    assert result.attempted > 0 and result.failed == 0

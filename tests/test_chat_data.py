@@ -1,6 +1,7 @@
 """Chat data: assistant masks against hand-written oracles, truncation, bad rows, format detection,
 the preview, and packed against padded loss on conversations."""
 
+import doctest
 import json
 import logging
 
@@ -10,7 +11,7 @@ from datasets import Dataset, DatasetDict
 
 import qlora
 from conftest import EXAMPLE_DATA
-from qlorakit import chat_data, data
+from qlorakit import chat_data, data, preview
 from qlorakit.chat_data import ConversationError
 from qlorakit.data import IGNORE_INDEX, CausalLMCollator, DataError
 from qlorakit.preview import row_segments
@@ -280,3 +281,9 @@ def test_padding_free_loss_equals_the_padded_loss_on_conversations(tiny_model_di
         flat = model(**flat_batch).loss
     assert flat_batch["input_ids"].shape[0] == 1
     torch.testing.assert_close(flat, padded, atol=5e-6, rtol=0)
+
+
+@pytest.mark.parametrize("module", [chat_data, preview])
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
