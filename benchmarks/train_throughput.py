@@ -142,6 +142,18 @@ class StepMeter(TrainerCallback):
         self.steps.append((time.perf_counter() - self.started, self.tokens))
 
 
+def train_metered(trainer, cuda):
+    """Train; (non-padding tokens/s and mean step time over the steps after the first, losses)."""
+    meter = StepMeter(cuda=cuda)
+    trainer.add_callback(meter)
+    trainer.model.register_forward_pre_hook(meter.count_tokens, with_kwargs=True)
+    trainer.train()
+    timed = meter.steps[1:]
+    seconds, tokens = sum(t for t, _ in timed), sum(n for _, n in timed)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return tokens / seconds, seconds / len(timed), losses
+
+
 BASELINE_FLAGS = ["--norms_in_fp32", "True"]  # the reference upcast norms to fp32
 
 
@@ -171,14 +183,8 @@ def run_pipeline(name, model_dir, data_path, preset, steps, workdir, batch, accu
     trainer, tokenizer, _ = setup_trainer(*arguments)
     if reference_style:
         make_baseline(trainer, tokenizer, arguments[1])
-    meter = StepMeter(cuda=not preset.cpu)
-    trainer.add_callback(meter)
-    trainer.model.register_forward_pre_hook(meter.count_tokens, with_kwargs=True)
-    trainer.train()
-    timed = meter.steps[1:]
-    seconds, tokens = sum(t for t, _ in timed), sum(n for _, n in timed)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    result = {"tokens_per_s": round(tokens / seconds, 1), "step_time_s": round(seconds / len(timed), 3),
+    tokens_per_s, step_time_s, losses = train_metered(trainer, cuda=not preset.cpu)
+    result = {"tokens_per_s": round(tokens_per_s, 1), "step_time_s": round(step_time_s, 3),
               "peak_mem_mb": peak_memory_mb(trainer.args), "final_loss": round(losses[-1], 4),
               "micro_batch": batch, "accumulation": accumulation, "steps": steps}
     del trainer

@@ -9,8 +9,9 @@ model, ~40 GB for 65B) plus activations for --batch-size prompts. Launch from an
         --adapter output/guanaco-7b/checkpoint-1875/adapter_model \
         -q vicuna_questions.jsonl -o generations/7b-guanaco-vicuna-generations-topp0.9-temp0.7.jsonl
 
-Prompts use the Guanaco format ("### Human: ...### Assistant:", qlorakit.chat_format) or, with
---prompt-format chat-template, the tokenizer's chat template. Sampling defaults to the paper's
+Prompts are rendered by the chat template qlora.py trains chat data with (qlorakit.chat_data):
+the Guanaco markers ("### Human: ...### Assistant:", the default), --prompt-format chat-template
+for the tokenizer's own, or --prompt-format PATH.jinja; tokens are counted as in training. Sampling defaults to the paper's
 top_p 0.9 / temperature 0.7. Rows are written in the reference's generation format (question_id,
 text, category, prompt, generation, generation_truncated), appended batch by batch; a rerun
 skips questions already answered.
@@ -30,7 +31,14 @@ from judgekit.errors import InputError  # noqa: E402
 
 logger = logging.getLogger("generate")
 
-PROMPT_FORMATS = ("guanaco", "chat-template")
+PROMPT_FORMATS = ("guanaco", "chat-template")  # or a .jinja file
+
+
+def prompt_format(value):
+    """A named format, or a .jinja chat template file that exists."""
+    if value in PROMPT_FORMATS or (value.endswith(".jinja") and os.path.isfile(value)):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not {' or '.join(PROMPT_FORMATS)} or an existing .jinja file")
 
 
 def parse_args(argv):
@@ -40,7 +48,8 @@ def parse_args(argv):
     parser.add_argument("-q", "--question-file", required=True)
     parser.add_argument("-o", "--output", required=True, help="generations file (JSONL, appended)")
     parser.add_argument("--bits", type=int, default=4, choices=(4, 8, 16, 32))
-    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="guanaco")
+    parser.add_argument("--prompt-format", type=prompt_format, default="guanaco",
+                        help="guanaco, chat-template (the tokenizer's) or a .jinja file")
     parser.add_argument("--system-prompt", default="", help="text put before the first turn (guanaco format)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=1024)
@@ -57,24 +66,29 @@ def parse_args(argv):
 def build_prompt(question_text, tokenizer, prompt_format, system_prompt=""):
     """The model input for one question. OA questions already hold a whole "### Human: ...
     ### Assistant:" conversation and are used as they are in the Guanaco format."""
-    from qlorakit.chat_format import HUMAN, format_guanaco_prompt
+    from qlorakit import chat_data
+    from qlorakit.chat_format import HUMAN
 
-    if prompt_format == "chat-template":
-        if not getattr(tokenizer, "chat_template", None):
-            raise InputError("the tokenizer has no chat template; use --prompt-format guanaco")
-        messages = [{"role": "user", "content": question_text}]
-        if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    body = question_text if question_text.lstrip().startswith(HUMAN) else format_guanaco_prompt([(question_text, None)])
-    return f"{system_prompt} {body}" if system_prompt else body
+    if prompt_format == "guanaco" and question_text.lstrip().startswith(HUMAN):
+        return f"{system_prompt} {question_text}" if system_prompt else question_text
+    choice = {"guanaco": "guanaco", "chat-template": "tokenizer"}.get(prompt_format, prompt_format)
+    try:
+        template, _ = chat_data.resolve_chat_template(choice, tokenizer)
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": question_text})
+        return chat_data.render(tokenizer, template, messages, add_generation_prompt=True)
+    except chat_data.ConversationError as error:
+        raise InputError(str(error)) from error
 
 
 def generate_batch(model, tokenizer, prompts, args):
     """Raw continuations of a batch of prompts (the tokenizer pads on the left)."""
     import torch
 
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(model.device)
+    from qlorakit.chat_data import encode_text
+
+    encoded = {"input_ids": [encode_text(tokenizer, prompt) for prompt in prompts]}
+    inputs = tokenizer.pad(encoded, return_tensors="pt").to(model.device)
     sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 \
         else {"do_sample": False}
     with torch.no_grad():

@@ -4,9 +4,10 @@
         --adapter output/guanaco-7b/checkpoint-1875/adapter_model
     printf 'Name a fruit.\\nWhat colour is it?\\n' | python examples/chat.py --model_name_or_path ...
 
-Every reply is generated from the whole conversation so far, written in the Guanaco turn format the
-adapter was trained on ("### Human: ...### Assistant: ..."); the oldest turns are dropped when the
-conversation outgrows the model's context. Input is read line by line, so piped input works; an
+Every reply is generated from the whole conversation so far, rendered by the chat template qlora.py
+trains chat data with (--chat_template: the tokenizer's own if it has one, else the Guanaco markers
+"### Human: ...### Assistant: ..."; or a .jinja file), so the adapter is prompted the way it was
+trained; the oldest turns are dropped when the conversation outgrows the model's context. Input is read line by line, so piped input works; an
 empty line, "exit" or end of input (Ctrl-D) ends the chat. The "### Human:" prompt marker is
 printed only when reading from a terminal.
 """
@@ -21,28 +22,37 @@ import torch
 from transformers import TextIteratorStreamer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from qlorakit.chat_format import ASSISTANT, HUMAN, cut_at_next_turn, format_guanaco_prompt  # noqa: E402
+from qlorakit import chat_data  # noqa: E402
+from qlorakit.chat_format import ASSISTANT, HUMAN, cut_at_next_turn  # noqa: E402
 
 EXIT_WORDS = ("", "exit", "quit")
 TURN_MARKERS = (HUMAN, ASSISTANT)
 
 
-def build_chat_prompt(history, message):
-    """The prompt for the reply to `message`, after the earlier (human, assistant) turns.
+def to_messages(history, message):
+    """The earlier (human, assistant) turns and the new message as chat messages.
 
-    >>> build_chat_prompt([("Hi", "Hello!")], "How are you?")
-    '### Human: Hi### Assistant: Hello!### Human: How are you?### Assistant:'
+    >>> to_messages([("Hi", "Hello!")], "How are you?")  # doctest: +NORMALIZE_WHITESPACE
+    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'},
+     {'role': 'user', 'content': 'How are you?'}]
     """
-    return format_guanaco_prompt([*history, (message, None)])
+    turns = [({"role": "user", "content": human}, {"role": "assistant", "content": reply}) for human, reply in history]
+    return [message for turn in turns for message in turn] + [{"role": "user", "content": message}]
 
 
-def fit_history(history, message, count_tokens, budget):
-    """The newest turns of history whose prompt (with `message`) takes at most `budget` tokens.
+def build_chat_prompt(tokenizer, template, history, message):
+    """The prompt for the reply to `message`, rendered as training rendered conversations."""
+    return chat_data.render(tokenizer, template, to_messages(history, message), add_generation_prompt=True)
 
-    >>> fit_history([("a", "b"), ("c", "d")], "e", count_tokens=len, budget=60)
+
+def fit_history(history, message, prompt_length, budget):
+    """The newest turns of history whose prompt (with `message`) takes at most `budget` tokens;
+    prompt_length measures the prompt of a list of messages.
+
+    >>> fit_history([("a", "b"), ("c", "d")], "e", prompt_length=len, budget=4)
     [('c', 'd')]
     """
-    while history and count_tokens(build_chat_prompt(history, message)) > budget:
+    while history and prompt_length(to_messages(history, message)) > budget:
         history = history[1:]
     return history
 
@@ -85,7 +95,8 @@ def stream_reply(pieces, write):
 
 def generate_pieces(model, tokenizer, prompt, args):
     """Yield the decoded text of a reply while model.generate runs in a background thread."""
-    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+    input_ids = torch.tensor([chat_data.encode_text(tokenizer, prompt)], device=model.device)
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else {"do_sample": False}
     errors = []
@@ -116,14 +127,15 @@ def read_message(interactive):
     return line.strip() if line else None
 
 
-def chat(model, tokenizer, args):
+def chat(model, tokenizer, template, args):
     interactive = sys.stdin.isatty()
     budget = getattr(model.config, "max_position_embeddings", 2048) - args.max_new_tokens
-    count_tokens = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
+    prompt_length = lambda messages: len(chat_data.encode_text(  # noqa: E731
+        tokenizer, chat_data.render(tokenizer, template, messages, add_generation_prompt=True)))
     history = []
     while (message := read_message(interactive)) is not None and message.lower() not in EXIT_WORDS:
-        history = fit_history(history, message, count_tokens, budget)
-        prompt = build_chat_prompt(history, message)
+        history = fit_history(history, message, prompt_length, budget)
+        prompt = build_chat_prompt(tokenizer, template, history, message)
         if args.show_prompt:
             print(f"prompt: {json.dumps(prompt)}", file=sys.stderr, flush=True)
         if interactive:
@@ -144,7 +156,13 @@ def parse_args(argv=None):
     parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--show_prompt", action="store_true", help="print each full prompt to stderr (one JSON string a line)")
-    return parser.parse_args(argv)
+    parser.add_argument("--chat_template", help="guanaco, tokenizer or a .jinja file, as given to qlora.py "
+                                                "(default: the tokenizer's own if it has one, else guanaco)")
+    args = parser.parse_args(argv)
+    named = args.chat_template in (None, *chat_data.TEMPLATE_CHOICES)
+    if not named and not (args.chat_template.endswith(".jinja") and os.path.isfile(args.chat_template)):
+        parser.error(f"--chat_template {args.chat_template}: not guanaco, tokenizer or an existing .jinja file")
+    return args
 
 
 def main(argv=None):
@@ -154,7 +172,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, bits=args.bits)
     try:
-        chat(model, tokenizer, args)
+        template, _ = chat_data.resolve_chat_template(args.chat_template, tokenizer)
+    except chat_data.ConversationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        chat(model, tokenizer, template, args)
     except KeyboardInterrupt:
         print(file=sys.stderr)
     return 0

@@ -18,6 +18,7 @@ from transformers import HfArgumentParser
 BITS_CHOICES = (4, 8, 16, 32)
 QUANT_TYPES = ("nf4", "fp4")
 ADAPTER_MODULES_ALL = "all"
+PREVIEW_FORMATS = ("text", "json")
 
 
 class ArgumentError(ValueError):
@@ -61,12 +62,35 @@ class DataArguments:
     dataset: str = field(
         default="alpaca",
         metadata={"help": "Built-in name (alpaca, alpaca-clean, chip2, self-instruct, hh-rlhf, longform, "
-                          "oasst1) or a local .json/.jsonl/.csv/.tsv file."},
+                          "oasst1), a hub dataset id (owner/name) or a local .json/.jsonl/.csv/.tsv file."},
     )
     dataset_format: str | None = field(
         default=None,
-        metadata={"help": "alpaca | chip2 | self-instruct | hh-rlhf | oasst1 | input-output. Defaults to "
-                          "the built-in dataset's own format, or input-output for local files."},
+        metadata={"help": "alpaca | chip2 | self-instruct | hh-rlhf | oasst1 | input-output | chat. Defaults "
+                          "to the built-in dataset's own format; for other data the columns decide (messages "
+                          "or conversations: chat, instruction + output: alpaca, prompt + completion: "
+                          "self-instruct, text: oasst1, input + output: input-output)."},
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "How chat rows are rendered: guanaco (### Human: / ### Assistant:), tokenizer (its "
+                          "own chat template) or a .jinja file. Default: the tokenizer's if it has one, else "
+                          "guanaco."},
+    )
+    max_seq_len: int | None = field(
+        default=None,
+        metadata={"help": "Tokens kept of a conversation (chat format); longer ones lose whole turns from the "
+                          "end. Default: --source_max_len + --target_max_len."},
+    )
+    preview_data: int = field(
+        default=0,
+        metadata={"help": "Print the first N training rows as tokenized, trained text marked, and exit "
+                          "without loading the model."},
+    )
+    preview_format: str = field(
+        default="text",
+        metadata={"help": "text (trained text in colour on a terminal, in [[ ]] otherwise) or json (one "
+                          '{"segments": [{"text", "trained"}]} object per row).'},
     )
 
 
@@ -234,6 +258,10 @@ def validate_arguments(model_args, data_args, training_args):
         raise ArgumentError("--bf16 and --fp16 exclude each other")
     if training_args.mmlu_dataset not in ("mmlu-zs", "mmlu-fs", "mmlu"):
         raise ArgumentError(f"--mmlu_dataset must be mmlu-zs, mmlu-fs or mmlu, got {training_args.mmlu_dataset!r}")
+    if data_args.preview_format not in PREVIEW_FORMATS:
+        raise ArgumentError(f"--preview_format must be one of {PREVIEW_FORMATS}, got {data_args.preview_format!r}")
+    if data_args.preview_data < 0 or (data_args.max_seq_len is not None and data_args.max_seq_len < 2):
+        raise ArgumentError("--preview_data must be at least 0 and --max_seq_len at least 2")
     if training_args.mmlu_split not in ("eval", "test"):
         raise ArgumentError(f"--mmlu_split must be eval or test, got {training_args.mmlu_split!r}")
     if training_args.use_liger_kernel:

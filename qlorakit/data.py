@@ -1,17 +1,24 @@
 """Datasets: the built-in registry, row formats, tokenization and the collator.
 
-Every dataset is reduced to rows of ``{"input", "output"}`` text: the model learns to write the
-output after the input. Rows are tokenized once, up front (cached by datasets), so a training
-step only pads; the reference tokenized every micro-batch again inside its collator.
+Every dataset but conversations is reduced to rows of ``{"input", "output"}`` text: the model
+learns to write the output after the input. Conversations (the chat format, qlorakit.chat_data)
+are rendered whole and carry a per-token mask of their assistant turns instead. Rows are
+tokenized once, up front (cached by datasets), so a training step only pads; the reference
+tokenized every micro-batch again inside its collator.
 """
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 from datasets import DatasetDict, load_dataset
 from transformers import DataCollatorWithFlattening
+
+from . import chat_data
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 LOCAL_EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}
@@ -57,6 +64,10 @@ def format_input_output(row):
     return {"input": row["input"], "output": row["output"]}
 
 
+def format_chat(row):
+    return {"messages": chat_data.normalize_conversation(row)}
+
+
 FORMATS = {
     "alpaca": (format_alpaca, ("instruction", "output")),
     "chip2": (format_chip2, ("text",)),
@@ -64,7 +75,20 @@ FORMATS = {
     "hh-rlhf": (format_hh_rlhf, ("chosen",)),
     "oasst1": (format_oasst1, ("text",)),
     "input-output": (format_input_output, ("input", "output")),
+    "chat": (format_chat, ()),  # messages or conversations: checked row by row
 }
+FORMATTED_COLUMNS = ("input", "output", "messages")
+
+# How a local file's columns name its format: (format, columns it needs, columns it must lack).
+# Alpaca rows have input and output too; the instruction column tells them apart.
+DETECTION_RULES = (
+    ("chat", {"messages"}, set()),
+    ("chat", {"conversations"}, set()),
+    ("alpaca", {"instruction", "output"}, set()),
+    ("self-instruct", {"prompt", "completion"}, set()),
+    ("oasst1", {"text"}, set()),
+    ("input-output", {"input", "output"}, {"instruction"}),
+)
 
 
 @dataclass(frozen=True)
@@ -87,15 +111,32 @@ HUB_DATASETS = {
 }
 
 
-def resolve_format(dataset, dataset_format):
-    """The format to apply: the flag if given, else the built-in dataset's, else input-output."""
+def detect_format(columns, source):
+    """The one format whose columns the data has; none or several is an error listing both."""
+    present = set(columns)
+    found = sorted({name for name, needs, lacks in DETECTION_RULES if needs <= present and not lacks & present})
+    if len(found) != 1:
+        fits = f"they fit {' and '.join(found)}" if found else "they fit no format"
+        columns_of = {}
+        for name, needs, _ in DETECTION_RULES:
+            columns_of.setdefault(name, []).append(" + ".join(sorted(needs)))
+        rules = "; ".join(f"{name}: {' or '.join(alternatives)}" for name, alternatives in columns_of.items())
+        raise DataError(f"{source}: cannot tell the format from the columns ({', '.join(columns)}): {fits}; "
+                        f"pass --dataset_format ({rules})")
+    logger.info("%s: dataset format %s, detected from the columns (%s); --dataset_format overrides",
+                source, found[0], ", ".join(columns))
+    return found[0]
+
+
+def resolve_format(dataset, dataset_format, columns=()):
+    """The format to apply: the flag if given, else the built-in dataset's, else the columns'."""
     if dataset_format is not None:
         if dataset_format not in FORMATS:
             raise DataError(f"unknown --dataset_format {dataset_format!r}; known: {', '.join(FORMATS)}")
         return dataset_format
     if dataset in HUB_DATASETS:
         return HUB_DATASETS[dataset].format
-    return "input-output"
+    return detect_format(columns, dataset)
 
 
 def check_dataset_name(dataset):
@@ -107,9 +148,15 @@ def check_dataset_name(dataset):
         raise DataError(f"{dataset}: unsupported file type {extension!r}; use one of {', '.join(LOCAL_EXTENSIONS)}")
     if extension and not os.path.isfile(dataset):
         raise DataError(f"{dataset}: no such file")
-    if not extension:
-        raise DataError(f"unknown dataset {dataset!r}; built-in: {', '.join(HUB_DATASETS)}, "
-                        f"or a local {'/'.join(LOCAL_EXTENSIONS)} file")
+    if not extension and not is_hub_id(dataset):
+        raise DataError(f"unknown dataset {dataset!r}; built-in: {', '.join(HUB_DATASETS)}, a hub id "
+                        f"(owner/name), or a local {'/'.join(LOCAL_EXTENSIONS)} file")
+
+
+def is_hub_id(dataset):
+    """owner/name: a dataset repository on the hub (a path with a file extension is a local file)."""
+    owner, _, name = dataset.partition("/")
+    return bool(owner and name) and "/" not in name and not os.path.splitext(dataset)[1]
 
 
 def find_json_error(path):
@@ -155,6 +202,11 @@ def load_raw_dataset(dataset, cache_dir=None):
     check_dataset_name(dataset)
     if dataset in HUB_DATASETS:
         return load_hub_dataset(HUB_DATASETS[dataset], cache_dir)
+    if is_hub_id(dataset):
+        loaded = load_hub_dataset(HubDataset(dataset, format=None), cache_dir)
+        if "train" not in loaded:
+            raise DataError(f"{dataset}: no 'train' split (splits: {', '.join(loaded)})")
+        return loaded
     return load_local_dataset(dataset)
 
 
@@ -163,7 +215,10 @@ def format_checked_row(row, index, formatter, required, source, split):
     empty = [name for name in required if row[name] is None]
     if empty:
         raise DataError(f"{source}: row {index + 1} of split {split!r} has no value for {empty[0]!r}")
-    return formatter(row)
+    try:
+        return formatter(row)
+    except chat_data.ConversationError as error:
+        raise DataError(f"{source}: row {index + 1} of split {split!r}: {error}") from error
 
 
 def apply_format(dataset_dict, format_name, source):
@@ -178,7 +233,7 @@ def apply_format(dataset_dict, format_name, source):
         formatted[split] = split_data.map(
             format_checked_row, with_indices=True,
             fn_kwargs={"formatter": formatter, "required": required, "source": source, "split": split},
-            remove_columns=[c for c in split_data.column_names if c not in ("input", "output")],
+            remove_columns=[c for c in split_data.column_names if c not in FORMATTED_COLUMNS],
         )
     return DatasetDict(formatted)
 
@@ -224,13 +279,28 @@ def split_train_eval(dataset_dict, data_args, training_args):
     return train, evaluation
 
 
+def chat_tokenizer(data_args, tokenizer):
+    """The function that tokenizes conversations with the chosen template, checked up front."""
+    try:
+        template, description = chat_data.resolve_chat_template(data_args.chat_template, tokenizer)
+        chat_data.check_template(tokenizer, template, description)
+    except chat_data.ConversationError as error:
+        raise DataError(str(error)) from error
+    max_len = data_args.max_seq_len or data_args.source_max_len + data_args.target_max_len
+    logger.info("chat template: %s; conversations up to %d tokens", description, max_len)
+    return lambda ds: chat_data.tokenize_chat_dataset(ds, tokenizer, template, max_len)
+
+
 def build_datasets(data_args, training_args, tokenizer):
     """Tokenized train and eval datasets (eval is None unless evaluating or predicting)."""
     raw = load_raw_dataset(data_args.dataset, training_args.cache_dir)
-    format_name = resolve_format(data_args.dataset, data_args.dataset_format)
+    format_name = resolve_format(data_args.dataset, data_args.dataset_format, raw["train"].column_names)
     formatted = apply_format(raw, format_name, data_args.dataset)
     train, evaluation = split_train_eval(formatted, data_args, training_args)
-    tokenize = lambda ds: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len)
+    if format_name == "chat":
+        tokenize = chat_tokenizer(data_args, tokenizer)
+    else:
+        tokenize = lambda ds: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len)
     return tokenize(train), (tokenize(evaluation) if evaluation is not None else None)
 
 
@@ -245,7 +315,7 @@ class CausalLMCollator:
     """Pads pre-tokenized rows into a batch.
 
     Training: source + target, labels -100 on the source (unless train_on_source) and on
-    padding. Padded on the right, or with padding_free, all rows of the batch concatenated into
+    padding; a conversation's labels are its assistant tokens (all tokens with train_on_source). Padded on the right, or with padding_free, all rows of the batch concatenated into
     one row with position ids restarting per example (transformers' flattening collator): no
     padding tokens are computed, and the attention keeps the examples apart (needs use_cache
     off, as in training). Generation: the source alone, padded on the left so that every
@@ -261,6 +331,12 @@ class CausalLMCollator:
         self.flatten = DataCollatorWithFlattening(return_tensors="pt")
 
     def training_row(self, feature):
+        if "assistant_mask" in feature:  # a conversation: tokenized whole, its assistant tokens marked
+            ids = list(feature["input_ids"])
+            if self.train_on_source:
+                return {"input_ids": ids, "labels": list(ids)}
+            return {"input_ids": ids,
+                    "labels": [t if trained else IGNORE_INDEX for t, trained in zip(ids, feature["assistant_mask"])]}
         source, target = feature["source_ids"], feature["target_ids"]
         labels = (source if self.train_on_source else [IGNORE_INDEX] * len(source)) + target
         return {"input_ids": source + target, "labels": labels}

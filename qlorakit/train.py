@@ -3,6 +3,7 @@
 import logging
 import os
 import resource
+import sys
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from .callbacks import (CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCall
 from .data import CausalLMCollator, build_datasets
 from .mmlu import load_mmlu
 from .model import describe_parameters, hub_kwargs, load_model, load_tokenizer
+from .preview import preview_rows
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,9 @@ def check_replicas(trainer):
     logger.info("trained weights identical on all %d ranks (checksum %.10g)", len(checksums), checksums[0][0])
 
 
+TOKEN_COLUMNS = ("source_ids", "target_ids", "length", "input_ids", "assistant_mask")
+
+
 def decode_predictions(token_ids, tokenizer):
     token_ids = np.where(token_ids != -100, token_ids, tokenizer.pad_token_id)
     return tokenizer.batch_decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -95,7 +100,7 @@ def predict(trainer, tokenizer, dataset, output_dir):
     texts = decode_predictions(result.predictions, tokenizer)
     rows = []
     for example, text in zip(dataset, texts):
-        row = {k: v for k, v in example.items() if k not in ("source_ids", "target_ids", "length")}
+        row = {k: v for k, v in example.items() if k not in TOKEN_COLUMNS}
         row["prediction_with_input"] = text.strip()
         row["prediction"] = text.replace(example["input"], "", 1).strip()
         rows.append(row)
@@ -119,8 +124,19 @@ def release_process_group():
         torch.distributed.destroy_process_group()
 
 
+def preview_training_data(model_args, data_args, training_args):
+    """--preview_data: the first training rows as tokenized, without loading the model."""
+    tokenizer = load_tokenizer(model_args.model_name_or_path, **hub_kwargs(model_args, training_args.cache_dir))
+    train_dataset, _ = build_datasets(data_args, training_args, tokenizer)
+    preview_rows(train_dataset, tokenizer, data_args.preview_data, training_args.train_on_source,
+                 data_args.preview_format, colour=sys.stdout.isatty(), write=sys.stdout.write)
+    return {}
+
+
 def run(model_args, data_args, training_args, generation_args):
     setup_logging(training_args)
+    if data_args.preview_data:
+        return preview_training_data(model_args, data_args, training_args)
     resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
     if training_args.resume_from_checkpoint:
         resume_from, completed = checkpoints.check_explicit_checkpoint(training_args.resume_from_checkpoint), False

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
+from qlorakit.chat_data import GUANACO_TEMPLATE, encode_conversation, encode_text, resolve_chat_template
 
 CHAT = os.path.join(REPO_ROOT, "examples", "chat.py")
 
@@ -23,25 +24,35 @@ def load_chat_module():
 chat = load_chat_module()
 
 
-class TestBuildChatPrompt:
-    def test_first_turn(self):
-        assert chat.build_chat_prompt([], "Hi") == "### Human: Hi### Assistant:"
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from qlorakit.model import load_tokenizer
+    return load_tokenizer(tiny_model_dir)
 
-    def test_second_prompt_carries_the_first_turn(self):
-        prompt = chat.build_chat_prompt([("Name a fruit.", "A pear.")], "What colour is it?")
-        assert prompt == "### Human: Name a fruit.### Assistant: A pear.### Human: What colour is it?### Assistant:"
+
+class TestBuildChatPrompt:
+    def test_first_turn(self, tokenizer):
+        assert chat.build_chat_prompt(tokenizer, GUANACO_TEMPLATE, [], "Hi") == "### Human: Hi### Assistant:"
+
+    def test_second_prompt_carries_the_first_turn_as_training_rendered_it(self, tokenizer):
+        history, message = [("Name a fruit.", "A pear.")], "What colour is it?"
+        prompt = chat.build_chat_prompt(tokenizer, GUANACO_TEMPLATE, history, message)
+        assert prompt == "### Human: Name a fruit.### Assistant: A pear.</s>### Human: What colour is it?### Assistant:"
+        trained, _ = encode_conversation(tokenizer, GUANACO_TEMPLATE,
+                                         chat.to_messages(history, message) + [{"role": "assistant", "content": "Red."}])
+        assert trained[:len(encode_text(tokenizer, prompt))] == encode_text(tokenizer, prompt)
 
 
 class TestFitHistory:
     def test_keeps_everything_that_fits(self):
         history = [("a", "b"), ("c", "d")]
-        assert chat.fit_history(history, "e", count_tokens=len, budget=1000) == history
+        assert chat.fit_history(history, "e", prompt_length=len, budget=5) == history
 
     def test_drops_the_oldest_turns_first(self):
-        assert chat.fit_history([("a", "b"), ("c", "d")], "e", count_tokens=len, budget=60) == [("c", "d")]
+        assert chat.fit_history([("a", "b"), ("c", "d")], "e", prompt_length=len, budget=4) == [("c", "d")]
 
     def test_the_new_message_stays_even_alone_over_budget(self):
-        assert chat.fit_history([("a", "b")], "e" * 100, count_tokens=len, budget=10) == []
+        assert chat.fit_history([("a", "b")], "e", prompt_length=len, budget=0) == []
 
 
 class TestStreamReply:
@@ -85,21 +96,25 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
     return path
 
 
-def run_chat(tiny_model_dir, adapter_dir, stdin_text):
+def run_chat(tiny_model_dir, adapter_dir, stdin_text, *flags):
     command = [sys.executable, CHAT, "--model_name_or_path", tiny_model_dir, "--adapter", adapter_dir,
-               "--max_new_tokens", "8", "--temperature", "0", "--show_prompt"]
+               "--max_new_tokens", "8", "--temperature", "0", "--show_prompt", *flags]
     result = subprocess.run(command, input=stdin_text, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     prompts = [json.loads(line[len("prompt: "):]) for line in result.stderr.splitlines() if line.startswith("prompt: ")]
     return result, prompts
 
 
 def test_piped_questions_get_streamed_replies_and_eof_ends_the_chat(tiny_model_dir, adapter_dir):
+    from qlorakit.model import load_tokenizer
+
     result, prompts = run_chat(tiny_model_dir, adapter_dir, "What is rain?\nAnd snow?\n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(prompts) == 2
     first_reply = prompts[1][len("### Human: What is rain?### Assistant: "):].split("### Human:")[0]
     assert first_reply, "the tiny model should say something in 8 tokens"
-    assert prompts[1] == chat.build_chat_prompt([("What is rain?", first_reply)], "And snow?")
+    template, _ = resolve_chat_template(None, load_tokenizer(tiny_model_dir))  # the tokenizer's own
+    assert prompts[1] == chat.build_chat_prompt(load_tokenizer(tiny_model_dir), template,
+                                                [("What is rain?", first_reply)], "And snow?")
     assert result.stdout.startswith(first_reply + "\n")
     second_reply = result.stdout[len(first_reply) + 1:]
     assert second_reply.endswith("\n") and second_reply.strip()
@@ -110,3 +125,22 @@ def test_exit_ends_the_chat_before_later_lines(tiny_model_dir, adapter_dir):
     result, prompts = run_chat(tiny_model_dir, adapter_dir, "What is rain?\nexit\nAnd snow?\n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert prompts == ["### Human: What is rain?### Assistant:"]
+
+
+def test_guanaco_template_prompts_carry_eos_after_each_reply(tiny_model_dir, adapter_dir):
+    result, prompts = run_chat(tiny_model_dir, adapter_dir, "What is rain?\nAnd snow?\n", "--chat_template", "guanaco")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert prompts[0] == "### Human: What is rain?### Assistant:"
+    assert prompts[1].startswith(prompts[0]) and prompts[1].endswith("</s>### Human: And snow?### Assistant:")
+
+
+def test_a_missing_template_file_is_refused_before_loading(tiny_model_dir, adapter_dir):
+    result, _ = run_chat(tiny_model_dir, adapter_dir, "", "--chat_template", "missing.jinja")
+    assert result.returncode == 2 and "missing.jinja" in result.stderr.strip().splitlines()[-1]
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(chat)
+    assert result.attempted > 0 and result.failed == 0

@@ -58,8 +58,8 @@ class TestRegistry:
 
     def test_format_resolution(self):
         assert data.resolve_format("alpaca-clean", None) == "alpaca"
-        assert data.resolve_format("my.jsonl", None) == "input-output"
-        assert data.resolve_format("my.jsonl", "oasst1") == "oasst1"
+        assert data.resolve_format("my.jsonl", None, ["input", "output"]) == "input-output"
+        assert data.resolve_format("my.jsonl", "oasst1", ["input", "output"]) == "oasst1"
         with pytest.raises(DataError, match="unknown --dataset_format 'vicuna'"):
             data.resolve_format("my.jsonl", "vicuna")
 

@@ -57,3 +57,21 @@ def test_prompt_formats(tiny_model):
     assert generate.build_prompt("Hi?", tokenizer, "guanaco", "Be kind.") == "Be kind. ### Human: Hi?### Assistant:"
     # The tiny tokenizer's chat template is Guanaco's, so both routes agree.
     assert generate.build_prompt("Hi?", tokenizer, "chat-template") == "### Human: Hi?### Assistant:"
+
+
+def test_a_jinja_template_file_renders_prompts_as_training_does(tiny_model, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    import generate
+    from qlorakit.chat_data import render, resolve_chat_template
+
+    path = tmp_path / "moss.jinja"
+    path.write_text("<s>{% for m in messages %}{{ m['content'] }}</s>{% endfor %}")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert generate.build_prompt("Hi?", tokenizer, str(path)) == "<s>Hi?</s>"
+    template, _ = resolve_chat_template("guanaco", tokenizer)
+    question = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi?"}]
+    assert generate.build_prompt("Hi?", tokenizer, "guanaco", "Be kind.") == render(tokenizer, template, question, True)
+    with pytest.raises(SystemExit) as exit_info:
+        generate.parse_args(["--model", "m", "-q", "q.jsonl", "-o", "o.jsonl", "--prompt-format", "vicuna"])
+    assert exit_info.value.code == 2 and "'vicuna' is not guanaco or chat-template" in capsys.readouterr().err

@@ -1,0 +1,251 @@
+"""Conversations: rendered with a chat template, trained on every assistant turn.
+
+A conversation is a list of ``{"role", "content"}`` messages (OpenAI-style ``messages``, or
+ShareGPT ``conversations`` with ``from``/``value``). One Jinja chat template renders it for
+training and for prompting (examples/chat.py, eval/generate.py), so a model is prompted the way
+it was trained. The loss falls on the tokens of each assistant turn, its end-of-turn token
+included, and on nothing else.
+
+The assistant spans are found from rendered text alone, so any template works, with or without
+``{% generation %}`` markers: a turn starts where the conversation before it, rendered with the
+generation prompt, ends inside the whole rendering, and ends where the conversation through it
+stops matching; the reply's text must lie in between. Whitespace a template writes after an end-of-turn special token is glue, not
+part of the reply, and stays untrained.
+"""
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+TEMPLATE_CHOICES = ("guanaco", "tokenizer")
+
+# The Guanaco markers as a chat template. A system message is written before the first turn; each
+# assistant reply ends with eos, which is what teaches the model to stop after its turn.
+GUANACO_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }} "
+    "{% elif message['role'] == 'user' %}### Human: {{ message['content'] }}"
+    "{% else %}### Assistant: {{ message['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### Assistant:{% endif %}"
+)
+
+
+class ConversationError(ValueError):
+    """A row that is not a usable conversation; the caller adds the file and row."""
+
+
+def normalize_conversation(row):
+    """The row's messages as ``[{"role", "content"}]`` with roles system/user/assistant, checked.
+
+    >>> normalize_conversation({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]})
+    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}]
+    """
+    if row.get("messages") is not None:
+        messages, role_key, content_key, roles = row["messages"], "role", "content", {r: r for r in ROLES}
+    elif row.get("conversations") is not None:
+        messages, role_key, content_key, roles = row["conversations"], "from", "value", SHAREGPT_ROLES
+    else:
+        raise ConversationError("has no 'messages' or 'conversations'")
+    if not isinstance(messages, list) or not messages:
+        raise ConversationError("holds no list of messages")
+    normalized = []
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            raise ConversationError(f"message {number} is a {type(message).__name__}, not an object")
+        role = message.get(role_key)
+        if role not in roles:
+            raise ConversationError(f"message {number} has unknown {role_key} {role!r} (known: {', '.join(roles)})")
+        content = message.get(content_key)
+        if not isinstance(content, str):
+            raise ConversationError(f"message {number} has a {type(content).__name__} {content_key}, not a string")
+        normalized.append({"role": roles[role], "content": content})
+    if not any(message["role"] == "assistant" for message in normalized):
+        raise ConversationError("has no assistant turn")
+    return normalized
+
+
+def tokenizer_template(tokenizer):
+    template = getattr(tokenizer, "chat_template", None)
+    return template.get("default") if isinstance(template, dict) else template
+
+
+def resolve_chat_template(choice, tokenizer):
+    """(Jinja source, description): the tokenizer's own template if it has one, else Guanaco's,
+    unless `choice` names guanaco, tokenizer or a .jinja file."""
+    if choice is None:
+        choice = "tokenizer" if tokenizer_template(tokenizer) else "guanaco"
+    if choice == "guanaco":
+        return GUANACO_TEMPLATE, "guanaco (### Human: / ### Assistant:, eos after each reply)"
+    if choice == "tokenizer":
+        if not tokenizer_template(tokenizer):
+            raise ConversationError("--chat_template tokenizer: the tokenizer has no chat template; "
+                                    "use guanaco or a .jinja file")
+        return tokenizer_template(tokenizer), "the tokenizer's own"
+    if not choice.endswith(".jinja"):
+        raise ConversationError(f"--chat_template must be {', '.join(TEMPLATE_CHOICES)} or a .jinja file, got {choice!r}")
+    if not os.path.isfile(choice):
+        raise ConversationError(f"--chat_template {choice}: no such file")
+    with open(choice, encoding="utf-8") as handle:
+        return handle.read(), choice
+
+
+def render(tokenizer, template, messages, add_generation_prompt=False):
+    """The conversation as text, exactly as the template writes it (special tokens as text)."""
+    try:
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    except Exception as error:  # jinja errors, and templates that raise_exception on a layout
+        raise ConversationError(f"the chat template failed ({type(error).__name__}: {error})") from error
+
+
+def common_prefix_length(first, second):
+    """How many leading characters two strings share.
+
+    >>> common_prefix_length("abcd", "abxy")
+    2
+    """
+    limit = min(len(first), len(second))
+    return next((i for i in range(limit) if first[i] != second[i]), limit)
+
+
+def ends_with_special(text, end, special_tokens):
+    return any(token and text.startswith(token, end - len(token)) for token in special_tokens)
+
+
+def turn_end(text, start, through, special_tokens):
+    """Where the assistant turn rendered as `through` ends inside the whole rendering `text`.
+
+    Whitespace after an end-of-turn special token is template glue and stays out. A template that
+    closes only the whole conversation (eos at the very end) makes `through` diverge from `text`
+    after the turn; the turn then ends at the last special token before the divergence.
+    """
+    end = common_prefix_length(through, text)
+    if end < len(through):
+        ends = [i for i in range(end, start, -1) if ends_with_special(text, i, special_tokens)]
+        end = ends[0] if ends else start + len(text[start:end].rstrip())
+    stripped = start + len(text[start:end].rstrip())
+    return stripped if ends_with_special(text, stripped, special_tokens) else end
+
+
+def find_assistant_spans(tokenizer, template, messages):
+    """(rendered text, [(start, end)] character spans of the assistant turns)."""
+    text = render(tokenizer, template, messages)
+    special_tokens = tokenizer.all_special_tokens
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(tokenizer, template, messages[:index], add_generation_prompt=True) if index else ""
+        through = render(tokenizer, template, messages[:index + 1])
+        start = len(before)
+        end = turn_end(text, start, through, special_tokens)
+        located = text.startswith(before) and message["content"].strip() in text[start:end]
+        if not located or (spans and start < spans[-1][1]):
+            raise ConversationError(f"assistant message {index + 1} cannot be located: the chat template does not "
+                                    "render the turns before it as the start of the whole conversation")
+        spans.append((start, end))
+    return text, spans
+
+
+def mask_from_offsets(offsets, spans):
+    """1 for each token whose first character lies in a span.
+
+    >>> mask_from_offsets([(0, 3), (3, 5), (5, 9)], [(3, 9)])
+    [0, 1, 1]
+    """
+    return [int(any(start <= first < end for start, end in spans)) for first, _ in offsets]
+
+
+def encode_text(tokenizer, text, with_offsets=False):
+    """Token ids of rendered text, starting with bos when the tokenizer has one and the template
+    did not write it (as every other format here starts with bos)."""
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=with_offsets)
+    ids, offsets = encoding["input_ids"], encoding.get("offset_mapping")
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+        offsets = [(0, 0), *offsets] if with_offsets else None
+    return (ids, offsets) if with_offsets else ids
+
+
+def encode_conversation(tokenizer, template, messages):
+    """(input_ids, assistant_mask) of one conversation."""
+    text, spans = find_assistant_spans(tokenizer, template, messages)
+    ids, offsets = encode_text(tokenizer, text, with_offsets=True)
+    mask = mask_from_offsets(offsets, spans)
+    if ids and ids[0] == tokenizer.bos_token_id and offsets[0] == (0, 0):
+        mask[0] = 0  # the bos we added is no part of any turn
+    return ids, mask
+
+
+def fit_conversation(tokenizer, template, messages, max_len):
+    """(input_ids, assistant_mask, shortened) within max_len tokens.
+
+    Messages after the last assistant turn are never trained and are dropped. An over-long
+    conversation loses whole turns from the end; if even its first exchange is too long, that
+    exchange is cut at max_len (and may keep no assistant token: the caller skips it).
+    """
+    ends = [index + 1 for index, message in enumerate(messages) if message["role"] == "assistant"]
+    for end in reversed(ends):
+        ids, mask = encode_conversation(tokenizer, template, messages[:end])
+        if len(ids) <= max_len:
+            return ids, mask, end != ends[-1]
+    return ids[:max_len], mask[:max_len], True
+
+
+def prompt_before_last_reply(ids, mask):
+    """The tokens before the last assistant span: what a model generates the last reply from."""
+    last = max(index for index, trained in enumerate(mask) if trained)
+    start = last
+    while start > 0 and mask[start - 1]:
+        start -= 1
+    return ids[:start]
+
+
+def tokenize_conversations(batch, tokenizer, template, max_len):
+    """datasets.map body: input_ids + assistant_mask (training), source_ids + input/output (generation)."""
+    columns = {name: [] for name in ("input_ids", "assistant_mask", "length", "shortened", "source_ids", "input",
+                                     "output")}
+    for messages in batch["messages"]:
+        ids, mask, shortened = fit_conversation(tokenizer, template, messages, max_len)
+        kept = any(mask)
+        source = prompt_before_last_reply(ids, mask) if kept else []
+        replies = [m["content"] for m in messages if m["role"] == "assistant"]
+        values = {"input_ids": ids, "assistant_mask": mask, "length": len(ids) if kept else 0,
+                  "shortened": shortened, "source_ids": source,
+                  "input": tokenizer.decode(source, skip_special_tokens=True), "output": replies[-1]}
+        for name, value in values.items():
+            columns[name].append(value)
+    return columns
+
+
+def check_template(tokenizer, template, description):
+    """Fail before any data is read when the template cannot render a plain exchange, and warn
+    when it ends a reply with no special token: the model would never learn to stop."""
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+             {"role": "user", "content": "Bye"}]
+    try:
+        text, spans = find_assistant_spans(tokenizer, template, probe)
+    except ConversationError as error:
+        raise ConversationError(f"chat template {description}: {error}") from error
+    reply = text[slice(*spans[0])]
+    if not ends_with_special(reply, len(reply), tokenizer.all_special_tokens):
+        logger.warning("chat template %s ends an assistant turn with no special token (%r): the model will not "
+                       "learn where a reply ends; --chat_template guanaco ends each reply with eos",
+                       description, reply[-20:])
+
+
+def tokenize_chat_dataset(dataset, tokenizer, template, max_len):
+    """Tokenize conversations; drop those left with no assistant token and say how many changed."""
+    tokenized = dataset.map(tokenize_conversations, batched=True, desc="Rendering and tokenizing conversations",
+                            fn_kwargs={"tokenizer": tokenizer, "template": template, "max_len": max_len})
+    kept = tokenized.filter(lambda length: length > 0, input_columns="length", desc="Dropping empty conversations")
+    shortened, skipped = sum(tokenized["shortened"]), len(tokenized) - len(kept)
+    if shortened or skipped:
+        logger.info("%d of %d conversations longer than %d tokens: whole turns dropped from the end (or the first "
+                    "exchange cut); %d skipped, no assistant token left", shortened, len(tokenized), max_len, skipped)
+    return kept.remove_columns("shortened")
