@@ -2,7 +2,8 @@
 
 Layout (the reference's): ``output_dir/checkpoint-N/adapter_model/{adapter_config.json,
 adapter_model.safetensors}`` beside the Trainer's optimizer, scheduler, RNG and state files, and
-``output_dir/completed`` once training has finished.
+``output_dir/completed`` once training has finished. ``adapter_model/`` also holds
+``base_loading.json``, how the base under the adapter was loaded (qlorakit.base_loading).
 
 A checkpoint is trusted only once it holds the ``checkpoint_complete`` marker, written last, after
 every other file is on disk. A run killed while saving leaves a checkpoint without it, which resume
@@ -18,10 +19,12 @@ import tempfile
 
 from transformers import Seq2SeqTrainer
 
+from .base_loading import BASE_LOADING_FILE
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter_model"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", BASE_LOADING_FILE)
 COMPLETE_MARKER = "checkpoint_complete"
 RUN_COMPLETED_MARKER = "completed"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
