@@ -1,4 +1,4 @@
-"""Chat in the terminal with a base model (4-bit by default) plus a QLoRA adapter, token by token.
+"""Chat in the terminal with a base model plus a QLoRA adapter, token by token.
 
     python examples/chat.py --model_name_or_path huggyllama/llama-7b \
         --adapter output/guanaco-7b/checkpoint-1875/adapter_model
@@ -8,7 +8,8 @@ Every reply is generated from the whole conversation so far, written in the Guan
 adapter was trained on ("### Human: ...### Assistant: ..."); the oldest turns are dropped when the
 conversation outgrows the model's context. Input is read line by line, so piped input works; an
 empty line, "exit" or end of input (Ctrl-D) ends the chat. The "### Human:" prompt marker is
-printed only when reading from a terminal.
+printed only when reading from a terminal. The base is loaded as the adapter was trained (its
+base_loading.json); --bits, --quant_type, --double_quant and --compute_dtype override that.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from qlorakit.base_loading import add_base_loading_arguments, loading_overrides  # noqa: E402
 from qlorakit.chat_format import ASSISTANT, HUMAN, cut_at_next_turn, format_guanaco_prompt  # noqa: E402
 
 EXIT_WORDS = ("", "exit", "quit")
@@ -138,12 +140,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", required=True, help="hub id or directory of the base model")
     parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model); none: the base alone")
-    parser.add_argument("--bits", type=int, default=4, choices=(4, 8, 16, 32), help="base weight precision")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest reply, in tokens")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0: greedy")
     parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--show_prompt", action="store_true", help="print each full prompt to stderr (one JSON string a line)")
+    add_base_loading_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -152,7 +154,7 @@ def main(argv=None):
     from qlorakit.model import load_for_inference  # heavy: after the flags are known to be good
 
     torch.manual_seed(args.seed)
-    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, bits=args.bits)
+    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
     try:
         chat(model, tokenizer, args)
     except KeyboardInterrupt:

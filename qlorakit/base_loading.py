@@ -74,20 +74,21 @@ def parse_bool(text):
     raise ValueError(text)
 
 
-def add_base_loading_arguments(parser):
-    """--bits, --quant_type, --double_quant, --compute_dtype for inference command lines; each
+def add_base_loading_arguments(parser, compute_dtype=True):
+    """--bits, --quant_type, --double_quant (and --compute_dtype) for inference command lines; each
     defaults to what the adapter's base_loading.json says (NF4 + double quant, bf16 without it)."""
     group = parser.add_argument_group("base model loading (default: as the adapter was trained)")
     group.add_argument("--bits", type=int, choices=(4, 8, 16, 32), help="base weight precision")
     group.add_argument("--quant_type", "--quant-type", choices=("nf4", "fp4"), help="4-bit data type")
     group.add_argument("--double_quant", "--double-quant", type=parse_bool, metavar="{True,False}",
                        help="quantize the quantization constants too")
-    group.add_argument("--compute_dtype", "--compute-dtype", choices=("bfloat16", "float16", "float32"),
-                       help="dtype the layers compute in")
+    if compute_dtype:
+        group.add_argument("--compute_dtype", "--compute-dtype", choices=("bfloat16", "float16", "float32"),
+                           help="dtype the layers compute in")
     return group
 
 
 def loading_overrides(args):
     """The base-loading flags of a parsed command line, as keyword arguments for load_for_inference."""
-    return {"bits": args.bits, "quant_type": args.quant_type, "double_quant": args.double_quant,
-            "compute_dtype": args.compute_dtype}
+    names = ("bits", "quant_type", "double_quant", "compute_dtype")
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}

@@ -317,10 +317,10 @@ def prepare_base_for_training(model, training_args):
 
 
 def lora_conflicts(saved, training_args, targets):
-    """'flag: saved (flags: value)' for each LoRA setting where the flags disagree with a saved adapter."""
+    """'flag=saved (flags: value)' for each LoRA setting where the flags disagree with a saved adapter."""
     conflicts = [f"{flag}={getattr(saved, key)} (flags: {getattr(training_args, flag)})"
                  for key, flag in LORA_SETTINGS if getattr(saved, key) != getattr(training_args, flag)]
-    saved_targets = sorted(saved.target_modules) if not isinstance(saved.target_modules, str) else saved.target_modules
+    saved_targets = [saved.target_modules] if isinstance(saved.target_modules, str) else sorted(saved.target_modules)
     if saved_targets != sorted(targets):
         conflicts.append(f"targets={','.join(saved_targets)} (flags: {','.join(sorted(targets))})")
     return conflicts
@@ -427,38 +427,69 @@ def describe_parameters(model):
     return lines
 
 
+def inference_loading(adapter=None, **overrides):
+    """(how to load the base, the adapter's saved record or None): the record of the adapter with
+    explicit values on top; without a record, the default with a one-line notice."""
+    saved = read_base_loading(adapter) if adapter else None
+    loading = resolve_base_loading(saved, **overrides)
+    if adapter and saved is None:
+        logger.warning("note: %s has no %s; loading the base as %s", adapter, BASE_LOADING_FILE, loading.describe())
+    return loading, saved
+
+
+def load_base_for_inference(model_name_or_path, loading, trust_remote_code=False):
+    """(base model, left-padding tokenizer) loaded as `loading` says, embeddings resized to the tokenizer."""
+    kwargs = {"trust_remote_code": trust_remote_code}
+    task = model_task(load_model_config(model_name_or_path, **kwargs), model_name_or_path)
+    tokenizer = load_tokenizer(model_name_or_path, padding_side="left", **kwargs)
+    compute_dtype = getattr(torch, loading.compute_dtype)
+    quantization_config = build_quantization_config(loading.bits, loading.quant_type, loading.double_quant, compute_dtype)
+    model = AUTO_MODEL_CLASSES[task].from_pretrained(
+        model_name_or_path,
+        quantization_config=quantization_config,
+        device_map=resolve_device_map()[0],
+        dtype=torch.float32 if loading.bits == 32 else compute_dtype,
+        **kwargs,
+    )
+    model = ensure_quantized(model, quantization_config, model_name_or_path)
+    resize_embeddings_for(tokenizer, model)
+    return model, tokenizer
+
+
 def load_for_inference(model_name_or_path, adapter=None, bits=None, compute_dtype=None, trust_remote_code=False,
                        quant_type=None, double_quant=None):
     """A base model with an optional trained adapter, ready to generate.
 
     The base is loaded as the adapter's base_loading.json says (the base it was trained against);
     explicit arguments override it. Without the file (adapters saved before it existed, or no
-    adapter) the default is 4-bit NF4 with double quantization and bf16 compute, with a notice.
-    The tokenizer pads on the left so that batched generation continues every prompt from its
-    last real token.
+    adapter) the default is 4-bit NF4 with double quantization and bf16 compute. The tokenizer
+    pads on the left so that batched generation continues every prompt from its last real token.
     """
-    saved = read_base_loading(adapter) if adapter else None
-    loading = resolve_base_loading(saved, bits, quant_type, double_quant, compute_dtype)
-    if adapter and saved is None:
-        logger.warning("note: %s has no %s; loading the base as %s", adapter, BASE_LOADING_FILE, loading.describe())
-    kwargs = {"trust_remote_code": trust_remote_code}
-    task = model_task(load_model_config(model_name_or_path, **kwargs), model_name_or_path)
-    tokenizer = load_tokenizer(model_name_or_path, padding_side="left", **kwargs)
-    compute = getattr(torch, loading.compute_dtype)
-    quantization_config = build_quantization_config(loading.bits, loading.quant_type, loading.double_quant, compute)
-    model = AUTO_MODEL_CLASSES[task].from_pretrained(
-        model_name_or_path,
-        quantization_config=quantization_config,
-        device_map=resolve_device_map()[0],
-        dtype=torch.float32 if loading.bits == 32 else compute,
-        **kwargs,
-    )
-    model = ensure_quantized(model, quantization_config, model_name_or_path)
+    loading, saved = inference_loading(adapter, bits=bits, quant_type=quant_type, double_quant=double_quant,
+                                       compute_dtype=compute_dtype)
+    model, tokenizer = load_base_for_inference(model_name_or_path, loading, trust_remote_code)
     if saved and saved.model_class not in (None, type(model).__name__):
         logger.warning("note: %s was trained on a %s base, %s is a %s", adapter, saved.model_class,
                        model_name_or_path, type(model).__name__)
-    resize_embeddings_for(tokenizer, model)
     if adapter:
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     return model, tokenizer
+
+
+def dequantize_base(model, dtype):
+    """The quantized base with its weights dequantized into plain layers of `dtype`.
+
+    transformers turns every quantized layer back into nn.Linear; GPT-2-style layers were Conv1D
+    (weight stored transposed) and go back to Conv1D, so the saved model loads as its own class.
+    """
+    conv1d = [name for name, module in model.named_modules()
+              if isinstance(module, QUANTIZED_LINEAR_TYPES) and getattr(module, "source_cls", None) is Conv1D]
+    model = model.dequantize(dtype=dtype)
+    for name in conv1d:
+        linear = model.get_submodule(name)
+        layer = Conv1D(linear.out_features, linear.in_features)
+        layer.weight = torch.nn.Parameter(linear.weight.data.T.contiguous(), requires_grad=False)
+        layer.bias = linear.bias
+        model.set_submodule(name, layer.to(linear.weight.device))
+    return model
