@@ -8,14 +8,11 @@ import pytest
 from conftest import REPO_ROOT
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MATRIX = load_script("architecture_matrix")
+SPEC = importlib.util.spec_from_file_location("architecture_matrix", os.path.join(REPO_ROOT, "scripts",
+                                                                                "architecture_matrix.py"))
+MATRIX = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(MATRIX)
+load_script = MATRIX.load_script
 ARCHITECTURES = list(load_script("make_tiny_model").ARCHITECTURES)
 # transformers keeps T5's four `wo` projections in fp32 on purpose; every other layer but the head is 4-bit.
 KEPT_IN_16_BIT = {"t5": 5}
