@@ -111,13 +111,17 @@ class TestConfigFiles:
         ("run.yaml", "model_name_or_path: org/m\nlora_rnk: 8\n"),
         ("run.json", '{"model_name_or_path": "org/m", "lora_rnk": 8}'),
     ])
-    def test_a_misspelt_key_is_one_line_and_exit_2(self, tmp_path, name, text):
-        from conftest import run_python
-
+    def test_a_misspelt_key_names_the_closest_known_one(self, tmp_path, name, text):
         path = tmp_path / name
         path.write_text(text)
         with pytest.raises(ArgumentError, match="unknown key 'lora_rnk' \\(did you mean 'lora_r'\\?\\)"):
             parse_arguments([str(path)])
+
+    def test_qlora_py_reports_it_in_one_line_with_exit_2(self, tmp_path):
+        from conftest import run_python
+
+        path = tmp_path / "run.yaml"
+        path.write_text("model_name_or_path: org/m\nlora_rnk: 8\n")
         result = run_python(["qlora.py", str(path)], check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines() == [f"error: {path}: unknown key 'lora_rnk' (did you mean 'lora_r'?)"]
