@@ -1,4 +1,4 @@
-"""Finetune a causal language model with QLoRA: a frozen 4-bit base plus trained LoRA adapters.
+"""Finetune a causal or seq2seq language model with QLoRA: a frozen 4-bit base plus trained LoRA adapters.
 
     python qlora.py --model_name_or_path M --dataset oasst1 --output_dir out --bf16 ...
     python qlora.py config.yaml
@@ -12,9 +12,10 @@ from qlorakit.callbacks import TrainingStopped
 from qlorakit.checkpoints import CheckpointError
 from qlorakit.config import ArgumentError, parse_arguments
 from qlorakit.data import DataError
+from qlorakit.model import ModelError
 from qlorakit.train import release_process_group, run
 
-BAD_INPUT = (ArgumentError, DataError, CheckpointError)
+BAD_INPUT = (ArgumentError, DataError, CheckpointError, ModelError)
 
 
 def main(argv=None):

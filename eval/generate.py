@@ -1,8 +1,9 @@
 """Answer a questions file with a local base model plus an optional QLoRA adapter.
 
 Assumes a causal LM checkpoint (hub name or directory) and, optionally, an adapter directory
-written by qlora.py; loading goes through qlorakit.model.load_for_inference (4-bit NF4 by
-default; bitsandbytes' 4-bit kernels also run on CPU). Memory: the 4-bit base (~5 GB for a 7B
+written by qlora.py; loading goes through qlorakit.model.load_for_inference, which rebuilds the
+base as the adapter was trained (its base_loading.json: bits, NF4/FP4, double quant, compute
+dtype; --bits/--quant-type/--double-quant/--compute-dtype override it; 4-bit NF4 without one). Memory: the 4-bit base (~5 GB for a 7B
 model, ~40 GB for 65B) plus activations for --batch-size prompts. Launch from any directory:
 
     python eval/generate.py --model_name_or_path huggyllama/llama-7b \
@@ -27,6 +28,7 @@ sys.path.insert(0, EVAL_DIR)
 sys.path.insert(1, os.path.dirname(EVAL_DIR))  # the repository root, for qlorakit
 
 from judgekit import cli, records  # noqa: E402
+from qlorakit.base_loading import add_base_loading_arguments, loading_overrides  # noqa: E402
 from judgekit.errors import InputError  # noqa: E402
 
 logger = logging.getLogger("generate")
@@ -47,7 +49,6 @@ def parse_args(argv):
     parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model)")
     parser.add_argument("-q", "--question-file", required=True)
     parser.add_argument("-o", "--output", required=True, help="generations file (JSONL, appended)")
-    parser.add_argument("--bits", type=int, default=4, choices=(4, 8, 16, 32))
     parser.add_argument("--prompt-format", type=prompt_format, default="guanaco",
                         help="guanaco, chat-template (the tokenizer's) or a .jinja file")
     parser.add_argument("--system-prompt", default="", help="text put before the first turn (guanaco format)")
@@ -57,6 +58,7 @@ def parse_args(argv):
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trust-remote-code", action="store_true")
+    add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 1:
         parser.error("--batch-size and --max-new-tokens must be at least 1")
@@ -114,8 +116,8 @@ def main(argv=None):
     from qlorakit.chat_format import cut_at_next_turn
     from qlorakit.model import load_for_inference
 
-    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, bits=args.bits,
-                                          trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter,
+                                          trust_remote_code=args.trust_remote_code, **loading_overrides(args))
     torch.manual_seed(args.seed)
     with records.JsonlAppender(args.output) as writer, tqdm(total=len(todo), desc="generating") as bar:
         for start in range(0, len(todo), args.batch_size):

@@ -1,4 +1,4 @@
-"""Chat in the terminal with a base model (4-bit by default) plus a QLoRA adapter, token by token.
+"""Chat in the terminal with a base model plus a QLoRA adapter, token by token.
 
     python examples/chat.py --model_name_or_path huggyllama/llama-7b \
         --adapter output/guanaco-7b/checkpoint-1875/adapter_model
@@ -9,7 +9,8 @@ trains chat data with (--chat_template: the tokenizer's own if it has one, else 
 "### Human: ...### Assistant: ..."; or a .jinja file), so the adapter is prompted the way it was
 trained; the oldest turns are dropped when the conversation outgrows the model's context. Input is read line by line, so piped input works; an
 empty line, "exit" or end of input (Ctrl-D) ends the chat. The "### Human:" prompt marker is
-printed only when reading from a terminal.
+printed only when reading from a terminal. The base is loaded as the adapter was trained (its
+base_loading.json); --bits, --quant_type, --double_quant and --compute_dtype override that.
 """
 
 import argparse
@@ -23,6 +24,7 @@ from transformers import TextIteratorStreamer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from qlorakit import chat_data  # noqa: E402
+from qlorakit.base_loading import add_base_loading_arguments, loading_overrides  # noqa: E402
 from qlorakit.chat_format import ASSISTANT, HUMAN, cut_at_next_turn  # noqa: E402
 
 EXIT_WORDS = ("", "exit", "quit")
@@ -150,7 +152,6 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", required=True, help="hub id or directory of the base model")
     parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model); none: the base alone")
-    parser.add_argument("--bits", type=int, default=4, choices=(4, 8, 16, 32), help="base weight precision")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest reply, in tokens")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0: greedy")
     parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass")
@@ -158,6 +159,7 @@ def parse_args(argv=None):
     parser.add_argument("--show_prompt", action="store_true", help="print each full prompt to stderr (one JSON string a line)")
     parser.add_argument("--chat_template", help="guanaco, tokenizer or a .jinja file, as given to qlora.py "
                                                 "(default: the tokenizer's own if it has one, else guanaco)")
+    add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
     named = args.chat_template in (None, *chat_data.TEMPLATE_CHOICES)
     if not named and not (args.chat_template.endswith(".jinja") and os.path.isfile(args.chat_template)):
@@ -170,7 +172,7 @@ def main(argv=None):
     from qlorakit.model import load_for_inference  # heavy: after the flags are known to be good
 
     torch.manual_seed(args.seed)
-    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, bits=args.bits)
+    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
     try:
         template, _ = chat_data.resolve_chat_template(args.chat_template, tokenizer)
     except chat_data.ConversationError as error:

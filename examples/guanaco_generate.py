@@ -1,5 +1,8 @@
 """Answer one question with a 4-bit base model plus a trained QLoRA adapter (CPU or GPU).
 
+The base is loaded as the adapter was trained (its base_loading.json); --bits, --quant_type,
+--double_quant and --compute_dtype override that.
+
     python examples/guanaco_generate.py --model_name_or_path huggyllama/llama-7b \
         --adapter output/guanaco-7b/checkpoint-1875/adapter_model \
         --question "How do I keep basil alive indoors?"
@@ -12,6 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from qlorakit.base_loading import add_base_loading_arguments, loading_overrides  # noqa: E402
 from qlorakit.chat_format import cut_at_next_turn, format_guanaco_prompt  # noqa: E402
 from qlorakit.model import load_for_inference  # noqa: E402
 
@@ -38,12 +42,12 @@ def main(argv=None):
     parser.add_argument("--model_name_or_path", required=True)
     parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model)")
     parser.add_argument("--question", default="What is a good way to start learning to cook?")
-    parser.add_argument("--bits", type=int, default=4, choices=(4, 8, 16, 32))
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top_p", type=float, default=0.9)
+    add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
-    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, bits=args.bits)
+    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
     answer = generate_answer(model, tokenizer, args.question, args.max_new_tokens, args.temperature, args.top_p)
     print(f"{format_guanaco_prompt([(args.question, answer)])}")
 

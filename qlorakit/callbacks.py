@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from . import checkpoints
-from .data import CausalLMCollator
+from .data import CausalLMCollator, Seq2SeqCollator
 from .mmlu import accuracy_by_subject, answer_positions, choice_token_ids
 
 logger = logging.getLogger(__name__)
@@ -119,9 +119,12 @@ class MMLUEvalCallback(TrainerCallback):
     gathered, so the numbers equal a single-process run's.
     """
 
-    def __init__(self, mmlu_dataset, tokenizer, split):
+    def __init__(self, mmlu_dataset, tokenizer, split, seq2seq=False):
         self.dataset = mmlu_dataset
-        self.collator = CausalLMCollator(tokenizer.pad_token_id)  # padded: one row per question
+        # padded: one row per question
+        self.collator = (Seq2SeqCollator if seq2seq else CausalLMCollator)(tokenizer.pad_token_id)
+        # A causal model predicts label t at position t - 1; a decoder's logits line up with its labels.
+        self.shift = 0 if seq2seq else 1
         self.choice_ids = choice_token_ids(tokenizer)
         self.split = split
         self.trainer = None
@@ -140,9 +143,9 @@ class MMLUEvalCallback(TrainerCallback):
             losses.append(outputs.loss.item())
             labels = batch["labels"]
             rows = torch.arange(labels.shape[0], device=labels.device)
-            positions = answer_positions(labels)
+            positions = answer_positions(labels, self.shift)
             predicted = outputs.logits[rows, positions][:, choice_ids.to(labels.device)].argmax(dim=-1)
-            answers = labels[rows, positions + 1].tolist()
+            answers = labels[rows, positions + self.shift].tolist()
             for offset, (guess, answer) in enumerate(zip(predicted.tolist(), answers)):
                 truth = self.choice_ids.index(answer) if answer in self.choice_ids else -1
                 scored.append((indices[position + offset], guess, truth))

@@ -2,7 +2,8 @@
 
 Layout (the reference's): ``output_dir/checkpoint-N/adapter_model/{adapter_config.json,
 adapter_model.safetensors}`` beside the Trainer's optimizer, scheduler, RNG and state files, and
-``output_dir/completed`` once training has finished.
+``output_dir/completed`` once training has finished. ``adapter_model/`` also holds
+``base_loading.json``, how the base under the adapter was loaded (qlorakit.base_loading).
 
 A checkpoint is trusted only once it holds the ``checkpoint_complete`` marker, written last, after
 every other file is on disk. A run killed while saving leaves a checkpoint without it, which resume
@@ -16,12 +17,15 @@ import re
 import shutil
 import tempfile
 
+from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
+
+from .base_loading import BASE_LOADING_FILE
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter_model"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", BASE_LOADING_FILE)
 COMPLETE_MARKER = "checkpoint_complete"
 RUN_COMPLETED_MARKER = "completed"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -136,11 +140,19 @@ def mark_run_completed(output_dir):
 
 
 class QLoRATrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer that resumes an adapter from the reference layout (checkpoint-N/adapter_model).
+    """Seq2SeqTrainer that resumes an adapter from the reference layout (checkpoint-N/adapter_model)
+    and evaluates in dataset order.
 
     The stock Trainer would load that folder as a second, frozen adapter named 'adapter_model'
     and leave the trained one at its initial weights.
     """
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Rows in dataset order, also under group_by_length: predictions.jsonl pairs each generation
+        with its row by position, and transformers 5 groups evaluation batches by length too."""
+        if self.args.world_size > 1:
+            return None  # accelerate shards the dataset in order and gathers it back in order
+        return SequentialSampler(eval_dataset)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = self.model if model is None else model

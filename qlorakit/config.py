@@ -6,13 +6,17 @@ the 2023 stack that transformers 5 renamed or removed are kept as aliases (``--e
 strict: a misspelt flag is an error (the reference silently ignored unknown flags).
 """
 
+import dataclasses
+import difflib
 import importlib.util
+import json
 import os
 import sys
 from dataclasses import dataclass, field
 
 import torch
 import transformers
+import yaml
 from transformers import HfArgumentParser
 
 BITS_CHOICES = (4, 8, 16, 32)
@@ -273,14 +277,37 @@ def validate_arguments(model_args, data_args, training_args):
         raise ArgumentError(f"--model_name_or_path {model_path}: no such directory")
 
 
+def read_config_file(path):
+    """The mapping of flag names to values in a .yaml/.json config file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        config = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise ArgumentError(f"{path}: cannot read the config file ({str(error).splitlines()[0]})") from error
+    if not isinstance(config, dict):
+        raise ArgumentError(f"{path}: a config file holds one mapping of flag names to values")
+    return config
+
+
+def check_config_keys(path, config):
+    """A misspelt key is an error, as a misspelt flag is, named with the closest known key."""
+    known = [f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ArgumentError(f"{path}: unknown key {unknown[0]!r}{hint}")
+
+
 def parse_arguments(argv=None):
     """Parse flags (or a single .yaml/.json config file) into the four argument dataclasses."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES)
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        parsed = parser.parse_yaml_file(os.path.abspath(argv[0]))
-    elif len(argv) == 1 and argv[0].endswith(".json"):
-        parsed = parser.parse_json_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+        config = read_config_file(argv[0])
+        check_config_keys(argv[0], config)
+        parsed = parser.parse_dict(config)
     else:
         try:
             parsed = parser.parse_args_into_dataclasses(args=argv)

@@ -240,7 +240,7 @@ def apply_format(dataset_dict, format_name, source):
 
 def tokenize_rows(batch, tokenizer, source_max_len, target_max_len):
     """bos + source and target + eos, each truncated to its own budget (the reference's recipe)."""
-    sources = [f"{tokenizer.bos_token}{text}" for text in batch["input"]]
+    sources = [f"{tokenizer.bos_token or ''}{text}" for text in batch["input"]]
     targets = [f"{text}{tokenizer.eos_token}" for text in batch["output"]]
     source_ids = tokenizer(sources, max_length=source_max_len, truncation=True, add_special_tokens=False)
     target_ids = tokenizer(targets, max_length=target_max_len, truncation=True, add_special_tokens=False)
@@ -361,3 +361,22 @@ class CausalLMCollator:
         for index, source in enumerate(sources):
             mask[index, input_ids.shape[1] - len(source):] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
+
+
+@dataclass
+class Seq2SeqCollator:
+    """Pads pre-tokenized rows for an encoder-decoder model: the source goes to the encoder, the
+    target is the labels (the model shifts them right into its decoder input), so the loss is on
+    the target only. Generation feeds the source alone."""
+
+    pad_token_id: int
+    for_generation: bool = False
+
+    def __call__(self, features):
+        sources = [f["source_ids"] for f in features]
+        input_ids = pad_rows(sources, self.pad_token_id)
+        batch = {"input_ids": input_ids, "attention_mask": (torch.arange(input_ids.shape[1]) <
+                                                            torch.tensor([[len(s)] for s in sources])).long()}
+        if not self.for_generation:
+            batch["labels"] = pad_rows([f["target_ids"] for f in features], IGNORE_INDEX)
+        return batch

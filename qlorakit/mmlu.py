@@ -44,10 +44,11 @@ def choice_token_ids(tokenizer):
     return [tokenizer(letter, add_special_tokens=False).input_ids[0] for letter in CHOICES]
 
 
-def answer_positions(labels):
-    """Index of the logit row that predicts each row's first label token."""
+def answer_positions(labels, shift=1):
+    """Index of the logit row that predicts each row's first label token: the one before it for a
+    causal model (shift 1), the same one for an encoder-decoder's decoder (shift 0)."""
     first_label = (labels != IGNORE_INDEX).int().argmax(dim=1)
-    return first_label - 1
+    return first_label - shift
 
 
 def accuracy_by_subject(subjects, predictions, references, split="eval"):

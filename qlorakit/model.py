@@ -5,17 +5,43 @@ The only module that imports bitsandbytes and peft. Loading follows the QLoRA re
 every linear layer, paged AdamW (chosen in the arguments).
 """
 
+import dataclasses
 import functools
+import json
+import logging
 import os
 
 import bitsandbytes as bnb
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BitsAndBytesConfig
+from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+from transformers.pytorch_utils import Conv1D
+from transformers.quantizers.quantizers_utils import should_convert_module
+
+from .base_loading import BASE_LOADING_FILE, BaseLoading, dtype_name, read_base_loading, resolve_base_loading
+from .checkpoints import write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PAD_TOKEN = "[PAD]"
-LINEAR_TYPES = (torch.nn.Linear, bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+CAUSAL, SEQ2SEQ = "causal", "seq2seq"
+AUTO_MODEL_CLASSES = {CAUSAL: AutoModelForCausalLM, SEQ2SEQ: AutoModelForSeq2SeqLM}
+PEFT_TASK_TYPES = {CAUSAL: "CAUSAL_LM", SEQ2SEQ: "SEQ_2_SEQ_LM"}
+QUANTIZED_LINEAR_TYPES = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+# GPT-2 and its relatives use Conv1D, a linear layer with a transposed weight.
+LINEAR_TYPES = (torch.nn.Linear, Conv1D, *QUANTIZED_LINEAR_TYPES)
+NORM_TYPES = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm)
+# The linear layers of nn.MultiheadAttention are read as raw weights, never called: keep them.
+UNCALLED_LINEAR_TYPES = (torch.nn.modules.linear.NonDynamicallyQuantizableLinear,)
+LORA_SETTINGS = (("r", "lora_r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout"))
+
+
+class ModelError(ValueError):
+    """A base model qlora.py cannot train as asked; printed as one line, exit code 2."""
 
 
 def compute_dtype_for(training_args):
@@ -82,6 +108,30 @@ def hub_kwargs(model_args, cache_dir=None):
     }
 
 
+def model_task(config, name):
+    """'causal' or 'seq2seq', from the config alone (before any weight is read).
+
+    Encoder-decoder configs go to the seq2seq class even when their type also has a decoder-only
+    variant (BART's BartForCausalLM would silently drop the encoder).
+    """
+    auto_map = getattr(config, "auto_map", None) or {}
+    seq2seq = config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES or "AutoModelForSeq2SeqLM" in auto_map
+    causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in auto_map
+    if seq2seq and (config.is_encoder_decoder or not causal):
+        return SEQ2SEQ
+    if causal:
+        return CAUSAL
+    raise ModelError(f"{name}: model type {config.model_type!r} is neither a causal nor a seq2seq language model; "
+                     "qlora.py trains those two kinds")
+
+
+def load_model_config(model_name_or_path, **kwargs):
+    try:
+        return AutoConfig.from_pretrained(model_name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{model_name_or_path}: cannot read the model config ({str(error).splitlines()[0]})") from error
+
+
 def load_tokenizer(model_name_or_path, padding_side="right", **kwargs):
     """Tokenizer with a pad token and, for LLaMA, the special tokens its checkpoints expect."""
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, padding_side=padding_side, **kwargs)
@@ -118,7 +168,14 @@ def resize_embeddings_for(tokenizer, model):
         weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
 
 
-def load_base_model(model_args, training_args, sharded=False):
+def base_loading_for_training(training_args, model_class=None):
+    return BaseLoading(training_args.bits, training_args.quant_type, training_args.double_quant,
+                       dtype_name(compute_dtype_for(training_args)), model_class)
+
+
+def load_base_model(model_args, training_args, task=CAUSAL, loading=None, sharded=False):
+    """The base as the flags ask, or as `loading` (a checkpoint's saved record) says."""
+    loading = loading or base_loading_for_training(training_args)
     compute_dtype = compute_dtype_for(training_args)
     device_map, max_memory = resolve_device_map(training_args.max_memory_MB)
     # fp16 training keeps master weights in fp32 (the Trainer's grad scaler needs them).
@@ -126,27 +183,117 @@ def load_base_model(model_args, training_args, sharded=False):
     quant_storage = torch.uint8
     if sharded:
         device_map, max_memory, quant_storage = None, None, load_dtype
-    return AutoModelForCausalLM.from_pretrained(
+    quantization_config = build_quantization_config(
+        loading.bits, loading.quant_type, loading.double_quant, compute_dtype, quant_storage)
+    model = AUTO_MODEL_CLASSES[task].from_pretrained(
         model_args.model_name_or_path,
-        quantization_config=build_quantization_config(
-            training_args.bits, training_args.quant_type, training_args.double_quant, compute_dtype, quant_storage
-        ),
+        quantization_config=quantization_config,
         device_map=device_map,
         max_memory=max_memory,
         dtype=load_dtype,
         attn_implementation=model_args.attn_implementation,
         **hub_kwargs(model_args, training_args.cache_dir),
     )
+    return ensure_quantized(model, quantization_config, model_args.model_name_or_path)
+
+
+def quantized_copy(linear, quantization_config):
+    """A bitsandbytes layer computing `linear`'s map with its weights quantized as configured."""
+    config, weight = quantization_config, linear.weight.data
+    has_bias = linear.bias is not None
+    if config.load_in_4bit:
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, has_bias, config.bnb_4bit_compute_dtype,
+                                  compress_statistics=config.bnb_4bit_use_double_quant,
+                                  quant_type=config.bnb_4bit_quant_type, quant_storage=config.bnb_4bit_quant_storage,
+                                  device="meta")
+        layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=config.bnb_4bit_use_double_quant,
+                                         quant_type=config.bnb_4bit_quant_type,
+                                         quant_storage=config.bnb_4bit_quant_storage, module=layer)
+    else:
+        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, has_bias,
+                                    has_fp16_weights=config.llm_int8_has_fp16_weight,
+                                    threshold=config.llm_int8_threshold, device="meta")
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=config.llm_int8_has_fp16_weight)
+    if has_bias:
+        layer.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+    layer.source_cls = type(linear)
+    return layer.to(weight.device)  # bitsandbytes quantizes on the move to a real device
+
+
+def skipped_linear_layers(model, modules_to_not_convert):
+    """Linear layers transformers left unquantized only because their class subclasses nn.Linear.
+
+    Its bitsandbytes integration converts exactly nn.Linear and Conv1D, so Falcon's FalconLinear
+    (the same map with its own forward) stays 16-bit. The head and the modules the quantizer keeps
+    on purpose (T5's fp32 `wo`) are not skipped layers.
+    """
+    head = model.get_output_embeddings()
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and type(module) is not torch.nn.Linear
+            and not isinstance(module, (*QUANTIZED_LINEAR_TYPES, *UNCALLED_LINEAR_TYPES))
+            and module is not head and should_convert_module(name, modules_to_not_convert)]
+
+
+def ensure_quantized(model, quantization_config, name):
+    """Quantize the linear layers the loader skipped; refuse a "4-bit" model with no 4-bit layer."""
+    if quantization_config is None:
+        return model
+    for layer_name in skipped_linear_layers(model, model.hf_quantizer.modules_to_not_convert):
+        model.set_submodule(layer_name, quantized_copy(model.get_submodule(layer_name), quantization_config))
+    quantized, _, _ = count_linear_layers(model)
+    if not quantized:
+        bits = 4 if quantization_config.load_in_4bit else 8
+        raise ModelError(f"{name}: no linear layer of {type(model).__name__} could be quantized to {bits} bits; "
+                         "train it with --bits 16")
+    return model
+
+
+def adapter_sublayers(model):
+    """ids of the modules that belong to adapters (LoRA's A and B), not to the base."""
+    ids = set()
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            for attribute in module.adapter_layer_names:
+                ids.update(id(sub) for sub in getattr(module, attribute).modules())
+    return ids
+
+
+def base_linear_layers(model):
+    """(full name, module) of every linear layer of the base model, found by type."""
+    adapters = adapter_sublayers(model)
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, LINEAR_TYPES) and id(module) not in adapters]
+
+
+def short_name(full_name):
+    """The layer's own name: 'q_proj' for 'model.layers.0.self_attn.q_proj(.base_layer)'."""
+    return full_name.removesuffix(".base_layer").split(".")[-1]
+
+
+def count_linear_layers(model):
+    """(quantized, total, short names of the unquantized ones) over the base's linear layers."""
+    layers = base_linear_layers(model)
+    kept = [short_name(name) for name, module in layers if not isinstance(module, QUANTIZED_LINEAR_TYPES)]
+    return len(layers) - len(kept), len(layers), kept
+
+
+def describe_linear_layers(model):
+    """One report line: how many linear layers are quantized, and which stay 16/32-bit."""
+    quantized, total, kept = count_linear_layers(model)
+    if not quantized:
+        return f"linear layers: {total}, none quantized"
+    kinds = {4 if isinstance(m, bnb.nn.Linear4bit) else 8 for _, m in base_linear_layers(model)
+             if isinstance(m, QUANTIZED_LINEAR_TYPES)}
+    bits = "/".join(f"{k}-bit" for k in sorted(kinds))
+    counts = {name: kept.count(name) for name in dict.fromkeys(kept)}
+    unquantized = ", ".join(name if n == 1 else f"{name} x{n}" for name, n in counts.items())
+    return f"{bits} linear layers: {quantized} of {total}" + (f" (not quantized: {unquantized})" if kept else "")
 
 
 def find_linear_module_names(model):
-    """Short names of every linear layer, found by type, except the output head."""
+    """Short names of every linear layer of the base, found by type, except the output head."""
     output_head = model.get_output_embeddings()
-    names = set()
-    for full_name, module in model.named_modules():
-        if isinstance(module, LINEAR_TYPES) and module is not output_head:
-            names.add(full_name.split(".")[-1])
-    return sorted(names)
+    return sorted({short_name(name) for name, module in base_linear_layers(model) if module is not output_head})
 
 
 def lora_target_modules(model, lora_modules):
@@ -169,23 +316,54 @@ def prepare_base_for_training(model, training_args):
         model.enable_input_require_grads()
 
 
-def attach_lora(model, training_args, sharded=False):
-    """Wrap a frozen base with a fresh LoRA adapter on the chosen linear layers."""
+def lora_conflicts(saved, training_args, targets):
+    """'flag=saved (flags: value)' for each LoRA setting where the flags disagree with a saved adapter."""
+    conflicts = [f"{flag}={getattr(saved, key)} (flags: {getattr(training_args, flag)})"
+                 for key, flag in LORA_SETTINGS if getattr(saved, key) != getattr(training_args, flag)]
+    saved_targets = [saved.target_modules] if isinstance(saved.target_modules, str) else sorted(saved.target_modules)
+    if saved_targets != sorted(targets):
+        conflicts.append(f"targets={','.join(saved_targets)} (flags: {','.join(sorted(targets))})")
+    return conflicts
+
+
+def base_loading_conflicts(saved, training_args):
+    flags = base_loading_for_training(training_args)
+    return [f"{field}={getattr(saved, field)} (flags: {getattr(flags, field)})"
+            for field in ("bits", "quant_type", "double_quant") if getattr(saved, field) != getattr(flags, field)]
+
+
+def save_adapter(save_pretrained, record, save_directory, **kwargs):
+    """peft's save plus base_loading.json. The only resized embedding rows are the pad token's,
+    rebuilt identically at load time (mean of the base rows); saving both embedding matrices would
+    add ~0.5 GB to every 7B checkpoint."""
+    save_pretrained(save_directory, save_embedding_layers=False, **kwargs)
+    if kwargs.get("is_main_process", True):
+        write_json_atomic(os.path.join(save_directory, BASE_LOADING_FILE), dataclasses.asdict(record))
+
+
+def attach_lora(model, training_args, task=CAUSAL, sharded=False, adapter_dir=None, record=None):
+    """Wrap a frozen base with a LoRA adapter: a fresh one, or the saved one of adapter_dir as it
+    was trained (its own rank, alpha, dropout and targets; contradicting flags are reported)."""
     prepare_base_for_training(model, training_args)
-    config = LoraConfig(
-        r=training_args.lora_r,
-        lora_alpha=training_args.lora_alpha,
-        target_modules=lora_target_modules(model, training_args.lora_modules),
-        lora_dropout=training_args.lora_dropout,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, config)
+    targets = lora_target_modules(model, training_args.lora_modules)
+    if adapter_dir:
+        conflicts = lora_conflicts(PeftConfig.from_pretrained(adapter_dir), training_args, targets)
+        if conflicts:
+            logger.warning("%s was trained with %s; using the saved adapter's settings", adapter_dir, ", ".join(conflicts))
+        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True, autocast_adapter_dtype=False)
+    else:
+        config = LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha, target_modules=targets,
+                            lora_dropout=training_args.lora_dropout, bias="none", task_type=PEFT_TASK_TYPES[task])
+        model = get_peft_model(model, config)
     cast_for_training(model, training_args.bf16, norms_in_fp32=training_args.norms_in_fp32 and not sharded)
-    # The only resized rows are the pad token's, rebuilt identically at load time (mean of the
-    # base rows); saving both embedding matrices would add ~0.5 GB to every 7B checkpoint.
-    model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
+    record = record or base_loading_for_training(training_args, type(model.get_base_model()).__name__)
+    model.save_pretrained = functools.partial(save_adapter, model.save_pretrained, record)
     return model
+
+
+def is_norm_layer(module):
+    """LayerNorm, RMSNorm and the architectures' own norm classes (LlamaRMSNorm, T5LayerNorm, ...)."""
+    return isinstance(module, NORM_TYPES) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
 
 
 def cast_for_training(model, bf16, norms_in_fp32=False):
@@ -195,25 +373,36 @@ def cast_for_training(model, bf16, norms_in_fp32=False):
     every projection and the residual stream. FSDP and ZeRO-3 flatten parameters into one dtype,
     so sharded runs keep norms in bf16 regardless.
     """
-    for name, module in model.named_modules():
+    embeddings = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    for module in model.modules():
         if isinstance(module, LoraLayer) and bf16:
             module.to(torch.bfloat16)
-        if "norm" in name and norms_in_fp32:
+        if norms_in_fp32 and is_norm_layer(module):
             module.to(torch.float32)
-        if bf16 and ("lm_head" in name or "embed_tokens" in name):
-            if hasattr(module, "weight") and module.weight.dtype == torch.float32:
-                module.to(torch.bfloat16)
+        if bf16 and id(module) in embeddings and module.weight.dtype == torch.float32:
+            module.to(torch.bfloat16)
 
 
-def load_model(model_args, training_args, tokenizer):
-    """The base (quantized as asked) plus a LoRA adapter, or the whole model for --full_finetune."""
+def load_model(model_args, training_args, tokenizer, task=CAUSAL, adapter_dir=None):
+    """The base (quantized as asked) plus a LoRA adapter, or the whole model for --full_finetune.
+
+    adapter_dir: a checkpoint's adapter to continue from or evaluate; its saved base loading
+    (bits, quant type, double quant) wins over the flags, with a warning when they differ.
+    """
     sharded = sharded_training(training_args)
-    model = load_base_model(model_args, training_args, sharded)
+    saved = read_base_loading(adapter_dir) if adapter_dir else None
+    if saved and base_loading_conflicts(saved, training_args):
+        logger.warning("%s was trained on a base loaded with %s; loading it that way", adapter_dir,
+                       ", ".join(base_loading_conflicts(saved, training_args)))
+    loading = dataclasses.replace(base_loading_for_training(training_args), bits=saved.bits, quant_type=saved.quant_type,
+                                  double_quant=saved.double_quant) if saved else None
+    model = load_base_model(model_args, training_args, task, loading, sharded)
     resize_embeddings_for(tokenizer, model)
     model.config.dtype = compute_dtype_for(training_args)
     if training_args.full_finetune:
         return model
-    return attach_lora(model, training_args, sharded)
+    record = dataclasses.replace(loading or base_loading_for_training(training_args), model_class=type(model).__name__)
+    return attach_lora(model, training_args, task, sharded, adapter_dir, record)
 
 
 def logical_numel(param):
@@ -227,7 +416,8 @@ def describe_parameters(model):
     """Lines that say what trains and how the weights are stored (dtype -> share of elements)."""
     trainable = sum(logical_numel(p) for p in model.parameters() if p.requires_grad)
     total = sum(logical_numel(p) for p in model.parameters())
-    lines = [f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"]
+    lines = [f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}",
+             describe_linear_layers(model)]
     by_dtype = {}
     for param in model.parameters():
         by_dtype[param.dtype] = by_dtype.get(param.dtype, 0) + param.numel()
@@ -237,25 +427,69 @@ def describe_parameters(model):
     return lines
 
 
-def load_for_inference(model_name_or_path, adapter=None, bits=4, compute_dtype=None, trust_remote_code=False):
-    """A base model (4-bit by default) with an optional trained adapter, ready to generate.
+def inference_loading(adapter=None, **overrides):
+    """(how to load the base, the adapter's saved record or None): the record of the adapter with
+    explicit values on top; without a record, the default with a one-line notice."""
+    saved = read_base_loading(adapter) if adapter else None
+    loading = resolve_base_loading(saved, **overrides)
+    if adapter and saved is None:
+        logger.warning("note: %s has no %s; loading the base as %s", adapter, BASE_LOADING_FILE, loading.describe())
+    return loading, saved
 
-    The tokenizer pads on the left so that batched generation continues every prompt from its
-    last real token.
-    """
-    compute_dtype = compute_dtype or (torch.bfloat16 if bits in (4, 8) else torch.float32)
+
+def load_base_for_inference(model_name_or_path, loading, trust_remote_code=False):
+    """(base model, left-padding tokenizer) loaded as `loading` says, embeddings resized to the tokenizer."""
     kwargs = {"trust_remote_code": trust_remote_code}
+    task = model_task(load_model_config(model_name_or_path, **kwargs), model_name_or_path)
     tokenizer = load_tokenizer(model_name_or_path, padding_side="left", **kwargs)
-    device_map, _ = resolve_device_map()
-    model = AutoModelForCausalLM.from_pretrained(
+    compute_dtype = getattr(torch, loading.compute_dtype)
+    quantization_config = build_quantization_config(loading.bits, loading.quant_type, loading.double_quant, compute_dtype)
+    model = AUTO_MODEL_CLASSES[task].from_pretrained(
         model_name_or_path,
-        quantization_config=build_quantization_config(bits, compute_dtype=compute_dtype),
-        device_map=device_map,
-        dtype=compute_dtype,
+        quantization_config=quantization_config,
+        device_map=resolve_device_map()[0],
+        dtype=torch.float32 if loading.bits == 32 else compute_dtype,
         **kwargs,
     )
+    model = ensure_quantized(model, quantization_config, model_name_or_path)
     resize_embeddings_for(tokenizer, model)
+    return model, tokenizer
+
+
+def load_for_inference(model_name_or_path, adapter=None, bits=None, compute_dtype=None, trust_remote_code=False,
+                       quant_type=None, double_quant=None):
+    """A base model with an optional trained adapter, ready to generate.
+
+    The base is loaded as the adapter's base_loading.json says (the base it was trained against);
+    explicit arguments override it. Without the file (adapters saved before it existed, or no
+    adapter) the default is 4-bit NF4 with double quantization and bf16 compute. The tokenizer
+    pads on the left so that batched generation continues every prompt from its last real token.
+    """
+    loading, saved = inference_loading(adapter, bits=bits, quant_type=quant_type, double_quant=double_quant,
+                                       compute_dtype=compute_dtype)
+    model, tokenizer = load_base_for_inference(model_name_or_path, loading, trust_remote_code)
+    if saved and saved.model_class not in (None, type(model).__name__):
+        logger.warning("note: %s was trained on a %s base, %s is a %s", adapter, saved.model_class,
+                       model_name_or_path, type(model).__name__)
     if adapter:
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     return model, tokenizer
+
+
+def dequantize_base(model, dtype):
+    """The quantized base with its weights dequantized into plain layers of `dtype`.
+
+    transformers turns every quantized layer back into nn.Linear; GPT-2-style layers were Conv1D
+    (weight stored transposed) and go back to Conv1D, so the saved model loads as its own class.
+    """
+    conv1d = [name for name, module in model.named_modules()
+              if isinstance(module, QUANTIZED_LINEAR_TYPES) and getattr(module, "source_cls", None) is Conv1D]
+    model = model.dequantize(dtype=dtype)
+    for name in conv1d:
+        linear = model.get_submodule(name)
+        layer = Conv1D(linear.out_features, linear.in_features)
+        layer.weight = torch.nn.Parameter(linear.weight.data.T.contiguous(), requires_grad=False)
+        layer.bias = linear.bias
+        model.set_submodule(name, layer.to(linear.weight.device))
+    return model

@@ -14,9 +14,10 @@ from transformers import GenerationConfig, set_seed
 from . import checkpoints
 from .callbacks import (CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback,
                         TrainingStopped)
-from .data import CausalLMCollator, build_datasets
+from .data import CausalLMCollator, Seq2SeqCollator, build_datasets
 from .mmlu import load_mmlu
-from .model import describe_parameters, hub_kwargs, load_model, load_tokenizer
+from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
+                    model_task)
 from .preview import preview_rows
 
 logger = logging.getLogger(__name__)
@@ -34,15 +35,43 @@ def setup_logging(training_args):
     logging.getLogger("qlorakit").setLevel(logging.INFO if main_process else logging.WARNING)
 
 
-def setup_trainer(model_args, data_args, training_args, generation_args):
+def build_collator(tokenizer, training_args, seq2seq, for_generation=False):
+    """Encoder-decoder models get the source in the encoder and the target as labels; causal
+    models one sequence, source then target."""
+    if seq2seq:
+        return Seq2SeqCollator(tokenizer.pad_token_id, for_generation=for_generation)
+    return CausalLMCollator(tokenizer.pad_token_id, train_on_source=training_args.train_on_source,
+                            for_generation=for_generation, padding_free=training_args.padding_free)
+
+
+def saved_adapter_dir(checkpoint_dir):
+    """checkpoint-N/adapter_model of a checkpoint to continue from or evaluate, if it holds one."""
+    if not checkpoint_dir:
+        return None
+    adapter_dir = os.path.join(checkpoint_dir, checkpoints.ADAPTER_DIR)
+    return adapter_dir if os.path.isdir(adapter_dir) else None
+
+
+def setup_trainer(model_args, data_args, training_args, generation_args, resume_from=None):
     """Everything before training, cheapest first so that bad input fails in seconds. Seeded
-    first: the LoRA initialisation draws random numbers before the Trainer would seed."""
+    first: the LoRA initialisation draws random numbers before the Trainer would seed.
+
+    resume_from: a checkpoint whose adapter is loaded as it was saved (to resume, evaluate or
+    predict) instead of a fresh one built from the LoRA flags.
+    """
     set_seed(training_args.seed)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, **hub_kwargs(model_args, training_args.cache_dir))
+    hub = hub_kwargs(model_args, training_args.cache_dir)
+    task = model_task(load_model_config(model_args.model_name_or_path, **hub), model_args.model_name_or_path)
+    if task == SEQ2SEQ and (training_args.padding_free or training_args.train_on_source):
+        raise ModelError("--padding_free and --train_on_source apply to causal models; the encoder reads the source")
+    tokenizer = load_tokenizer(model_args.model_name_or_path, **hub)
     train_dataset, eval_dataset = build_datasets(data_args, training_args, tokenizer)
+    if task == SEQ2SEQ and "assistant_mask" in train_dataset.column_names:
+        raise ModelError("chat data trains causal models (one sequence with every turn); "
+                         f"{model_args.model_name_or_path} is an encoder-decoder: use an input-output format")
     mmlu_dataset = load_mmlu(training_args, tokenizer) if training_args.do_mmlu_eval else None
 
-    model = load_model(model_args, training_args, tokenizer)
+    model = load_model(model_args, training_args, tokenizer, task, saved_adapter_dir(resume_from))
     if training_args.local_process_index == 0:
         print(f"world size: {training_args.world_size}")
         for line in describe_parameters(model):
@@ -57,14 +86,13 @@ def setup_trainer(model_args, data_args, training_args, generation_args):
         processing_class=tokenizer,
         train_dataset=train_dataset if training_args.do_train else None,
         eval_dataset=eval_dataset,
-        data_collator=CausalLMCollator(tokenizer.pad_token_id, train_on_source=training_args.train_on_source,
-                                       padding_free=training_args.padding_free),
+        data_collator=build_collator(tokenizer, training_args, task == SEQ2SEQ),
         callbacks=[CheckpointCallback(keep_checkpoints),
                    NonFiniteGuardCallback(training_args.max_consecutive_nonfinite_steps),
                    PreemptionCallback()],
     )
     if mmlu_dataset is not None:
-        mmlu_callback = MMLUEvalCallback(mmlu_dataset, tokenizer, training_args.mmlu_split)
+        mmlu_callback = MMLUEvalCallback(mmlu_dataset, tokenizer, training_args.mmlu_split, seq2seq=task == SEQ2SEQ)
         mmlu_callback.trainer = trainer
         trainer.add_callback(mmlu_callback)
     return trainer, tokenizer, eval_dataset
@@ -93,13 +121,18 @@ def decode_predictions(token_ids, tokenizer):
 
 
 def predict(trainer, tokenizer, dataset, output_dir):
-    """Generate for every eval row and write predictions.jsonl in the reference's shape."""
-    trainer.data_collator = CausalLMCollator(tokenizer.pad_token_id, for_generation=True)
+    """Generate for every eval row and write predictions.jsonl in the reference's shape.
+
+    A causal model's output continues its prompt; an encoder-decoder's holds the answer alone.
+    """
+    seq2seq = trainer.model.config.is_encoder_decoder
+    trainer.data_collator = build_collator(tokenizer, trainer.args, seq2seq, for_generation=True)
     with trainer.accelerator.autocast():  # generate() bypasses the autocast wrapped around forward()
         result = trainer.predict(test_dataset=dataset, metric_key_prefix="predict")
     texts = decode_predictions(result.predictions, tokenizer)
     rows = []
     for example, text in zip(dataset, texts):
+        text = example["input"] + text if seq2seq else text
         row = {k: v for k, v in example.items() if k not in TOKEN_COLUMNS}
         row["prediction_with_input"] = text.strip()
         row["prediction"] = text.replace(example["input"], "", 1).strip()
@@ -140,10 +173,9 @@ def run(model_args, data_args, training_args, generation_args):
     resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
     if training_args.resume_from_checkpoint:
         resume_from, completed = checkpoints.check_explicit_checkpoint(training_args.resume_from_checkpoint), False
-    trainer, tokenizer, eval_dataset = setup_trainer(model_args, data_args, training_args, generation_args)
+    trainer, tokenizer, eval_dataset = setup_trainer(model_args, data_args, training_args, generation_args, resume_from)
     if completed and resume_from:
         logger.info("%s holds a completed run: skipping training, evaluating %s", training_args.output_dir, resume_from)
-        trainer._load_from_checkpoint(resume_from)
 
     all_metrics = {"run_name": training_args.run_name}
     if training_args.do_train and not completed:

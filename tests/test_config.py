@@ -104,3 +104,37 @@ def test_a_json_config_file_is_parsed(tmp_path):
     config.write_text(json.dumps({"model_name_or_path": "org/m", "output_dir": str(tmp_path), "lora_r": 8}))
     model_args, _, training_args, _ = parse_arguments([str(config)])
     assert (model_args.model_name_or_path, training_args.lora_r) == ("org/m", 8)
+
+
+class TestConfigFiles:
+    @pytest.mark.parametrize("name, text", [
+        ("run.yaml", "model_name_or_path: org/m\nlora_rnk: 8\n"),
+        ("run.json", '{"model_name_or_path": "org/m", "lora_rnk": 8}'),
+    ])
+    def test_a_misspelt_key_names_the_closest_known_one(self, tmp_path, name, text):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ArgumentError, match="unknown key 'lora_rnk' \\(did you mean 'lora_r'\\?\\)"):
+            parse_arguments([str(path)])
+
+    def test_qlora_py_reports_it_in_one_line_with_exit_2(self, tmp_path):
+        from conftest import run_python
+
+        path = tmp_path / "run.yaml"
+        path.write_text("model_name_or_path: org/m\nlora_rnk: 8\n")
+        result = run_python(["qlora.py", str(path)], check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines() == [f"error: {path}: unknown key 'lora_rnk' (did you mean 'lora_r'?)"]
+
+    @pytest.mark.parametrize("text, message", [("- a\n- b\n", "one mapping"), ("a: [1,\n", "cannot read")])
+    def test_a_config_that_is_not_a_mapping_is_refused(self, tmp_path, text, message):
+        path = tmp_path / "run.yaml"
+        path.write_text(text)
+        with pytest.raises(ArgumentError, match=message):
+            parse_arguments([str(path)])
+
+    def test_the_demo_config_parses(self):
+        from conftest import REPO_ROOT
+
+        _, data_args, training_args, _ = parse_arguments([f"{REPO_ROOT}/examples/configs/tiny_demo.yaml"])
+        assert (training_args.lora_r, training_args.max_steps, data_args.dataset_format) == (16, 30, "oasst1")

@@ -89,3 +89,102 @@ def test_norms_stay_bf16_by_default_and_match_fp32_norms_in_loss(tiny_model_dir)
     assert {p.dtype for n, p in model.named_parameters() if "norm" in n} == {torch.float32}
     assert residual_dtype == torch.float32  # bitsandbytes returns fp32 for the fp32 norm outputs
     assert loss == pytest.approx(loss_fp32_norms, rel=5e-4)
+
+
+def build_tiny(arch, path, **kwargs):
+    from test_architectures import load_script
+
+    load_script("make_tiny_model").make_tiny_model(str(path), arch, hidden_size=64, num_layers=2, vocab_size=512,
+                                                  **kwargs)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_falcon(tmp_path_factory):
+    return build_tiny("falcon", tmp_path_factory.mktemp("falcon"))
+
+
+def load_falcon_4bit(model_dir):
+    """As transformers loads it: its bitsandbytes integration converts only exact nn.Linear."""
+    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=build_quantization_config(4),
+                                                device_map={"": "cpu"}, dtype=torch.float32)
+
+
+class TestSkippedLinearLayers:
+    def test_falcon_linear_layers_are_quantized_after_loading(self, tiny_falcon):
+        from qlorakit.model import count_linear_layers, ensure_quantized
+
+        model = load_falcon_4bit(tiny_falcon)
+        assert count_linear_layers(model)[0] == 0  # transformers left every FalconLinear in 16-bit
+        batch = torch.tensor([[5, 6, 7, 8]])
+        with torch.no_grad():
+            before = model(batch).logits
+        model = ensure_quantized(model, build_quantization_config(4), tiny_falcon)
+        assert count_linear_layers(model)[:2] == (8, 9)
+        assert isinstance(model.transformer.h[0].self_attention.query_key_value, bnb.nn.Linear4bit)
+        with torch.no_grad():
+            after = model(batch).logits
+        gap = (after - before).abs().max().item()
+        assert 0 < gap < 0.5  # NF4 rounding, not a different function
+
+    def test_a_model_with_nothing_quantizable_is_refused(self, tiny_falcon):
+        from qlorakit.model import ModelError, ensure_quantized
+
+        model = load_falcon_4bit(tiny_falcon)
+        model.hf_quantizer.modules_to_not_convert = ["transformer"]
+        with pytest.raises(ModelError, match="no linear layer of FalconForCausalLM could be quantized to 4 bits"):
+            ensure_quantized(model, build_quantization_config(4), tiny_falcon)
+
+    def test_the_report_counts_4bit_layers(self, tiny_falcon):
+        from qlorakit.model import describe_linear_layers, ensure_quantized
+
+        model = ensure_quantized(load_falcon_4bit(tiny_falcon), build_quantization_config(4), tiny_falcon)
+        assert describe_linear_layers(model) == "4-bit linear layers: 8 of 9 (not quantized: lm_head)"
+
+
+class TestLayersByType:
+    @pytest.mark.parametrize("arch, norms", [
+        ("gpt2", {"ln_1", "ln_2", "ln_f"}),
+        ("bloom", {"word_embeddings_layernorm", "input_layernorm", "post_attention_layernorm", "ln_f"}),
+        ("t5", {"layer_norm", "final_layer_norm"}),
+    ])
+    def test_norms_are_found_by_type_and_kept_in_fp32(self, arch, norms, tmp_path):
+        from qlorakit.model import cast_for_training, is_norm_layer
+
+        model = AutoModelForCausalLM if arch != "t5" else __import__("transformers").AutoModelForSeq2SeqLM
+        model = model.from_pretrained(build_tiny(arch, tmp_path), dtype=torch.bfloat16)
+        found = {name.split(".")[-1] for name, module in model.named_modules() if is_norm_layer(module)}
+        assert found == norms
+        cast_for_training(model, bf16=True, norms_in_fp32=True)
+        assert {m.weight.dtype for m in model.modules() if is_norm_layer(m)} == {torch.float32}
+
+    def test_gpt2_conv1d_layers_are_lora_targets_in_16_bit(self, tmp_path):
+        from peft import LoraConfig, get_peft_model
+
+        model = AutoModelForCausalLM.from_pretrained(build_tiny("gpt2", tmp_path))
+        targets = find_linear_module_names(model)
+        assert targets == ["c_attn", "c_fc", "c_proj"]
+        peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets))
+        assert peft_model.peft_config["default"].fan_in_fan_out  # peft flips it for Conv1D
+
+
+class TestModelTask:
+    @pytest.mark.parametrize("model_type, task", [("llama", "causal"), ("falcon", "causal"), ("t5", "seq2seq"),
+                                                  ("bart", "seq2seq")])
+    def test_task_comes_from_the_config(self, model_type, task):
+        from transformers import AutoConfig
+
+        from qlorakit.model import model_task
+
+        assert model_task(AutoConfig.for_model(model_type), "m") == task
+
+    def test_neither_causal_nor_seq2seq_is_refused_before_loading(self, tmp_path):
+        from transformers import AutoConfig
+
+        from conftest import run_python
+
+        AutoConfig.for_model("distilbert").save_pretrained(tmp_path)  # a config, no weights, no tokenizer
+        result = run_python(["qlora.py", "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "out"),
+                             "--dataset", "examples/data/alpaca_sample.json"], check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "'distilbert' is neither a causal nor a seq2seq language model" in result.stderr.strip().splitlines()[-1]

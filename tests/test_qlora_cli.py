@@ -39,7 +39,7 @@ def test_outputs_sit_where_the_reference_puts_them(trained_run):
     output_dir, _ = trained_run
     for step in (6, 12):
         adapter = os.path.join(output_dir, f"checkpoint-{step}", "adapter_model")
-        assert sorted(os.listdir(adapter)) == ["adapter_config.json", "adapter_model.safetensors"]
+        assert sorted(os.listdir(adapter)) == ["adapter_config.json", "adapter_model.safetensors", "base_loading.json"]
     assert os.path.isfile(os.path.join(output_dir, "completed"))
     metrics = json.load(open(os.path.join(output_dir, "metrics.json")))
     assert {"train_loss", "eval_loss", "predict_runtime"} <= set(metrics)
@@ -132,3 +132,48 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, flags, messa
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_finished_run_predicts_with_its_own_adapter_config(trained_run, tiny_model_dir, tmp_path):
+    """The reference's generate workflow: the same output_dir, --do_train False --do_predict True and
+    no LoRA flags (defaults r 64, the run used r 8): the saved adapter is loaded as it was trained."""
+    import shutil
+
+    output_dir, _ = trained_run
+    copy = str(tmp_path / "run")
+    shutil.copytree(output_dir, copy)
+    os.remove(os.path.join(copy, "predictions.jsonl"))
+    result = run_python(["qlora.py", "--model_name_or_path", tiny_model_dir, "--output_dir", copy,
+                         "--dataset", ALPACA, "--dataset_format", "alpaca", "--use_cpu", "--bf16",
+                         "--do_train", "False", "--do_predict", "True", "--eval_dataset_size", "8",
+                         "--per_device_eval_batch_size", "4", "--source_max_len", "64", "--max_new_tokens", "6"])
+    warnings = [line for line in result.stderr.splitlines() if "was trained with" in line]
+    assert len(warnings) == 1 and "lora_r=8 (flags: 64)" in warnings[0] and "lora_alpha" not in warnings[0]
+    read = lambda path: [json.loads(line)["prediction"] for line in open(os.path.join(path, "predictions.jsonl"))]
+    assert read(copy) == read(output_dir)  # greedy decoding with the same trained adapter
+
+
+def test_a_sentencepiece_only_checkpoint_trains(tmp_path):
+    """Early LLaMA conversions ship tokenizer.model and no tokenizer.json; transformers converts it
+    (sentencepiece and protobuf from requirements.txt)."""
+    from test_model import build_tiny
+
+    model_dir = build_tiny("llama", tmp_path / "model", tokenizer_kind="sentencepiece")
+    assert sorted(name for name in os.listdir(model_dir) if "token" in name) == ["tokenizer.model",
+                                                                                 "tokenizer_config.json"]
+    output_dir = str(tmp_path / "run")
+    run_python(quick_flags(model_dir, output_dir, "--max_steps", "2", "--save_steps", "2"))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token) == (1, 2, "[PAD]")
+    assert os.path.isfile(os.path.join(output_dir, "checkpoint-2", "checkpoint_complete"))
+
+
+def test_predictions_pair_each_generation_with_its_own_row(trained_run):
+    """group_by_length (on by default) must not reorder evaluation: rows are matched by position."""
+    output_dir, _ = trained_run
+    for line in open(os.path.join(output_dir, "predictions.jsonl")):
+        row = json.loads(line)
+        instruction = row["input"].split("### Instruction:\n")[1][:30]  # sources are cut at 64 tokens
+        assert instruction in row["prediction_with_input"]

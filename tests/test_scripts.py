@@ -143,7 +143,8 @@ def test_two_steps_on_the_tiny_model_save_an_adapter(recipe_runs, name):
     assert name not in failures, failures.get(name)
     output_dir = output_dirs[name]
     checkpoint = os.path.join(output_dir, "checkpoint-2")
-    assert sorted(os.listdir(os.path.join(checkpoint, "adapter_model"))) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(os.path.join(checkpoint, "adapter_model"))) == ["adapter_config.json", "adapter_model.safetensors",
+                                                                              "base_loading.json"]
     adapter_config = json.load(open(os.path.join(checkpoint, "adapter_model", "adapter_config.json")))
     training_args = torch.load(os.path.join(checkpoint, "training_args.bin"), weights_only=False)
     assert (adapter_config["r"], adapter_config["lora_alpha"]) == (64, 16)

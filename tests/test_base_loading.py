@@ -1,0 +1,109 @@
+"""An adapter is used on the base it was trained against: base_loading.json, its readers, and the
+FP4 case end to end (train, reload, merge --dequantize)."""
+
+import argparse
+import json
+import logging
+import os
+
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from conftest import EXAMPLE_DATA, REPO_ROOT, run_python
+from qlorakit.base_loading import (BaseLoading, add_base_loading_arguments, loading_overrides, read_base_loading,
+                                   resolve_base_loading)
+
+MERGE = os.path.join(REPO_ROOT, "scripts", "merge_adapter.py")
+
+
+class TestResolve:
+    def test_flags_override_the_saved_record_one_by_one(self):
+        saved = BaseLoading(4, "fp4", False, "float32", "LlamaForCausalLM")
+        assert resolve_base_loading(saved) == saved
+        assert resolve_base_loading(saved, double_quant=True) == BaseLoading(4, "fp4", True, "float32", "LlamaForCausalLM")
+        assert resolve_base_loading(saved, compute_dtype=torch.bfloat16).compute_dtype == "bfloat16"
+
+    def test_without_a_record_the_default_is_nf4_double_quant_bf16(self):
+        assert resolve_base_loading(None) == BaseLoading(4, "nf4", True, "bfloat16")
+
+    def test_command_line_flags_default_to_the_record(self):
+        parser = argparse.ArgumentParser()
+        add_base_loading_arguments(parser)
+        assert set(loading_overrides(parser.parse_args([])).values()) == {None}
+        args = parser.parse_args(["--bits", "8", "--quant-type", "fp4", "--double_quant", "False"])
+        assert loading_overrides(args) == {"bits": 8, "quant_type": "fp4", "double_quant": False, "compute_dtype": None}
+
+    def test_unknown_keys_of_a_newer_record_are_ignored(self, tmp_path):
+        (tmp_path / "base_loading.json").write_text(json.dumps({"bits": 8, "from_the_future": 1}))
+        assert read_base_loading(str(tmp_path)) == BaseLoading(bits=8)
+        assert read_base_loading(str(tmp_path / "missing")) is None
+
+
+@pytest.fixture(scope="module")
+def fp4_adapter(tiny_model_dir, tmp_path_factory):
+    """3 steps on the FP4 (no double quant) tiny base, fp32 compute, as qlora.py runs them."""
+    output_dir = tmp_path_factory.mktemp("fp4-run")
+    run_python(["qlora.py", "--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir),
+                "--dataset", os.path.join(EXAMPLE_DATA, "alpaca_sample.json"), "--dataset_format", "alpaca",
+                "--use_cpu", "--bits", "4", "--quant_type", "fp4", "--double_quant", "False",
+                "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--source_max_len", "32",
+                "--target_max_len", "32", "--lora_r", "8", "--learning_rate", "0.01", "--max_steps", "3",
+                "--save_steps", "3", "--seed", "0"])
+    return str(output_dir / "checkpoint-3" / "adapter_model")
+
+
+def first_projection(model):
+    return model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+
+
+def test_the_record_says_how_the_base_was_loaded(fp4_adapter):
+    assert read_base_loading(fp4_adapter) == BaseLoading(4, "fp4", False, "float32", "LlamaForCausalLM")
+
+
+def test_inference_loads_the_recorded_base_and_flags_override_it(tiny_model_dir, fp4_adapter, caplog):
+    from qlorakit.model import load_for_inference
+
+    model, _ = load_for_inference(tiny_model_dir, adapter=fp4_adapter)
+    weight = first_projection(model).weight
+    assert isinstance(weight, bnb.nn.Params4bit) and weight.quant_type == "fp4"
+    assert weight.quant_state.nested is False and first_projection(model).compute_dtype == torch.float32
+    model, _ = load_for_inference(tiny_model_dir, adapter=fp4_adapter, quant_type="nf4", double_quant=True)
+    assert first_projection(model).weight.quant_type == "nf4" and first_projection(model).weight.quant_state.nested
+    assert "has no base_loading.json" not in caplog.text
+
+
+def test_an_adapter_without_a_record_falls_back_with_a_notice(tiny_model_dir, fp4_adapter, tmp_path, caplog):
+    from qlorakit.model import load_for_inference
+
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (tmp_path / name).write_bytes(open(os.path.join(fp4_adapter, name), "rb").read())
+    with caplog.at_level(logging.WARNING):
+        model, _ = load_for_inference(tiny_model_dir, adapter=str(tmp_path))
+    notices = [r.getMessage() for r in caplog.records if "base_loading.json" in r.getMessage()]
+    assert notices == [f"note: {tmp_path} has no base_loading.json; loading the base as "
+                       "4-bit nf4 + double quant, bfloat16 compute"]
+    assert first_projection(model).weight.quant_type == "nf4"
+
+
+def test_merge_dequantize_matches_the_fp4_base_it_was_trained_on(tiny_model_dir, fp4_adapter, tmp_path):
+    from test_architectures import MATRIX
+
+    merged_dir = str(tmp_path / "merged")
+    result = run_python([MERGE, "--base_model", tiny_model_dir, "--adapter", fp4_adapter, "--output", merged_dir,
+                         "--dtype", "fp32", "--dequantize"])
+    assert "into the dequantized 4-bit fp4 + double quant base" not in result.stdout
+    assert "into the dequantized 4-bit fp4 base" in result.stdout
+    from qlorakit.model import load_for_inference
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    merged_logits = MATRIX.probe_logits(merged, AutoTokenizer.from_pretrained(merged_dir, padding_side="left"))
+    gaps = {}
+    for quant_type, double_quant in (("fp4", False), ("nf4", True)):
+        model, tokenizer = load_for_inference(tiny_model_dir, adapter=fp4_adapter, quant_type=quant_type,
+                                              double_quant=double_quant)
+        expected = MATRIX.probe_logits(MATRIX.use_training_kernels(model), tokenizer)
+        gaps[quant_type] = (merged_logits - expected).abs().max().item()
+    assert gaps["fp4"] < 1e-4
+    assert gaps["nf4"] > 100 * gaps["fp4"] and gaps["nf4"] > 1e-2  # the wrong base is measurably wrong
