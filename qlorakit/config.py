@@ -200,6 +200,9 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
                 self.ddp_backend = "gloo"
             if self.ddp_find_unused_parameters is None:
                 self.ddp_find_unused_parameters = False
+        # transformers 5 dropped warmup_ratio: a warmup_steps below 1 is read as the fraction.
+        if self.warmup_ratio and not self.warmup_steps:
+            self.warmup_steps = self.warmup_ratio
         if self.adam8bit and self.optim == "paged_adamw_32bit":
             self.optim = "paged_adamw_8bit"
         if self.do_predict:  # predictions.jsonl holds generated answers
@@ -266,6 +269,8 @@ def validate_arguments(model_args, data_args, training_args):
         raise ArgumentError(f"--preview_format must be one of {PREVIEW_FORMATS}, got {data_args.preview_format!r}")
     if data_args.preview_data < 0 or (data_args.max_seq_len is not None and data_args.max_seq_len < 2):
         raise ArgumentError("--preview_data must be at least 0 and --max_seq_len at least 2")
+    if not 0 <= training_args.warmup_ratio < 1:
+        raise ArgumentError(f"--warmup_ratio is a fraction of the steps in [0, 1), got {training_args.warmup_ratio}")
     if training_args.mmlu_split not in ("eval", "test"):
         raise ArgumentError(f"--mmlu_split must be eval or test, got {training_args.mmlu_split!r}")
     if training_args.use_liger_kernel:

@@ -59,6 +59,11 @@ class TestOldFlags:
         assert parse("--adam8bit")[2].optim == "paged_adamw_8bit"
         assert parse()[2].optim == "paged_adamw_32bit"
 
+    def test_warmup_ratio_sets_the_warmup_fraction(self):
+        assert parse()[2].get_warmup_steps(1000) == 30
+        assert parse("--warmup_ratio", "0.1")[2].get_warmup_steps(200) == 20
+        assert parse("--warmup_steps", "7")[2].get_warmup_steps(1000) == 7
+
     def test_do_predict_generates(self):
         assert parse("--do_predict")[2].predict_with_generate is True
 
@@ -73,6 +78,7 @@ class TestValidation:
         (("--quant_type", "int4"), "--quant_type must be one of"),
         (("--full_finetune", "--bits", "4"), "--full_finetune"),
         (("--mmlu_dataset", "mmlu-xx"), "--mmlu_dataset"),
+        (("--warmup_ratio", "1.5"), "--warmup_ratio"),
     ])
     def test_bad_values_are_rejected(self, flags, message):
         with pytest.raises(ArgumentError, match=message):

@@ -46,3 +46,13 @@ def test_t5_trains_in_4bit_and_scores_mmlu(tmp_path):
     assert len(mmlu) == 1 and 0.0 <= mmlu[0]["mmlu_eval_accuracy"] <= 1.0 and mmlu[0]["mmlu_loss"] > 0
     config = json.load(open(os.path.join(output_dir, "checkpoint-2", "adapter_model", "adapter_config.json")))
     assert config["task_type"] == "SEQ_2_SEQ_LM"
+
+
+def test_chat_data_on_an_encoder_decoder_is_one_line_and_exit_2(tmp_path):
+    from test_model import build_tiny
+
+    model_dir = build_tiny("t5", tmp_path / "t5")
+    result = run_python(["qlora.py", "--model_name_or_path", model_dir, "--output_dir", str(tmp_path / "run"),
+                         "--dataset", os.path.join(EXAMPLE_DATA, "chat_sample.jsonl"), "--use_cpu"], check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: chat data trains causal models")
