@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from conftest import REPO_ROOT
 
 CHAT = os.path.join(REPO_ROOT, "examples", "chat.py")
@@ -69,22 +67,6 @@ class TestStreamReply:
         assert written[:2] == ["One", " two"]
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory):
-    """An untrained adapter with random (non-zero) LoRA weights: enough to load and change replies."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                        task_type="CAUSAL_LM")
-    path = str(tmp_path_factory.mktemp("chat-adapter"))
-    get_peft_model(base, config).save_pretrained(path)
-    return path
-
-
 def run_chat(tiny_model_dir, adapter_dir, stdin_text):
     command = [sys.executable, CHAT, "--model_name_or_path", tiny_model_dir, "--adapter", adapter_dir,
                "--max_new_tokens", "8", "--temperature", "0", "--show_prompt"]
@@ -93,8 +75,8 @@ def run_chat(tiny_model_dir, adapter_dir, stdin_text):
     return result, prompts
 
 
-def test_piped_questions_get_streamed_replies_and_eof_ends_the_chat(tiny_model_dir, adapter_dir):
-    result, prompts = run_chat(tiny_model_dir, adapter_dir, "What is rain?\nAnd snow?\n")
+def test_piped_questions_get_streamed_replies_and_eof_ends_the_chat(tiny_model_dir, random_adapter_dir):
+    result, prompts = run_chat(tiny_model_dir, random_adapter_dir, "What is rain?\nAnd snow?\n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(prompts) == 2
     first_reply = prompts[1][len("### Human: What is rain?### Assistant: "):].split("### Human:")[0]
@@ -106,7 +88,7 @@ def test_piped_questions_get_streamed_replies_and_eof_ends_the_chat(tiny_model_d
     assert "### Human:" not in result.stdout  # no prompt marker when stdin is not a terminal
 
 
-def test_exit_ends_the_chat_before_later_lines(tiny_model_dir, adapter_dir):
-    result, prompts = run_chat(tiny_model_dir, adapter_dir, "What is rain?\nexit\nAnd snow?\n")
+def test_exit_ends_the_chat_before_later_lines(tiny_model_dir, random_adapter_dir):
+    result, prompts = run_chat(tiny_model_dir, random_adapter_dir, "What is rain?\nexit\nAnd snow?\n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert prompts == ["### Human: What is rain?### Assistant:"]
