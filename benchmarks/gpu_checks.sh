@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurements issue 6 asks for (and the CUDA path of qlora.py), as one command for a
-# session that has a GPU lent. Each stage writes <stage>.json and <stage>.log under $OUT.
+# The GPU measurements of this project (and the CUDA path of qlora.py) in one command, on a
+# machine with a CUDA GPU. Each stage writes <stage>.json and <stage>.log under $OUT (default:
+# gpu_checks/ in the repository), plus machine.txt and summary.txt.
 #
 #   bash benchmarks/gpu_checks.sh [STAGE ...]      # default: tiny throughput recipe
 #
@@ -12,19 +13,15 @@
 #   norms       ours against ours with --norms_in_fp32 on gpu-7b (that option's share)
 #   packing     ours padding-free with flex_attention (and flash_attention_2 if flash-attn is
 #               installed) against ours padded with sdpa, on gpu-7b
-#   liger       ours with --use_liger_kernel against the reference's way (carry the liger-kernel
-#               wheel: ../shared/tools/device-wheels.sh liger-kernel); compare with throughput
+#   liger       ours with --use_liger_kernel against the reference's way (needs the
+#               liger-kernel package); compare with throughput
 #   fsdp        examples/accelerate/fsdp_qlora.yaml with one process on the tiny model
-# The random LLaMA-7B (13 GB of bf16 safetensors) is built once in $WORK/llama-7b and shared.
-# A stage on 7B takes about 3-6 minutes; the device tool allows 10 per command, so run one or
-# two stages per command.
-# The device image lacks bitsandbytes and datasets and has transformers 5.17. Once, here:
-#   echo /.whl/ >> .git/info/exclude
-#   ../shared/tools/device-wheels.sh transformers==5.23.0 peft==0.21.2 liger-kernel    # 57 MB
-# then carry [".whl"] in each run: the script installs .whl/*.whl into /tmp/site first. The tool
-# returns at most 8 files from $OUT, so at most 3 stages per command (2 files each, plus
-# machine.txt and summary.txt). QLORA_FLAGS is appended to the tiny and fsdp runs:
-# QLORA_FLAGS=--use_cpu tries those two stages on a machine without a GPU.
+# The random LLaMA-7B (13 GB of bf16 safetensors) is built once in $WORK/llama-7b (default
+# /tmp/gpu_checks) and reused by the 7B stages; each of them takes about 3-6 minutes.
+# Wheels placed in .whl/ (e.g. the pinned transformers and peft, liger-kernel, for a machine
+# without network access) are installed into /tmp/site first and take precedence.
+# QLORA_FLAGS is appended to the tiny and fsdp runs: QLORA_FLAGS=--use_cpu tries those two
+# stages on a machine without a GPU.
 set -uo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -55,13 +55,13 @@ layer recompute peak (during backward) do not coexist, and both are small for sh
 
 Checked against the QLoRA paper (arXiv 2305.14314); the full table is in docs/MEMORY.md. The
 paper's 7B example of LoRA weights at 0.2% of the parameters is 26 MB, here 25.7 MB (bf16). The
-NF4+DQ base with bf16 embeddings and head is 3,686 MB for LLaMA-7B (3.9 GB decimal, the issue's
-floor; the paper's figure quotes 5,048 MB for its 7B weights, not reproduced by any dtype choice
-here) and 32,860 MB for 65B (34.5 GB decimal). The paper's model sizes (Table 6: 5/10/21/41 GB for
-7B/13B/33B/65B) are 14-39% above the weights plus adapter counted here. With the paper's fp32
-norms (--norms_in_fp32) the Guanaco-65B recipe comes to 44.0 GiB, under the paper's 48 GB GPU,
-and 33B lands within 0.1 GB of 24 GB, the case for which the paper needed paged optimizers; with
-bf16 norms they come to 43.2 and 23.5 GiB.
+NF4+DQ base with bf16 embeddings and head is 3,686 MB for LLaMA-7B (3.9 GB decimal, the floor
+set by the paper's 4.127 bits per weight; the 5,048 MB quoted for the paper's memory figure is
+not reproduced by any dtype choice here) and 32,860 MB for 65B (34.5 GB decimal). The paper's
+model sizes (Table 6: 5/10/21/41 GB for 7B/13B/33B/65B) are 14-39% above the weights plus
+adapter counted here. With the paper's fp32 norms (--norms_in_fp32) the Guanaco-65B recipe comes
+to 44.0 GiB, under the paper's 48 GB GPU, and 33B lands within 0.1 GB of 24 GB, the case for
+which the paper needed paged optimizers; with bf16 norms they come to 43.2 and 23.5 GiB.
 """
 
 import argparse

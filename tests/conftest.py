@@ -30,3 +30,19 @@ def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-llama")
     run_python([os.path.join(REPO_ROOT, "scripts", "make_tiny_model.py"), str(path)])
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def random_adapter_dir(tiny_model_dir, tmp_path_factory):
+    """An untrained adapter with random (non-zero) LoRA weights: enough to load and change outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                        task_type="CAUSAL_LM")
+    path = str(tmp_path_factory.mktemp("random-adapter"))
+    get_peft_model(base, config).save_pretrained(path)
+    return path

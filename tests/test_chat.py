@@ -80,22 +80,6 @@ class TestStreamReply:
         assert written[:2] == ["One", " two"]
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory):
-    """An untrained adapter with random (non-zero) LoRA weights: enough to load and change replies."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                        task_type="CAUSAL_LM")
-    path = str(tmp_path_factory.mktemp("chat-adapter"))
-    get_peft_model(base, config).save_pretrained(path)
-    return path
-
-
 def run_chat(tiny_model_dir, adapter_dir, stdin_text, *flags):
     command = [sys.executable, CHAT, "--model_name_or_path", tiny_model_dir, "--adapter", adapter_dir,
                "--max_new_tokens", "8", "--temperature", "0", "--show_prompt", *flags]
@@ -104,10 +88,10 @@ def run_chat(tiny_model_dir, adapter_dir, stdin_text, *flags):
     return result, prompts
 
 
-def test_piped_questions_get_streamed_replies_and_eof_ends_the_chat(tiny_model_dir, adapter_dir):
+def test_piped_questions_get_streamed_replies_and_eof_ends_the_chat(tiny_model_dir, random_adapter_dir):
     from qlorakit.model import load_tokenizer
 
-    result, prompts = run_chat(tiny_model_dir, adapter_dir, "What is rain?\nAnd snow?\n")
+    result, prompts = run_chat(tiny_model_dir, random_adapter_dir, "What is rain?\nAnd snow?\n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(prompts) == 2
     first_reply = prompts[1][len("### Human: What is rain?### Assistant: "):].split("### Human:")[0]
@@ -121,21 +105,21 @@ def test_piped_questions_get_streamed_replies_and_eof_ends_the_chat(tiny_model_d
     assert "### Human:" not in result.stdout  # no prompt marker when stdin is not a terminal
 
 
-def test_exit_ends_the_chat_before_later_lines(tiny_model_dir, adapter_dir):
-    result, prompts = run_chat(tiny_model_dir, adapter_dir, "What is rain?\nexit\nAnd snow?\n")
+def test_exit_ends_the_chat_before_later_lines(tiny_model_dir, random_adapter_dir):
+    result, prompts = run_chat(tiny_model_dir, random_adapter_dir, "What is rain?\nexit\nAnd snow?\n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert prompts == ["### Human: What is rain?### Assistant:"]
 
 
-def test_guanaco_template_prompts_carry_eos_after_each_reply(tiny_model_dir, adapter_dir):
-    result, prompts = run_chat(tiny_model_dir, adapter_dir, "What is rain?\nAnd snow?\n", "--chat_template", "guanaco")
+def test_guanaco_template_prompts_carry_eos_after_each_reply(tiny_model_dir, random_adapter_dir):
+    result, prompts = run_chat(tiny_model_dir, random_adapter_dir, "What is rain?\nAnd snow?\n", "--chat_template", "guanaco")
     assert result.returncode == 0, result.stderr[-3000:]
     assert prompts[0] == "### Human: What is rain?### Assistant:"
     assert prompts[1].startswith(prompts[0]) and prompts[1].endswith("</s>### Human: And snow?### Assistant:")
 
 
-def test_a_missing_template_file_is_refused_before_loading(tiny_model_dir, adapter_dir):
-    result, _ = run_chat(tiny_model_dir, adapter_dir, "", "--chat_template", "missing.jinja")
+def test_a_missing_template_file_is_refused_before_loading(tiny_model_dir, random_adapter_dir):
+    result, _ = run_chat(tiny_model_dir, random_adapter_dir, "", "--chat_template", "missing.jinja")
     assert result.returncode == 2 and "missing.jinja" in result.stderr.strip().splitlines()[-1]
 
 

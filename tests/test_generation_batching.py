@@ -1,0 +1,69 @@
+"""Greedy generation of a left-padded batch gives each prompt the tokens it gets alone."""
+
+import pytest
+import torch
+
+from qlorakit.chat_format import format_guanaco_prompt
+from qlorakit.data import CausalLMCollator, tokenize_rows
+from qlorakit.model import load_for_inference
+
+# Lengths differ by several tokens, so the shorter prompts carry real left padding.
+QUESTIONS = [
+    "What is rain?",
+    "Give me three tips for keeping houseplants alive through a dark and cold winter.",
+    "Name a colour.",
+    "Explain in two sentences why the sky looks blue during the day but red at sunset.",
+]
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model_dir, random_adapter_dir):
+    """The 4-bit tiny model with an adapter, loaded as the generation scripts load it.
+
+    fp32 compute: in bf16 a row's logits move by one rounding step (~8e-3) with the batch shape,
+    and the random tiny model's top two logits are often closer than that, so greedy choices
+    would flip for reasons that have nothing to do with padding. In fp32 the batch moves them by
+    ~5e-7, far below those gaps, and a difference in tokens means the padding is handled wrongly.
+    """
+    return load_for_inference(tiny_model_dir, adapter=random_adapter_dir, compute_dtype=torch.float32)
+
+
+def prompt_ids(tokenizer):
+    """bos + prompt token ids, as qlora.py tokenizes the sources it predicts for."""
+    prompts = [format_guanaco_prompt([(question, None)]) for question in QUESTIONS]
+    return tokenize_rows({"input": prompts, "output": [""] * len(prompts)}, tokenizer, 256, 1)["source_ids"]
+
+
+def generate_greedy(model, tokenizer, batch):
+    """New tokens per row, up to and including eos (what follows is padding)."""
+    with torch.no_grad():
+        output = model.generate(**batch, do_sample=False, max_new_tokens=NEW_TOKENS,
+                                pad_token_id=tokenizer.pad_token_id)
+    rows = []
+    for row in output[:, batch["input_ids"].shape[1]:].tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id) + 1]
+        rows.append(row)
+    return rows
+
+
+def batch_from_collator(tokenizer, sources):
+    return CausalLMCollator(tokenizer.pad_token_id, for_generation=True)([{"source_ids": s} for s in sources])
+
+
+def batch_from_tokenizer(tokenizer, sources):
+    """The way eval/generate.py batches: the inference tokenizer pads on its own side."""
+    return tokenizer.pad({"input_ids": sources}, return_tensors="pt")
+
+
+@pytest.mark.parametrize("make_batch", [batch_from_collator, batch_from_tokenizer])
+def test_batched_left_padded_generation_equals_one_by_one(model_and_tokenizer, make_batch):
+    model, tokenizer = model_and_tokenizer
+    sources = prompt_ids(tokenizer)
+    batch = make_batch(tokenizer, sources)
+    assert (batch["input_ids"][:, 0] == tokenizer.pad_token_id).sum() >= 2, "the batch must hold left padding"
+    together = generate_greedy(model, tokenizer, batch)
+    alone = [generate_greedy(model, tokenizer, make_batch(tokenizer, [source]))[0] for source in sources]
+    assert together == alone
+    assert all(len(row) > 0 for row in alone)
