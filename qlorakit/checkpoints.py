@@ -10,17 +10,16 @@ every other file is on disk. A run killed while saving leaves a checkpoint witho
 skips. Old checkpoints are deleted only after the new one is complete.
 """
 
-import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
 
 from .base_loading import BASE_LOADING_FILE
+from .jsonl import fsync_directory, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -29,40 +28,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", BASE_LOADIN
 COMPLETE_MARKER = "checkpoint_complete"
 RUN_COMPLETED_MARKER = "completed"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-
-
-def fsync_directory(path):
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_text_atomic(path, text):
-    """Write via a temporary file in the same directory and rename: readers see all or nothing."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    fsync_directory(directory)
-
-
-def write_json_atomic(path, data):
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def write_jsonl_atomic(path, rows):
-    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def checkpoint_step(path):

@@ -11,7 +11,7 @@ import transformers
 from accelerate.utils import gather_object
 from transformers import GenerationConfig, set_seed
 
-from . import checkpoints
+from . import checkpoints, jsonl
 from .callbacks import (CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback,
                         TrainingStopped)
 from .data import CausalLMCollator, Seq2SeqCollator, build_datasets
@@ -138,7 +138,7 @@ def predict(trainer, tokenizer, dataset, output_dir):
         row["prediction"] = text.replace(example["input"], "", 1).strip()
         rows.append(row)
     if trainer.is_world_process_zero():
-        checkpoints.write_jsonl_atomic(os.path.join(output_dir, "predictions.jsonl"), rows)
+        jsonl.write_jsonl_atomic(os.path.join(output_dir, "predictions.jsonl"), rows)
     return result.metrics
 
 
@@ -212,5 +212,5 @@ def run(model_args, data_args, training_args, generation_args):
         trainer.save_metrics("predict", metrics)
         all_metrics.update(metrics)
     if trainer.is_world_process_zero() and (training_args.do_train or training_args.do_eval or training_args.do_predict):
-        checkpoints.write_json_atomic(os.path.join(training_args.output_dir, "metrics.json"), all_metrics)
+        jsonl.write_json_atomic(os.path.join(training_args.output_dir, "metrics.json"), all_metrics)
     return all_metrics
