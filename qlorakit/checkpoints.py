@@ -19,6 +19,7 @@ from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
 
 from .base_loading import BASE_LOADING_FILE
+from .errors import CheckpointError
 from .jsonl import fsync_directory, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -59,10 +60,6 @@ def find_resume_checkpoint(output_dir):
             return checkpoint, completed
         logger.warning("%s is incomplete (the run stopped while saving it); skipping it", checkpoint)
     return None, completed
-
-
-class CheckpointError(ValueError):
-    """A --resume_from_checkpoint that cannot be trusted; qlora.py prints it as one line."""
 
 
 def check_explicit_checkpoint(path):

@@ -19,16 +19,13 @@ import transformers
 import yaml
 from transformers import HfArgumentParser
 
+from .errors import ArgumentError
 from .launcher import world_size
 
 BITS_CHOICES = (4, 8, 16, 32)
 QUANT_TYPES = ("nf4", "fp4")
 ADAPTER_MODULES_ALL = "all"
 PREVIEW_FORMATS = ("text", "json")
-
-
-class ArgumentError(ValueError):
-    """A bad flag value or combination; qlora.py prints it as one line and exits with 2."""
 
 
 @dataclass

@@ -13,15 +13,39 @@ class InputError(Exception):
     """Bad user input: a missing file, a malformed row (with file:line), an unknown flag value."""
 
 
-def run_main(main, argv=None, bad_input=()):
-    """Call ``main(argv)``; bad input becomes ``error: ...`` and exit status 2, no traceback.
+# The finetuning side's kinds of bad input (also ValueErrors, as they were before they had a home).
 
-    ``bad_input`` adds the caller's own error classes to ``InputError`` and ``FileNotFoundError``.
-    Anything else is a bug and keeps its traceback.
+class ArgumentError(InputError, ValueError):
+    """A bad flag value or combination."""
+
+
+class DataError(InputError, ValueError):
+    """Bad data or data flags."""
+
+
+class ConversationError(InputError, ValueError):
+    """A row that is not a usable conversation; the caller adds the file and row."""
+
+
+class ModelError(InputError, ValueError):
+    """A base model that cannot be trained or loaded as asked."""
+
+
+class CheckpointError(InputError, ValueError):
+    """A --resume_from_checkpoint that cannot be trusted."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training gave up (too many non-finite steps): not bad input; qlora.py exits with 1."""
+
+
+def run_main(main, argv=None):
+    """Call ``main(argv)``; bad input (``InputError``, a missing file) becomes ``error: ...`` and
+    exit status 2, no traceback. Anything else is a bug and keeps its traceback.
     """
     try:
         return main(argv)
-    except (InputError, *bad_input) as err:
+    except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return BAD_INPUT_STATUS
     except FileNotFoundError as err:

@@ -23,6 +23,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .base_loading import BASE_LOADING_FILE, BaseLoading, dtype_name, read_base_loading, resolve_base_loading
+from .errors import ModelError
 from .jsonl import write_json_atomic
 from .launcher import launched_sharded, local_rank, world_size
 
@@ -39,10 +40,6 @@ NORM_TYPES = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm)
 # The linear layers of nn.MultiheadAttention are read as raw weights, never called: keep them.
 UNCALLED_LINEAR_TYPES = (torch.nn.modules.linear.NonDynamicallyQuantizableLinear,)
 LORA_SETTINGS = (("r", "lora_r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout"))
-
-
-class ModelError(ValueError):
-    """A base model qlora.py cannot train as asked; printed as one line, exit code 2."""
 
 
 def compute_dtype_for(training_args):

@@ -12,9 +12,9 @@ from accelerate.utils import gather_object
 from transformers import GenerationConfig, set_seed
 
 from . import checkpoints, jsonl
-from .callbacks import (CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback,
-                        TrainingStopped)
+from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .data import CausalLMCollator, Seq2SeqCollator, build_datasets
+from .errors import TrainingStopped
 from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
                     model_task)

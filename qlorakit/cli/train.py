@@ -8,19 +8,13 @@ Every flag of the QLoRA reference keeps its name and default; `python qlora.py -
 
 import sys
 
-from qlorakit.callbacks import TrainingStopped
-from qlorakit.checkpoints import CheckpointError
-from qlorakit.config import ArgumentError, parse_arguments
-from qlorakit.data import DataError
-from qlorakit.errors import run_main
-from qlorakit.model import ModelError
+from qlorakit.config import parse_arguments
+from qlorakit.errors import TrainingStopped, run_main
 from qlorakit.train import release_process_group, run
-
-BAD_INPUT = (ArgumentError, DataError, CheckpointError, ModelError)
 
 
 def train(argv=None):
-    """Parse the flags (or a config file) and train; bad input raises one of ``BAD_INPUT``."""
+    """Parse the flags (or a config file) and train; bad input raises an ``InputError``."""
     run(*parse_arguments(argv))
     return 0
 
@@ -28,7 +22,7 @@ def train(argv=None):
 def main(argv=None):
     """Exit status: 0 done, 2 bad input (one line), 1 training stopped (one line)."""
     try:
-        return run_main(train, argv, bad_input=BAD_INPUT)
+        return run_main(train, argv)
     except TrainingStopped as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
