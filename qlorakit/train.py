@@ -19,6 +19,7 @@ from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
                     model_task)
 from .preview import preview_rows
+from .trainer import QLoRATrainer
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def setup_trainer(model_args, data_args, training_args, generation_args, resume_
     training_args.generation_config = build_generation_config(generation_args, training_args)
     keep_checkpoints = training_args.save_total_limit
     training_args.save_total_limit = None  # CheckpointCallback rotates, after the new one is complete
-    trainer = checkpoints.QLoRATrainer(
+    trainer = QLoRATrainer(
         model=model,
         args=training_args,
         processing_class=tokenizer,
