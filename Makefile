@@ -9,9 +9,11 @@ DEMO := demo
 setup: $(VENV)/.installed
 
 # torch==2.13.0 in requirements.txt is the CPU build; on a CUDA machine install torch first.
-$(VENV)/.installed: requirements.txt
+# The project itself goes in editable, so `qlora`, `qlora-elo`, ... and `import qlorakit` use this checkout.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
 $(DEMO)/tiny-llama/config.json: $(VENV)/.installed scripts/make_tiny_model.py

@@ -3,34 +3,12 @@
     python qlora.py --model_name_or_path M --dataset oasst1 --output_dir out --bf16 ...
     python qlora.py config.yaml
 
-Every flag of the QLoRA reference keeps its name and default; `python qlora.py --help` lists them.
+The same as the installed `qlora` command (qlorakit.cli.train); `python qlora.py --help` lists the flags.
 """
 
 import sys
 
-from qlorakit.callbacks import TrainingStopped
-from qlorakit.checkpoints import CheckpointError
-from qlorakit.config import ArgumentError, parse_arguments
-from qlorakit.data import DataError
-from qlorakit.model import ModelError
-from qlorakit.train import release_process_group, run
-
-BAD_INPUT = (ArgumentError, DataError, CheckpointError, ModelError)
-
-
-def main(argv=None):
-    try:
-        run(*parse_arguments(argv))
-    except BAD_INPUT as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except TrainingStopped as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    finally:
-        release_process_group()
-    return 0
-
+from qlorakit.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

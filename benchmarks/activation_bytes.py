@@ -22,17 +22,14 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import tempfile
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-from qlorakit.config import parse_arguments  # noqa: E402
-from qlorakit.model import attach_lora, load_base_model  # noqa: E402
+from qlorakit.cli.make_tiny_model import build_model
+from qlorakit.config import parse_arguments
+from qlorakit.model import attach_lora, load_base_model
 
 HIDDEN, INTERMEDIATE, RANKS, SEQS = (64, 128), (192, 384), (8, 16), (32, 64)
 BATCH, HEAD_DIM, NUM_LAYERS, MEASURED_LAYER = 2, 32, 3, 1
@@ -40,11 +37,8 @@ BATCH, HEAD_DIM, NUM_LAYERS, MEASURED_LAYER = 2, 32, 3, 1
 
 def save_model(directory, hidden, intermediate, head_dim=HEAD_DIM):
     heads = hidden // head_dim
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=NUM_LAYERS,
-                         num_attention_heads=heads, num_key_value_heads=heads, vocab_size=256,
-                         tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
+    build_model(256, hidden, NUM_LAYERS, seed=0, dtype=torch.bfloat16, intermediate_size=intermediate,
+                num_attention_heads=heads, num_key_value_heads=heads).save_pretrained(directory)
 
 
 def load(model_dir, norms_in_fp32, lora_dropout, attn, lora_r):

@@ -28,18 +28,15 @@ import json
 import multiprocessing
 import os
 import statistics
-import sys
 import tempfile
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qlorakit.chat_data import GUANACO_TEMPLATE  # noqa: E402
-from qlorakit.config import parse_arguments  # noqa: E402
-from qlorakit.train import peak_memory_mb, setup_trainer  # noqa: E402
-from train_throughput import build_tiny_model, repeated_data, train_metered  # noqa: E402
+from qlorakit.chat_data import GUANACO_TEMPLATE
+from qlorakit.cli import EXAMPLE_DATA
+from qlorakit.config import parse_arguments
+from qlorakit.train import peak_memory_mb, setup_trainer
+from train_throughput import build_tiny_model, repeated_data, train_metered  # a sibling: benchmarks/ runs as scripts
 
-CHAT_SAMPLE = os.path.join(REPO_ROOT, "examples", "data", "chat_sample.jsonl")
+CHAT_SAMPLE = os.path.join(EXAMPLE_DATA, "chat_sample.jsonl")
 MAX_LEN = 1024  # longer than every bundled conversation: nobody truncates
 PIPELINES = ("ours", "trl-grouped", "trl-default")
 

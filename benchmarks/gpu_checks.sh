@@ -92,8 +92,7 @@ stage_liger() {
 }
 
 stage_recipe() {
-    [ -f "$LLAMA_7B/config.json" ] || "$PY" -c "
-import sys; sys.path[:0] = ['benchmarks', 'scripts']
+    [ -f "$LLAMA_7B/config.json" ] || PYTHONPATH=benchmarks "$PY" -c "
 import train_throughput; train_throughput.build_llama_7b('$LLAMA_7B')" || return 1
     rm -rf "$WORK/recipe"
     MODEL="$LLAMA_7B" OUTPUT_DIR="$WORK/recipe" PYTHON="$PY" bash scripts/finetune_guanaco_7b.sh \

@@ -14,17 +14,14 @@ import argparse
 import json
 import multiprocessing
 import os
-import sys
 import tempfile
 import threading
 import time
 
 import psutil
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from qlorakit.cli.make_tiny_model import build_model
 
 MB = 2**20
 
@@ -49,12 +46,9 @@ class PeakRSS:
 
 
 def save_random_llama(directory, hidden_size, num_layers, vocab_size):
-    config = LlamaConfig(hidden_size=hidden_size, intermediate_size=hidden_size * 11 // 4 // 64 * 64,
-                         num_hidden_layers=num_layers, num_attention_heads=hidden_size // 64,
-                         num_key_value_heads=hidden_size // 64, vocab_size=vocab_size,
-                         tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
+    build_model(vocab_size, hidden_size, num_layers, seed=0, dtype=torch.bfloat16,
+                intermediate_size=hidden_size * 11 // 4 // 64 * 64,
+                num_key_value_heads=hidden_size // 64).save_pretrained(directory)
 
 
 def prepare(method, model_dir):

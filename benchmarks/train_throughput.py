@@ -29,23 +29,20 @@ import json
 import multiprocessing
 import os
 import shlex
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-from qlorakit.config import parse_arguments  # noqa: E402
-from qlorakit.data import IGNORE_INDEX, apply_format, load_local_dataset  # noqa: E402
-from qlorakit.train import peak_memory_mb, setup_trainer  # noqa: E402
+from qlorakit.cli import EXAMPLE_DATA, make_tiny_model
+from qlorakit.config import parse_arguments
+from qlorakit.data import IGNORE_INDEX, apply_format, load_local_dataset
+from qlorakit.train import peak_memory_mb, setup_trainer
 
-OASST_SAMPLE = os.path.join(REPO_ROOT, "examples", "data", "oasst1_sample.jsonl")
+OASST_SAMPLE = os.path.join(EXAMPLE_DATA, "oasst1_sample.jsonl")
 
 
 @dataclass(frozen=True)
@@ -62,27 +59,14 @@ PRESETS = {
 
 
 def build_tiny_model(directory):
-    import make_tiny_model
-
-    tokenizer = make_tiny_model.train_tokenizer(make_tiny_model.DEFAULT_CORPUS, 2048)
-    make_tiny_model.build_model(len(tokenizer), 256, 4, seed=0).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    make_tiny_model.make_tiny_model(directory)
 
 
 def build_llama_7b(directory):
     """LLaMA-7B shapes with random bf16 weights, saved once so the 4-bit load path is the real one."""
-    import make_tiny_model
-
-    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                         max_position_embeddings=4096, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly: fp32 first would need 27 GB
-    try:
-        with torch.device("cuda"):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(torch.float32)
+    with torch.device("cuda"):
+        model = make_tiny_model.build_model(32000, 4096, 32, seed=0, dtype=torch.bfloat16, intermediate_size=11008,
+                                            num_attention_heads=32, num_key_value_heads=32)
     model.save_pretrained(directory)
     del model
     torch.cuda.empty_cache()

@@ -1,78 +1,12 @@
 """Answer a questions file with an OpenAI-compatible model (the ChatGPT / GPT-4 baselines).
 
-Assumes OPENAI_API_KEY (and OPENAI_BASE_URL for a server other than OpenAI's). Launch:
-
-    python eval/qa_baseline_gpt.py -q questions.jsonl -o answers/answer_gpt35.jsonl -m gpt-3.5-turbo
-
-Writes the reference's answer format (answer_id, question_id, model_id, text, metadata; OA rows
-also carry message_id, as the questions do), one row as each reply arrives; a rerun answers only
-the questions still missing.
+The command lives in judgekit.commands.qa_baseline (installed as `qlora-qa-baseline`); this file runs it from a checkout:
+`python eval/qa_baseline_gpt.py --help`.
 """
 
-import argparse
-import functools
-import logging
-import os
 import sys
-import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from judgekit import cli, client, records  # noqa: E402
-
-logger = logging.getLogger("qa_baseline_gpt")
-
-# The reference script's long flags: abbreviations of these keep the meaning they had there.
-REFERENCE_FLAGS = ("--question", "--output", "--max-tokens")
-
-# Our own wording; the answer should read like any assistant's, with no judge-specific framing.
-SYSTEM_PROMPT = "You are an assistant. Answer the user's request clearly, correctly and in useful detail."
-
-
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-q", "--question", "--question-file", dest="question", required=True)
-    parser.add_argument("-o", "--output", required=True, help="answers file (JSONL, appended)")
-    parser.add_argument("-m", "--model", default="gpt-3.5-turbo")
-    parser.add_argument("--max-tokens", type=int, default=1024)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    cli.add_id_key_argument(parser)
-    client.add_request_arguments(parser)
-    return parser.parse_args(cli.expand_reference_abbreviations(argv, REFERENCE_FLAGS, parser))
-
-
-def answer_key(row, id_keys):
-    """Resume key: the question's ids (every id field the questions carry) and the model."""
-    return (*(str(row.get(key)) for key in id_keys), row.get("model_id"))
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    cli.configure_logging(args.verbose)
-    questions = records.load_questions(args.question, args.id_key)
-    key_of = functools.partial(answer_key, id_keys=tuple(questions[0].ids) if questions else ())
-    done = records.load_done_keys(args.output, key_of)
-    payloads = [{**q.ids, "model_id": args.model} for q in questions]  # rows keyed like the questions
-    jobs = [
-        client.ChatJob(
-            messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q.text}],
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-            payload=payload,
-        )
-        for q, payload in zip(questions, payloads)
-        if key_of(payload) not in done
-    ]
-    logger.info("%s: %d questions, %d to ask %s", args.output, len(questions), len(jobs), args.model)
-    if not jobs:
-        return 0
-
-    def make_row(job, text):
-        return {"answer_id": uuid.uuid4().hex[:22], **job.payload, "text": text, "metadata": {}}
-
-    return client.run_jobs_to_file(client.runner_from_args(args, args.model), jobs, args.output, make_row,
-                                   "answering")
+from judgekit.commands.qa_baseline import console_main
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    sys.exit(console_main())

@@ -22,13 +22,12 @@ from threading import Thread
 import torch
 from transformers import TextIteratorStreamer
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from qlorakit import chat_data  # noqa: E402
-from qlorakit.base_loading import add_base_loading_arguments, loading_overrides  # noqa: E402
-from qlorakit.chat_format import ASSISTANT, HUMAN, cut_at_next_turn  # noqa: E402
+from qlorakit import chat_data
+from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
+from qlorakit.chat_format import ASSISTANT, HUMAN, cut_at_next_turn, held_back_marker_start
+from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
 
 EXIT_WORDS = ("", "exit", "quit")
-TURN_MARKERS = (HUMAN, ASSISTANT)
 
 
 def to_messages(history, message):
@@ -72,13 +71,8 @@ def visible_reply(text, final=False):
     >>> visible_reply(" Use # for comments.", final=True)
     'Use # for comments.'
     """
-    for marker in TURN_MARKERS:
-        text = text.split(marker, 1)[0]
-    if not final:
-        for marker in TURN_MARKERS:
-            partial = next((k for k in range(len(marker) - 1, 0, -1) if text.endswith(marker[:k])), 0)
-            text = text[:len(text) - partial]
-    return text.strip()
+    text = cut_at_next_turn(text)
+    return text if final else text[:len(text) - held_back_marker_start(text)].strip()
 
 
 def stream_reply(pieces, write):
@@ -100,15 +94,13 @@ def generate_pieces(model, tokenizer, prompt, args):
     input_ids = torch.tensor([chat_data.encode_text(tokenizer, prompt)], device=model.device)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else {"do_sample": False}
     errors = []
 
     def run():
         try:
             with torch.no_grad():
-                model.generate(**inputs, streamer=streamer, max_new_tokens=args.max_new_tokens,
-                               pad_token_id=tokenizer.pad_token_id, stop_strings=[HUMAN], tokenizer=tokenizer,
-                               **sampling)
+                model.generate(**inputs, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
+                               stop_strings=[HUMAN], tokenizer=tokenizer, **sampling_kwargs(args))
         except Exception as error:  # re-raised below, after the streamer is released
             errors.append(error)
             streamer.end()
@@ -152,15 +144,13 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", required=True, help="hub id or directory of the base model")
     parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model); none: the base alone")
-    parser.add_argument("--max_new_tokens", type=int, default=256, help="longest reply, in tokens")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0: greedy")
-    parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_sampling_arguments(parser, max_new_tokens=256)
     parser.add_argument("--show_prompt", action="store_true", help="print each full prompt to stderr (one JSON string a line)")
     parser.add_argument("--chat_template", help="guanaco, tokenizer or a .jinja file, as given to qlora.py "
                                                 "(default: the tokenizer's own if it has one, else guanaco)")
     add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
+    check_sampling_arguments(parser, args)
     named = args.chat_template in (None, *chat_data.TEMPLATE_CHOICES)
     if not named and not (args.chat_template.endswith(".jinja") and os.path.isfile(args.chat_template)):
         parser.error(f"--chat_template {args.chat_template}: not guanaco, tokenizer or an existing .jinja file")

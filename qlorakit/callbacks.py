@@ -17,10 +17,6 @@ from .mmlu import accuracy_by_subject, answer_positions, choice_token_ids
 logger = logging.getLogger(__name__)
 
 
-class TrainingStopped(RuntimeError):
-    """Training gave up (too many non-finite steps); qlora.py prints it as one line and exits with 1."""
-
-
 class CheckpointCallback(TrainerCallback):
     """Finishes each checkpoint (reference layout + completion marker), then rotates old ones.
 

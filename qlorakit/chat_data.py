@@ -16,6 +16,8 @@ part of the reply, and stays untrained.
 import logging
 import os
 
+from .errors import ConversationError
+
 logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
@@ -32,10 +34,6 @@ GUANACO_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}### Assistant:{% endif %}"
 )
-
-
-class ConversationError(ValueError):
-    """A row that is not a usable conversation; the caller adds the file and row."""
 
 
 def normalize_conversation(row):

@@ -1,4 +1,4 @@
-"""Checkpoint layout, validation, rotation and atomic output files.
+"""Checkpoint layout, validation and rotation (atomic writes: qlorakit.jsonl; the Trainer: qlorakit.trainer).
 
 Layout (the reference's): ``output_dir/checkpoint-N/adapter_model/{adapter_config.json,
 adapter_model.safetensors}`` beside the Trainer's optimizer, scheduler, RNG and state files, and
@@ -10,17 +10,14 @@ every other file is on disk. A run killed while saving leaves a checkpoint witho
 skips. Old checkpoints are deleted only after the new one is complete.
 """
 
-import json
 import logging
 import os
 import re
 import shutil
-import tempfile
-
-from torch.utils.data import SequentialSampler
-from transformers import Seq2SeqTrainer
 
 from .base_loading import BASE_LOADING_FILE
+from .errors import CheckpointError
+from .jsonl import fsync_directory, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -29,40 +26,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", BASE_LOADIN
 COMPLETE_MARKER = "checkpoint_complete"
 RUN_COMPLETED_MARKER = "completed"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-
-
-def fsync_directory(path):
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_text_atomic(path, text):
-    """Write via a temporary file in the same directory and rename: readers see all or nothing."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    fsync_directory(directory)
-
-
-def write_json_atomic(path, data):
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def write_jsonl_atomic(path, rows):
-    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def checkpoint_step(path):
@@ -94,10 +57,6 @@ def find_resume_checkpoint(output_dir):
             return checkpoint, completed
         logger.warning("%s is incomplete (the run stopped while saving it); skipping it", checkpoint)
     return None, completed
-
-
-class CheckpointError(ValueError):
-    """A --resume_from_checkpoint that cannot be trusted; qlora.py prints it as one line."""
 
 
 def check_explicit_checkpoint(path):
@@ -137,28 +96,3 @@ def rotate_checkpoints(output_dir, keep):
 
 def mark_run_completed(output_dir):
     write_text_atomic(os.path.join(output_dir, RUN_COMPLETED_MARKER), "")
-
-
-class QLoRATrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer that resumes an adapter from the reference layout (checkpoint-N/adapter_model)
-    and evaluates in dataset order.
-
-    The stock Trainer would load that folder as a second, frozen adapter named 'adapter_model'
-    and leave the trained one at its initial weights.
-    """
-
-    def _get_eval_sampler(self, eval_dataset):
-        """Rows in dataset order, also under group_by_length: predictions.jsonl pairs each generation
-        with its row by position, and transformers 5 groups evaluation batches by length too."""
-        if self.args.world_size > 1:
-            return None  # accelerate shards the dataset in order and gathers it back in order
-        return SequentialSampler(eval_dataset)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        model = self.model if model is None else model
-        adapter_dir = os.path.join(resume_from_checkpoint, ADAPTER_DIR)
-        if os.path.isdir(adapter_dir) and hasattr(model, "load_adapter"):
-            # Keep the adapter in the dtype it trains in (peft would upcast bf16 weights to fp32).
-            model.load_adapter(adapter_dir, model.active_adapter, is_trainable=True, autocast_adapter_dtype=False)
-            return
-        super()._load_from_checkpoint(resume_from_checkpoint, model)

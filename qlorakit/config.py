@@ -19,14 +19,13 @@ import transformers
 import yaml
 from transformers import HfArgumentParser
 
+from .errors import ArgumentError
+from .launcher import world_size
+
 BITS_CHOICES = (4, 8, 16, 32)
 QUANT_TYPES = ("nf4", "fp4")
 ADAPTER_MODULES_ALL = "all"
 PREVIEW_FORMATS = ("text", "json")
-
-
-class ArgumentError(ValueError):
-    """A bad flag value or combination; qlora.py prints it as one line and exits with 2."""
 
 
 @dataclass
@@ -193,7 +192,7 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
             self.train_sampling_strategy = "group_by_length"
         self.generation_use_cache = self.use_cache
         self.use_cache = False
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if world_size() > 1:
             # Data parallel: gloo where there is no GPU (nccl needs one); LoRA on a frozen base
             # has no unused parameters, and finding them breaks with activation checkpointing.
             if self.ddp_backend is None and not torch.cuda.is_available():

@@ -17,6 +17,7 @@ from datasets import DatasetDict, load_dataset
 from transformers import DataCollatorWithFlattening
 
 from . import chat_data
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ ALPACA_TEMPLATE_WITH_INPUT = (
 ALPACA_TEMPLATE_NO_INPUT = (
     "Complete the task described by the instruction.\n\n### Instruction:\n{instruction}\n\n### Response: "
 )
-
-
-class DataError(ValueError):
-    """Bad data or data flags; qlora.py prints it as one line and exits with 2."""
 
 
 def format_alpaca(row):

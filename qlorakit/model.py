@@ -23,7 +23,9 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .base_loading import BASE_LOADING_FILE, BaseLoading, dtype_name, read_base_loading, resolve_base_loading
-from .checkpoints import write_json_atomic
+from .errors import ModelError
+from .jsonl import write_json_atomic
+from .launcher import launched_sharded, local_rank, world_size
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +40,6 @@ NORM_TYPES = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm)
 # The linear layers of nn.MultiheadAttention are read as raw weights, never called: keep them.
 UNCALLED_LINEAR_TYPES = (torch.nn.modules.linear.NonDynamicallyQuantizableLinear,)
 LORA_SETTINGS = (("r", "lora_r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout"))
-
-
-class ModelError(ValueError):
-    """A base model qlora.py cannot train as asked; printed as one line, exit code 2."""
 
 
 def compute_dtype_for(training_args):
@@ -72,15 +70,9 @@ def build_quantization_config(bits, quant_type="nf4", double_quant=True, compute
     return None
 
 
-def world_size():
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
 def sharded_training(training_args):
     """FSDP or DeepSpeed (ZeRO-3) shards the model itself: no device_map, 4-bit storage in bf16."""
-    launched_sharded = any(os.environ.get(f"ACCELERATE_USE_{name}", "").lower() in ("1", "true")
-                           for name in ("FSDP", "DEEPSPEED"))
-    return bool(training_args.fsdp or training_args.deepspeed or launched_sharded)
+    return bool(training_args.fsdp or training_args.deepspeed or launched_sharded())
 
 
 def resolve_device_map(max_memory_MB=None):
@@ -92,7 +84,7 @@ def resolve_device_map(max_memory_MB=None):
     if not torch.cuda.is_available():
         return {"": "cpu"}, None
     if world_size() > 1:
-        return {"": int(os.environ.get("LOCAL_RANK", 0))}, None
+        return {"": local_rank()}, None
     max_memory = None
     if max_memory_MB:
         max_memory = {i: f"{max_memory_MB}MB" for i in range(torch.cuda.device_count())}

@@ -11,14 +11,15 @@ import transformers
 from accelerate.utils import gather_object
 from transformers import GenerationConfig, set_seed
 
-from . import checkpoints
-from .callbacks import (CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback,
-                        TrainingStopped)
+from . import checkpoints, jsonl
+from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .data import CausalLMCollator, Seq2SeqCollator, build_datasets
+from .errors import TrainingStopped
 from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
                     model_task)
 from .preview import preview_rows
+from .trainer import QLoRATrainer
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def setup_trainer(model_args, data_args, training_args, generation_args, resume_
     training_args.generation_config = build_generation_config(generation_args, training_args)
     keep_checkpoints = training_args.save_total_limit
     training_args.save_total_limit = None  # CheckpointCallback rotates, after the new one is complete
-    trainer = checkpoints.QLoRATrainer(
+    trainer = QLoRATrainer(
         model=model,
         args=training_args,
         processing_class=tokenizer,
@@ -138,7 +139,7 @@ def predict(trainer, tokenizer, dataset, output_dir):
         row["prediction"] = text.replace(example["input"], "", 1).strip()
         rows.append(row)
     if trainer.is_world_process_zero():
-        checkpoints.write_jsonl_atomic(os.path.join(output_dir, "predictions.jsonl"), rows)
+        jsonl.write_jsonl_atomic(os.path.join(output_dir, "predictions.jsonl"), rows)
     return result.metrics
 
 
@@ -212,5 +213,5 @@ def run(model_args, data_args, training_args, generation_args):
         trainer.save_metrics("predict", metrics)
         all_metrics.update(metrics)
     if trainer.is_world_process_zero() and (training_args.do_train or training_args.do_eval or training_args.do_predict):
-        checkpoints.write_json_atomic(os.path.join(training_args.output_dir, "metrics.json"), all_metrics)
+        jsonl.write_json_atomic(os.path.join(training_args.output_dir, "metrics.json"), all_metrics)
     return all_metrics

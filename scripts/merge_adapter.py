@@ -1,107 +1,12 @@
 """Merge a trained QLoRA adapter into its base model and save one standalone 16/32-bit checkpoint.
 
-    python scripts/merge_adapter.py --base_model huggyllama/llama-7b \
-        --adapter output/guanaco-7b/checkpoint-1875/adapter_model --output merged/guanaco-7b [--dequantize]
-
-Two bases to merge into (the adapter was trained on top of a quantized base, NF4 by default, and
-quantization rounds every weight):
-
-* default: the original 16-bit weights. The merged model differs from what was trained and
-  evaluated (4-bit base + adapter) by the rounding error: on a 7B LLaMA-shaped model a max logit
-  gap of about 0.31. Choose it for the full-precision base weights under the adapter.
-* ``--dequantize``: quantize the base exactly as in training, dequantize it, then merge. The
-  quantization is read from the adapter's ``base_loading.json`` (written by qlora.py: 4 or 8
-  bits, NF4 or FP4, double quantization); ``--bits``, ``--quant_type`` and ``--double_quant``
-  override it, and adapters without the file get NF4 with double quantization, with a notice.
-  The merged model reproduces quantized base + adapter up to the output dtype's rounding (fp32:
-  within 1e-4, tested): use it when the merged model must behave like the one you trained and
-  evaluated.
-
-The project's tokenizer loader adds a [PAD] token when the base has none and grows the embeddings
-(new row = mean of the old rows); the adapter does not store embeddings, so the base is resized
-the same way before the adapter is applied, and the resized model is saved with that tokenizer.
-Weights are written as safetensors only.
+The command lives in qlorakit.cli.merge_adapter (installed as `qlora-merge-adapter`); this file runs it from a checkout:
+`python scripts/merge_adapter.py --help`.
 """
 
-import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from qlorakit.base_loading import add_base_loading_arguments, loading_overrides  # noqa: E402
-
-# torch, peft and qlorakit.model are imported where they are used: --help and bad paths answer at once.
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
-def load_base(base_model, adapter, dtype, dequantize=False, **overrides):
-    """(base model, tokenizer, how it was loaded) in `dtype`, embeddings resized to the project's tokenizer.
-
-    With dequantize, the weights are the quantization round trip of the originals, quantized as
-    the adapter was trained: exactly what the kernels multiplied with during training, stored in
-    `dtype`.
-    """
-    from qlorakit.model import dequantize_base, inference_loading, load_base_for_inference
-
-    loading, _ = inference_loading(adapter if dequantize else None, compute_dtype=dtype,
-                                   **(overrides if dequantize else {"bits": 16}))
-    model, tokenizer = load_base_for_inference(base_model, loading)
-    if loading.bits in (4, 8):
-        model = dequantize_base(model, dtype)
-    return model, tokenizer, loading
-
-
-def merge_adapter(base_model, adapter, output, dtype="bfloat16", dequantize=False, **overrides):
-    """Apply the adapter to the base, fold it into the weights and save model + tokenizer to output.
-
-    dtype: a torch dtype or its name ("bfloat16", "float16", "float32"). overrides: bits,
-    quant_type, double_quant for the dequantized base instead of the adapter's record. Returns
-    (merged model, tokenizer, how the base was loaded).
-    """
-    import torch
-    from peft import PeftModel
-
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    model, tokenizer, loading = load_base(base_model, adapter, dtype, dequantize, **overrides)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    merged.config.dtype = dtype
-    merged.save_pretrained(output)  # safetensors: transformers 5 writes nothing else
-    tokenizer.padding_side = "right"  # loaded left-padded for generation; save the usual default
-    tokenizer.save_pretrained(output)
-    return merged, tokenizer, loading
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="Without --dequantize the merge goes into the original 16-bit weights (differs from the "
-               "trained 4-bit base + adapter by the quantization error); with it, into the base quantized as "
-               "the adapter was trained (its base_loading.json) and dequantized (matches quantized base + "
-               "adapter up to dtype rounding).",
-    )
-    parser.add_argument("--base_model", required=True, help="hub id or directory of the base the adapter was trained on")
-    parser.add_argument("--adapter", required=True, help="adapter directory (checkpoint-N/adapter_model)")
-    parser.add_argument("--output", required=True, help="directory for the merged model and its tokenizer")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the saved weights (default bf16)")
-    parser.add_argument("--dequantize", action="store_true",
-                        help="merge into the quantized-then-dequantized base the adapter was trained on, "
-                             "instead of the original 16-bit weights")
-    add_base_loading_arguments(parser, compute_dtype=False)
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    if not os.path.isfile(os.path.join(args.adapter, "adapter_config.json")):
-        print(f"error: {args.adapter}: no adapter_config.json (pass checkpoint-N/adapter_model)", file=sys.stderr)
-        return 2
-    _, _, loading = merge_adapter(args.base_model, args.adapter, args.output, DTYPES[args.dtype], args.dequantize,
-                                  **loading_overrides(args))
-    base = f"dequantized {loading.describe().split(',')[0]} base" if loading.bits in (4, 8) else "original 16-bit base"
-    print(f"merged {args.adapter} into the {base} of {args.base_model} ({args.dtype}) -> {args.output}")
-    return 0
-
+from qlorakit.cli.merge_adapter import console_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -1,19 +1,14 @@
 """Every supported architecture trains in 4-bit, predicts and merges (tiny random models, 2 steps)."""
 
-import importlib.util
 import os
 
 import pytest
 
 from conftest import REPO_ROOT
+from qlorakit.cli import architecture_matrix as MATRIX
+from qlorakit.cli.make_tiny_model import ARCHITECTURES as TINY_ARCHITECTURES
 
-
-SPEC = importlib.util.spec_from_file_location("architecture_matrix", os.path.join(REPO_ROOT, "scripts",
-                                                                                "architecture_matrix.py"))
-MATRIX = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(MATRIX)
-load_script = MATRIX.load_script
-ARCHITECTURES = list(load_script("make_tiny_model").ARCHITECTURES)
+ARCHITECTURES = list(TINY_ARCHITECTURES)
 # transformers keeps T5's four `wo` projections in fp32 on purpose; every other layer but the head is 4-bit.
 KEPT_IN_16_BIT = {"t5": 5}
 

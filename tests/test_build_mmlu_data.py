@@ -1,14 +1,12 @@
 import json
 import os
-import sys
 
 import pytest
 from datasets import Dataset, DatasetDict
 
 from conftest import REPO_ROOT
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-import build_mmlu_data  # noqa: E402
+from qlorakit.cli import build_mmlu_data
 
 SHARED_MMLU = os.path.join(REPO_ROOT, "..", "shared", "reference", "qlora-data", "mmlu", "zero_shot_mmlu_val.json")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-import qlora
 from conftest import EXAMPLE_DATA
 from qlorakit import chat_data, data, preview
 from qlorakit.chat_data import ConversationError
+from qlorakit.cli import train as qlora
 from qlorakit.data import IGNORE_INDEX, CausalLMCollator, DataError
 from qlorakit.preview import row_segments
 

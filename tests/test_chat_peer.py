@@ -3,15 +3,13 @@ transformers derives from those markers equal ours on every bundled conversation
 
 import json
 import os
-import sys
 
-from conftest import EXAMPLE_DATA, REPO_ROOT
+from conftest import EXAMPLE_DATA
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
-import chat_peer  # noqa: E402
+import chat_peer
 
-from qlorakit.chat_data import GUANACO_TEMPLATE, encode_conversation, normalize_conversation  # noqa: E402
-from qlorakit.model import load_tokenizer  # noqa: E402
+from qlorakit.chat_data import GUANACO_TEMPLATE, encode_conversation, normalize_conversation
+from qlorakit.model import load_tokenizer
 
 
 def test_generation_marker_masks_equal_ours_on_the_chat_sample(tiny_model_dir):

@@ -1,6 +1,6 @@
 import os
 
-from qlorakit import checkpoints
+from qlorakit import checkpoints, jsonl
 
 
 def make_checkpoint(output_dir, step, complete=True, adapter=True):
@@ -46,6 +46,6 @@ def test_rotation_keeps_the_newest_complete_ones(tmp_path):
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
-    checkpoints.write_jsonl_atomic(str(tmp_path / "rows.jsonl"), [{"a": 1}, {"b": "é"}])
+    jsonl.write_jsonl_atomic(str(tmp_path / "rows.jsonl"), [{"a": 1}, {"b": "é"}])
     assert (tmp_path / "rows.jsonl").read_text(encoding="utf-8") == '{"a": 1}\n{"b": "é"}\n'
     assert os.listdir(tmp_path) == ["rows.jsonl"]

@@ -9,11 +9,10 @@ import pytest
 
 from conftest import REPO_ROOT, run_python
 
+from qlorakit.cli import estimate_memory as em
+
 SCRIPT = os.path.join(REPO_ROOT, "scripts", "estimate_memory.py")
 BENCHMARK = os.path.join(REPO_ROOT, "benchmarks", "activation_bytes.py")
-_spec = importlib.util.spec_from_file_location("estimate_memory", SCRIPT)
-em = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(em)
 
 LLAMA_7B = em.LLAMA_CONFIGS["llama-7b"]
 MB = 2**20

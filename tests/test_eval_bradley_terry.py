@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
-sys.path.insert(0, str(EVAL_DIR))
 
-from judgekit import bradley_terry as bt  # noqa: E402
-from judgekit.errors import InputError  # noqa: E402
-from judgekit.reviews import Judgment  # noqa: E402
+from judgekit import bradley_terry as bt
+from judgekit.errors import InputError
+from judgekit.reviews import Judgment
 
 PAIRWISE = EVAL_DIR.parent.parent / "shared" / "reference" / "qlora-eval" / "ratings-gpt4" / "vicuna" / "pairwise"
 

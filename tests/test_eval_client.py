@@ -1,15 +1,12 @@
 """judgekit.client: reading Retry-After and the backoff bound, without a server."""
 
 import email.utils
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eval"))
 
-from judgekit import client  # noqa: E402
+from judgekit import client
 
 
 class TestRetryAfterSeconds:

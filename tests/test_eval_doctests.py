@@ -2,12 +2,8 @@
 
 import doctest
 import importlib
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eval"))
 
 
 @pytest.mark.parametrize("name", ["records", "verdicts", "prompts", "naming", "cli"])

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
-sys.path.insert(0, str(EVAL_DIR))
 
-import download_benchmarks  # noqa: E402
+from judgekit.commands import download_benchmarks
 
 
 @pytest.fixture

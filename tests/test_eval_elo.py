@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
-sys.path.insert(0, str(EVAL_DIR))
-sys.path.insert(0, str(EVAL_DIR / "benchmarks"))
 
-import elo_speed  # noqa: E402  (holds the previous implementation, the "same numbers" reference)
-from judgekit import elo  # noqa: E402
-from judgekit.reviews import Judgment  # noqa: E402
+import elo_speed  # (holds the previous implementation, the "same numbers" reference)
+from judgekit import elo
+from judgekit.reviews import Judgment
 
 RATINGS = EVAL_DIR.parent.parent / "shared" / "reference" / "qlora-eval" / "ratings-gpt4"
 PAIRWISE = RATINGS / "vicuna" / "pairwise"

@@ -10,7 +10,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_DIR = ROOT / "eval"
-sys.path.insert(0, str(EVAL_DIR))
 
 GENERATION_FIELDS = {"question_id", "text", "category", "prompt", "generation", "generation_truncated"}
 
@@ -50,7 +49,7 @@ def test_generates_rows_in_the_reference_format_and_resumes(tiny_model, tmp_path
 def test_prompt_formats(tiny_model):
     from transformers import AutoTokenizer
 
-    import generate
+    from qlorakit.cli import generate
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     assert generate.build_prompt("Hi?", tokenizer, "guanaco") == "### Human: Hi?### Assistant:"
@@ -62,7 +61,7 @@ def test_prompt_formats(tiny_model):
 def test_a_jinja_template_file_renders_prompts_as_training_does(tiny_model, tmp_path, capsys):
     from transformers import AutoTokenizer
 
-    import generate
+    from qlorakit.cli import generate
     from qlorakit.chat_data import render, resolve_chat_template
 
     path = tmp_path / "moss.jinja"

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
-sys.path.insert(0, str(EVAL_DIR))
 
-from judgekit.stub import StubServer  # noqa: E402
-from judgekit.verdicts import parse_threeclass  # noqa: E402
+from judgekit.stub import StubServer
+from judgekit.verdicts import parse_threeclass
 
 SECRET = "sk-test-" + secrets.token_hex(12)
 CONTINUATION = "### Human: and now something else"

@@ -1,15 +1,12 @@
 """judgekit.naming and judgekit.reviews: which model is answer 1 and which is answer 2."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eval"))
 
-from judgekit import naming, reviews  # noqa: E402
-from judgekit.errors import InputError  # noqa: E402
+from judgekit import naming, reviews
+from judgekit.errors import InputError
 
 
 class TestSplitReviewFilename:

@@ -2,16 +2,14 @@
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
-sys.path.insert(0, str(EVAL_DIR))
 
-from judgekit import prompts  # noqa: E402
-from judgekit.errors import InputError  # noqa: E402
+from judgekit import prompts
+from judgekit.errors import InputError
 
 OURS = EVAL_DIR / "prompts"
 REFERENCE = EVAL_DIR.parent.parent / "shared" / "reference" / "qlora-eval" / "prompts"

@@ -1,15 +1,13 @@
 """judgekit.records: every reference shape of questions and answers, torn lines, the writer."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eval"))
 
-from judgekit import records  # noqa: E402
-from judgekit.errors import InputError  # noqa: E402
+from judgekit import records
+from judgekit.errors import InputError
+from qlorakit import jsonl
 
 
 def write_lines(path, lines):
@@ -74,20 +72,20 @@ class TestTornLines:
     def test_torn_tail_ignored_only_when_allowed(self, tmp_path):
         path = tmp_path / "out.jsonl"
         path.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
-        assert [row for _, row in records.read_jsonl(path, tolerate_torn_tail=True)] == [{"a": 1}, {"a": 2}]
+        assert [row for _, row in jsonl.read_jsonl(path, tolerate_torn_tail=True)] == [{"a": 1}, {"a": 2}]
         with pytest.raises(InputError, match=r"out.jsonl:3"):
-            list(records.read_jsonl(path))
+            list(jsonl.read_jsonl(path))
 
     def test_bad_line_in_the_middle_is_never_ignored(self, tmp_path):
         path = tmp_path / "out.jsonl"
         path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
         with pytest.raises(InputError, match=r"out.jsonl:2"):
-            list(records.read_jsonl(path, tolerate_torn_tail=True))
+            list(jsonl.read_jsonl(path, tolerate_torn_tail=True))
 
     def test_appender_cuts_a_torn_tail_before_writing(self, tmp_path):
         path = tmp_path / "out.jsonl"
         path.write_text('{"k": 1}\n{"k": ')
-        with records.JsonlAppender(path) as writer:
+        with jsonl.JsonlAppender(path) as writer:
             writer.write({"k": 2})
         assert [json.loads(line) for line in path.read_text().splitlines()] == [{"k": 1}, {"k": 2}]
 

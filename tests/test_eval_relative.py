@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
-sys.path.insert(0, str(EVAL_DIR))
 
-from judgekit import relative  # noqa: E402
-from judgekit.reviews import Judgment  # noqa: E402
+from judgekit import relative
+from judgekit.reviews import Judgment
 
 RELATIVE = EVAL_DIR.parent.parent / "shared" / "reference" / "qlora-eval" / "ratings-gpt4" / "vicuna" / "relative-gpt-3.5"
 ANSWERS = EVAL_DIR.parent.parent / "shared" / "reference" / "qlora-eval" / "generations" / "vicuna"

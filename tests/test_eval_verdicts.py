@@ -1,13 +1,10 @@
 """judgekit.verdicts: both verdict shapes; an unparsable reply is never a score."""
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eval"))
 
-from judgekit import verdicts  # noqa: E402
+from judgekit import verdicts
 
 
 class TestParseThreeclass:

@@ -1,6 +1,5 @@
 """scripts/merge_adapter.py on the tiny model: merged logits equal base + adapter, safetensors only."""
 
-import importlib.util
 import json
 import os
 
@@ -9,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import EXAMPLE_DATA, REPO_ROOT, run_python
+from qlorakit.cli.merge_adapter import merge_adapter
 
 MERGE = os.path.join(REPO_ROOT, "scripts", "merge_adapter.py")
 PROMPTS = ["### Human: What is rain?### Assistant:", "### Human: Name a colour.### Assistant: Blue"]
@@ -70,11 +70,8 @@ def merged_16bit(tiny_model_dir, adapter_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def merged_dequantized(tiny_model_dir, adapter_dir, tmp_path_factory):
     """This mode in-process (the command line is exercised by the other merges)."""
-    spec = importlib.util.spec_from_file_location("merge_adapter", MERGE)
-    merge_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(merge_script)
     output = str(tmp_path_factory.mktemp("merged-dq"))
-    merge_script.merge_adapter(tiny_model_dir, adapter_dir, output, dtype="float32", dequantize=True)
+    merge_adapter(tiny_model_dir, adapter_dir, output, dtype="float32", dequantize=True)
     return output
 
 

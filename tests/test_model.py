@@ -92,10 +92,9 @@ def test_norms_stay_bf16_by_default_and_match_fp32_norms_in_loss(tiny_model_dir)
 
 
 def build_tiny(arch, path, **kwargs):
-    from test_architectures import load_script
+    from qlorakit.cli.make_tiny_model import make_tiny_model
 
-    load_script("make_tiny_model").make_tiny_model(str(path), arch, hidden_size=64, num_layers=2, vocab_size=512,
-                                                  **kwargs)
+    make_tiny_model(str(path), arch, hidden_size=64, num_layers=2, vocab_size=512, **kwargs)
     return str(path)
 
 

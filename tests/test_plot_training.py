@@ -1,11 +1,6 @@
 import json
-import os
-import sys
 
-from conftest import REPO_ROOT
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-import plot_training  # noqa: E402
+from qlorakit.cli import plot_training
 
 HISTORY = [
     {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5},

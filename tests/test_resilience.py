@@ -116,7 +116,7 @@ def test_nan_steps_are_skipped_and_counted(tiny_model_dir, tmp_path, caplog):
 
 def test_too_many_nan_steps_in_a_row_stop_with_a_good_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
     from qlorakit import train
-    from qlorakit.callbacks import TrainingStopped
+    from qlorakit.errors import TrainingStopped
 
     trainer, arguments = train_with_nan_at(tiny_model_dir, str(tmp_path), set(range(3, 100)), "--max_steps", "20",
                                            "--save_steps", "50", "--max_consecutive_nonfinite_steps", "3")

@@ -3,16 +3,13 @@ and its CLI runs and reports."""
 
 import json
 import math
-import os
-import sys
 
-from conftest import REPO_ROOT, run_python
+from conftest import run_python
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
-import train_throughput  # noqa: E402
+import train_throughput
 
-from qlorakit.data import CausalLMCollator, tokenize_rows  # noqa: E402
-from qlorakit.model import load_tokenizer  # noqa: E402
+from qlorakit.data import CausalLMCollator, tokenize_rows
+from qlorakit.model import load_tokenizer
 
 
 def test_reference_style_batches_hold_the_same_tokens_and_labels(tiny_model_dir):

@@ -23,10 +23,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from judgekit import cli, elo  # noqa: E402
-from judgekit.reviews import Judgment, load_judgments  # noqa: E402
+from judgekit import cli, elo
+from judgekit.reviews import Judgment, load_judgments
+from qlorakit.errors import run_main
 
 OA_SYSTEMS = 7
 OA_QUERIES = 953
@@ -138,4 +137,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    sys.exit(run_main(main))

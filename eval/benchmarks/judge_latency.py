@@ -18,10 +18,9 @@ import sys
 import tempfile
 import time
 
-EVAL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, EVAL_DIR)
+from judgekit.stub import StubServer
 
-from judgekit.stub import StubServer  # noqa: E402
+EVAL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_inputs(directory, count):

@@ -11,14 +11,12 @@ the judgments. Same seed for both.
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from judgekit import bradley_terry, cli, elo  # noqa: E402
-from judgekit.errors import InputError  # noqa: E402
-from judgekit.reviews import load_judgments  # noqa: E402
+from judgekit import bradley_terry, cli, elo
+from judgekit.errors import InputError
+from judgekit.reviews import load_judgments
+from qlorakit.errors import run_main
 
 
 def markdown_table(header, rows):
@@ -61,4 +59,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    sys.exit(run_main(main))

@@ -10,10 +10,12 @@ One concern per module (see shared STYLE.md, "the judge side"):
 - ``client``: the only module that imports ``openai``: concurrency, retries, resume-aware runs.
 - ``elo``, ``bradley_terry``, ``relative``: scoring (pure, seeded).
 - ``stub``: a loopback OpenAI-compatible server for tests, benchmarks and dry runs.
-- ``cli``: the small glue every script shares (one-line errors, logging).
+- ``cli``: the small glue every command shares (one-line errors, logging).
+- ``commands``: one module per command (``qlora-judge``, ``qlora-elo``, ...); the scripts in
+  eval/ call them from a checkout.
 
-The scripts in eval/ put this directory on ``sys.path`` and import ``judgekit.<module>``; the
-package's module names are never imported bare, so they cannot clash with the script names.
+Nothing here imports torch: JSONL files, Guanaco turn markers and error reporting come from
+qlorakit's torch-free modules (``jsonl``, ``chat_format``, ``errors``).
 """
 
 from .errors import InputError

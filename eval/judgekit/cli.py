@@ -1,4 +1,4 @@
-"""Glue shared by the eval/ scripts: one-line errors, logging that never shows secrets."""
+"""Glue shared by the judge commands: logging that never shows secrets, shared flags, tables."""
 
 import logging
 import sys
@@ -15,25 +15,6 @@ def configure_logging(verbose=False):
     )
     for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def run_main(main, argv=None):
-    """Call ``main(argv)`` and turn expected failures into ``error: ...`` and exit status 2.
-
-    Bad input is the user's to fix, so they get one line naming the file (and line), not a
-    traceback. Anything else is a bug and keeps its traceback.
-    """
-    try:
-        return main(argv)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"error: no such file: {err.filename}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
 
 
 def expand_review_paths(paths):

@@ -230,7 +230,7 @@ def run_jobs_to_file(runner, jobs, path, make_row, desc):
     0 when all succeeded, 1 when some failed."""
     from tqdm import tqdm
 
-    from .records import JsonlAppender
+    from qlorakit.jsonl import JsonlAppender
 
     started = time.perf_counter()
     with JsonlAppender(path) as writer, tqdm(total=len(jobs), desc=desc) as bar:

@@ -1,5 +1,6 @@
-"""The one exception type the scripts turn into a one-line message instead of a traceback."""
+"""The one exception type the judge commands turn into a one-line message instead of a traceback
+(shared with qlorakit, so every command of the project reports bad input the same way)."""
 
+from qlorakit.errors import InputError
 
-class InputError(Exception):
-    """Bad user input: a missing file, a malformed row (with file:line), an unknown category."""
+__all__ = ["InputError"]

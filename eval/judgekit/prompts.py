@@ -13,8 +13,9 @@ A question is judged by the reviewer of its category, else by the ``general`` re
 
 import dataclasses
 
+from qlorakit.jsonl import read_jsonl
+
 from .errors import InputError
-from .records import read_jsonl
 
 FALLBACK_CATEGORY = "general"
 PROMPT_FIELDS = ("prompt_id", "system_prompt", "prompt_template", "defaults", "category")

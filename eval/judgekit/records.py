@@ -17,17 +17,13 @@ by either field can be joined to it.
 
 import dataclasses
 import hashlib
-import json
-import logging
 import os
+
+from qlorakit.chat_format import cut_at_next_turn
+from qlorakit.jsonl import read_jsonl
 
 from .errors import InputError
 
-logger = logging.getLogger(__name__)
-
-# Where a sampled answer runs on into a new turn or a new conversation (the reference's
-# ``generation`` keeps these; ``generation_truncated`` cuts the first).
-CONTINUATION_MARKERS = ("### Human:", "A chat between a curious human")
 ID_KEYS = ("question_id", "message_id")  # Vicuna / OpenAssistant
 
 
@@ -45,30 +41,6 @@ class Answer:
     answer_id: str
     text: str
     model: str
-
-
-def read_jsonl(path, tolerate_torn_tail=False):
-    """Yield ``(line_number, row)`` for each JSON line of ``path``; blank lines are skipped.
-
-    With ``tolerate_torn_tail`` a last line that lacks its newline and does not parse (a write
-    cut short by a crash) is ignored with a warning; any other bad line is an ``InputError``
-    naming ``path:line``.
-    """
-    if not os.path.isfile(path):
-        raise InputError(f"no such file: {path}")
-    with open(path, "rb") as handle:
-        lines = handle.read().split(b"\n")
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            yield number, json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            is_tail = number == len(lines)  # the last piece has no newline after it
-            if tolerate_torn_tail and is_tail:
-                logger.warning("%s:%d: ignoring a torn last line (interrupted write)", path, number)
-                return
-            raise InputError(f"{path}:{number}: invalid JSON ({err})") from None
 
 
 def detect_id_key(rows_by_path, id_key=None):
@@ -129,22 +101,6 @@ def load_questions(path, id_key=None):
     return questions
 
 
-def truncate_generation(text):
-    """Cut a sampled answer where the model starts a new turn or a new conversation.
-
-    >>> truncate_generation("Sure, 4.### Human: and 5? ### Assistant: 5")
-    'Sure, 4.'
-    >>> truncate_generation(" Fine. A chat between a curious human and ...")
-    'Fine.'
-    """
-    cut = len(text)
-    for marker in CONTINUATION_MARKERS:
-        position = text.find(marker)
-        if position != -1:
-            cut = min(cut, position)
-    return text[:cut].strip()
-
-
 def stable_answer_id(model, question_id, text):
     """A deterministic id for answers that carry none (the generation format), so that reruns
     of a judging command recognise the same answer and skip it."""
@@ -160,7 +116,7 @@ def parse_answer(row, model, path="<row>", number=0, id_key="question_id"):
     if "generation_truncated" in row or "generation" in row:
         # In this shape "text" is the question, not the answer.
         raw = row.get("generation_truncated")
-        text = truncate_generation(raw if raw is not None else row["generation"])
+        text = cut_at_next_turn(raw if raw is not None else row["generation"])
     elif "text" in row:
         text = row["text"]
     else:
@@ -197,45 +153,6 @@ def load_keyed_answers(path, model=None, id_key=None):
 def load_answers(path, model=None, id_key=None):
     """``{id: Answer}`` for an answer file (see ``load_keyed_answers``)."""
     return load_keyed_answers(path, model, id_key)[1]
-
-
-class JsonlAppender:
-    """Append JSON rows to a file, each one flushed and fsynced before the next is written.
-
-    A kill can then only tear the row being written; on open, such a torn tail (bytes after the
-    last newline) is cut off so that the next row starts on a line of its own.
-    """
-
-    def __init__(self, path):
-        self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        self._drop_torn_tail()
-        self._handle = open(path, "a", encoding="utf-8")
-
-    def _drop_torn_tail(self):
-        if not os.path.isfile(self.path):
-            return
-        with open(self.path, "rb+") as handle:
-            data = handle.read()
-            if data and not data.endswith(b"\n"):
-                keep = data.rfind(b"\n") + 1
-                logger.warning("%s: dropping a torn last line left by an interrupted run", self.path)
-                handle.truncate(keep)
-
-    def write(self, row):
-        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-    def close(self):
-        self._handle.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def load_done_keys(path, key_of):

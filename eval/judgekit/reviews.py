@@ -13,9 +13,11 @@ A row's question is identified by ``id_key`` when given, else by the first of
 import dataclasses
 import logging
 
+from qlorakit.jsonl import read_jsonl
+
 from .errors import InputError
 from .naming import DEFAULT_JUDGE, split_review_filename
-from .records import detect_id_key, load_answers, read_jsonl
+from .records import detect_id_key, load_answers
 
 logger = logging.getLogger(__name__)
 

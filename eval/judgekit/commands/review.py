@@ -1,0 +1,160 @@
+"""Judge two answer files question by question with an OpenAI-compatible model (GPT-4 by default).
+
+Assumes: a questions file, two answer files (any reference shape), a prompt file and a reviewer
+file (ours in eval/prompts/ or the reference's), OPENAI_API_KEY set (OPENAI_BASE_URL for any
+other OpenAI-compatible server). Launch from any directory:
+
+    python eval/eval_gpt_review.py -q questions.jsonl -a answers_a.jsonl answers_b.jsonl \
+        -p eval/prompts/judge_prompt_threeclass.jsonl -r eval/prompts/judge_reviewer.jsonl \
+        -o reviews/ -m gpt-4 --both-orders
+
+Rows are appended as they arrive; rerunning the same command asks only what is missing or
+failed. Cost: one request per question (two with --both-orders), ~1,000 prompt tokens each.
+"""
+
+import argparse
+import functools
+import logging
+import os
+import sys
+import uuid
+
+
+from judgekit import cli, client, naming, prompts, records, verdicts
+from judgekit.errors import InputError
+from qlorakit.errors import run_main
+
+logger = logging.getLogger("eval_gpt_review")
+
+# The reference script's long flags: abbreviations of these keep the meaning they had there.
+REFERENCE_FLAGS = ("--question-file", "--answer-file-list", "--prompt-file", "--reviewer-file",
+                   "--output-review-file", "--model", "--id-key", "--max-tokens")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-q", "--question-file", required=True)
+    parser.add_argument("-a", "--answer-file-list", nargs="+", required=True, metavar="ANSWERS",
+                        help="two answer files (further ones are ignored, as the reference did)")
+    parser.add_argument("-p", "--prompt-file", required=True)
+    parser.add_argument("-r", "--reviewer-file", required=True)
+    parser.add_argument("-o", "--output-review-file", required=True,
+                        help="output file, or an existing directory to name it <A>-vs-<B>-<judge>-reviewer[-threeclass].jsonl")
+    parser.add_argument("-m", "--model", default="gpt-4", help="judge model (default gpt-4)")
+    cli.add_id_key_argument(parser)
+    parser.add_argument("--max-tokens", type=int, default=1024, help="judge reply length (default 1024)")
+    parser.add_argument("--model-names", nargs=2, metavar=("A", "B"),
+                        help="names of the two answer files' models (default: file stems, _ -> -)")
+    parser.add_argument("--both-orders", action="store_true", help="judge each pair in both positions")
+    parser.add_argument("--verdict", choices=["auto", *verdicts.VERDICT_KINDS], default="auto",
+                        help="reply shape to parse; auto: threeclass if the prompt file name says so")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every retry")
+    client.add_request_arguments(parser)
+    args = parser.parse_args(cli.expand_reference_abbreviations(argv, REFERENCE_FLAGS, parser))
+    if len(args.answer_file_list) < 2:
+        parser.error("-a/--answer-file-list needs two answer files")
+    if len(args.answer_file_list) > 2:
+        print(f"note: judging the first two answer files; ignoring {' '.join(args.answer_file_list[2:])}",
+              file=sys.stderr)
+        args.answer_file_list = args.answer_file_list[:2]
+    return args
+
+
+def review_key(row, id_keys):
+    """What makes a judgment the same judgment: resume skips rows with a key already written.
+    ``id_keys``: the id fields the questions carry (all of them are written to each row)."""
+    return (*(str(row.get(key)) for key in id_keys), row.get("answer1_id"), row.get("answer2_id"),
+            row.get("answer1_model"), row.get("answer2_model"), row.get("judge_model"),
+            str(row.get("prompt_id")))
+
+
+def output_path(args, model_a, model_b, kind):
+    if os.path.isdir(args.output_review_file) or args.output_review_file.endswith(("/", os.sep)):
+        os.makedirs(args.output_review_file, exist_ok=True)
+        name = naming.review_filename(model_a, model_b, args.model, kind == verdicts.THREECLASS)
+        return os.path.join(args.output_review_file, name)
+    return args.output_review_file
+
+
+def build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args):
+    """One ``ChatJob`` per (question, order); the payload is the row to write, minus the reply.
+
+    ``answers_a`` / ``answers_b`` are ``(id_key, {id: Answer})``: each answer file is joined to a
+    question by the question's value of that file's key.
+    """
+    (key_a, by_id_a), (key_b, by_id_b) = answers_a, answers_b
+    jobs, missing = [], 0
+    for question in questions:
+        answer_a, answer_b = by_id_a.get(question.ids.get(key_a)), by_id_b.get(question.ids.get(key_b))
+        if answer_a is None or answer_b is None:
+            missing += 1
+            continue
+        reviewer = prompts.select_reviewer(reviewers, question.category)
+        prompt = prompt_table[reviewer.prompt_id]
+        orders = [(answer_a, answer_b), (answer_b, answer_a)] if args.both_orders else [(answer_a, answer_b)]
+        for answer1, answer2 in orders:
+            row = {
+                **question.ids,
+                "answer1_id": answer1.answer_id,
+                "answer2_id": answer2.answer_id,
+                "reviewer_id": reviewer.reviewer_id,
+                "prompt_id": prompt.prompt_id,
+                "answer1_model": answer1.model,
+                "answer2_model": answer2.model,
+                "judge_model": args.model,
+                "metadata": {},
+            }
+            messages = prompts.render_messages(prompt, question.text, answer1.text, answer2.text)
+            jobs.append(client.ChatJob(messages, reviewer.temperature, args.max_tokens, payload=row))
+    if missing:
+        logger.warning("%d questions lack an answer in one of the answer files; skipped", missing)
+    return jobs
+
+
+def load_inputs(args):
+    """Questions, both answer files as ``(id_key, answers)``, reviewers and prompts; logs the
+    fields the files were joined on."""
+    questions = records.load_questions(args.question_file, args.id_key)
+    names = args.model_names or [None, None]
+    answers = [records.load_keyed_answers(path, name, args.id_key) for path, name in zip(args.answer_file_list, names)]
+    logger.info("joining answers to questions on %s", " and ".join(dict.fromkeys(key for key, _ in answers)))
+    prompt_table = prompts.load_prompts(args.prompt_file)
+    reviewers = prompts.load_reviewers(args.reviewer_file)
+    # Only the reviewers these questions use must have a prompt: the reference's OA command pairs
+    # the one-prompt OA file with the three-reviewer Vicuna reviewer file.
+    used = {reviewer.category: reviewer for reviewer in
+            (prompts.select_reviewer(reviewers, question.category) for question in questions)}
+    prompts.check_reviewers_have_prompts(used, prompt_table, args.reviewer_file, args.prompt_file)
+    return questions, answers[0], answers[1], reviewers, prompt_table
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cli.configure_logging(args.verbose)
+    questions, answers_a, answers_b, reviewers, prompt_table = load_inputs(args)
+    kind = verdicts.infer_verdict_kind(args.prompt_file) if args.verdict == "auto" else args.verdict
+    model_a = next(iter(answers_a[1].values())).model if answers_a[1] else "A"
+    model_b = next(iter(answers_b[1].values())).model if answers_b[1] else "B"
+    if model_a == model_b:
+        raise InputError(f"both answer files are named {model_a!r}; pass --model-names A B")
+    out = output_path(args, model_a, model_b, kind)
+
+    jobs = build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args)
+    key_of = functools.partial(review_key, id_keys=tuple(questions[0].ids) if questions else ())
+    done = records.load_done_keys(out, key_of)
+    todo = [job for job in jobs if key_of(job.payload) not in done]
+    logger.info("%s: %d judgments, %d already there, %d to ask %s", out, len(jobs),
+                len(jobs) - len(todo), len(todo), args.model)
+    if not todo:
+        return 0
+
+    def make_row(job, text):
+        return {"review_id": uuid.uuid4().hex[:22], **job.payload, "text": text,
+                "score": verdicts.parse_verdict(text, kind), "verdict": kind}
+
+    return client.run_jobs_to_file(client.runner_from_args(args, args.model), todo, out, make_row, "judging")
+
+
+def console_main():
+    """The ``qlora-judge`` command."""
+    return run_main(main)

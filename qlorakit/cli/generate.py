@@ -1,0 +1,128 @@
+"""Answer a questions file with a local base model plus an optional QLoRA adapter.
+
+Assumes a causal LM checkpoint (hub name or directory) and, optionally, an adapter directory
+written by qlora.py; loading goes through qlorakit.model.load_for_inference, which rebuilds the
+base as the adapter was trained (its base_loading.json: bits, NF4/FP4, double quant, compute
+dtype; --bits/--quant-type/--double-quant/--compute-dtype override it; 4-bit NF4 without one). Memory: the 4-bit base (~5 GB for a 7B
+model, ~40 GB for 65B) plus activations for --batch-size prompts. Launch from any directory:
+
+    python eval/generate.py --model_name_or_path huggyllama/llama-7b \
+        --adapter output/guanaco-7b/checkpoint-1875/adapter_model \
+        -q vicuna_questions.jsonl -o generations/7b-guanaco-vicuna-generations-topp0.9-temp0.7.jsonl
+
+Prompts are rendered by the chat template qlora.py trains chat data with (qlorakit.chat_data):
+the Guanaco markers ("### Human: ...### Assistant:", the default), --prompt-format chat-template
+for the tokenizer's own, or --prompt-format PATH.jinja; tokens are counted as in training. Sampling defaults to the paper's
+top_p 0.9 / temperature 0.7. Rows are written in the reference's generation format (question_id,
+text, category, prompt, generation, generation_truncated), appended batch by batch; a rerun
+skips questions already answered.
+"""
+
+import argparse
+import logging
+import os
+
+from judgekit import cli, records
+from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
+from qlorakit.errors import InputError, run_main
+from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
+from qlorakit.jsonl import JsonlAppender
+
+logger = logging.getLogger("generate")
+
+PROMPT_FORMATS = ("guanaco", "chat-template")  # or a .jinja file
+
+
+def prompt_format(value):
+    """A named format, or a .jinja chat template file that exists."""
+    if value in PROMPT_FORMATS or (value.endswith(".jinja") and os.path.isfile(value)):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not {' or '.join(PROMPT_FORMATS)} or an existing .jinja file")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_name_or_path", "--model", dest="model_name_or_path", required=True)
+    parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model)")
+    parser.add_argument("-q", "--question-file", required=True)
+    parser.add_argument("-o", "--output", required=True, help="generations file (JSONL, appended)")
+    parser.add_argument("--prompt-format", type=prompt_format, default="guanaco",
+                        help="guanaco, chat-template (the tokenizer's) or a .jinja file")
+    parser.add_argument("--system-prompt", default="", help="text put before the first turn (guanaco format)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    add_sampling_arguments(parser, max_new_tokens=1024)
+    parser.add_argument("--trust-remote-code", action="store_true")
+    add_base_loading_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    check_sampling_arguments(parser, args)
+    return args
+
+
+def build_prompt(question_text, tokenizer, prompt_format, system_prompt=""):
+    """The model input for one question. OA questions already hold a whole "### Human: ...
+    ### Assistant:" conversation and are used as they are in the Guanaco format."""
+    from qlorakit import chat_data
+    from qlorakit.chat_format import HUMAN
+
+    if prompt_format == "guanaco" and question_text.lstrip().startswith(HUMAN):
+        return f"{system_prompt} {question_text}" if system_prompt else question_text
+    choice = {"guanaco": "guanaco", "chat-template": "tokenizer"}.get(prompt_format, prompt_format)
+    try:
+        template, _ = chat_data.resolve_chat_template(choice, tokenizer)
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": question_text})
+        return chat_data.render(tokenizer, template, messages, add_generation_prompt=True)
+    except chat_data.ConversationError as error:
+        raise InputError(str(error)) from error
+
+
+def generate_batch(model, tokenizer, prompts, args):
+    """Raw continuations of a batch of prompts (the tokenizer pads on the left)."""
+    import torch
+
+    from qlorakit.chat_data import encode_text
+
+    encoded = {"input_ids": [encode_text(tokenizer, prompt) for prompt in prompts]}
+    inputs = tokenizer.pad(encoded, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        output = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(args))
+    new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new) after the padded prompts
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cli.configure_logging()
+    questions = records.load_questions(args.question_file)
+    done = records.load_done_keys(args.output, lambda row: str(row.get("question_id")))
+    todo = [q for q in questions if str(q.question_id) not in done]
+    logger.info("%s: %d questions, %d to answer", args.output, len(questions), len(todo))
+    if not todo:
+        return 0
+
+    import torch
+    from tqdm import tqdm
+
+    from qlorakit.chat_format import cut_at_next_turn
+    from qlorakit.model import load_for_inference
+
+    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter,
+                                          trust_remote_code=args.trust_remote_code, **loading_overrides(args))
+    torch.manual_seed(args.seed)
+    with JsonlAppender(args.output) as writer, tqdm(total=len(todo), desc="generating") as bar:
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start:start + args.batch_size]
+            prompts = [build_prompt(q.text, tokenizer, args.prompt_format, args.system_prompt) for q in batch]
+            for question, prompt, generation in zip(batch, prompts, generate_batch(model, tokenizer, prompts, args)):
+                writer.write({"question_id": question.question_id, "text": question.text,
+                              "category": question.category, "prompt": prompt, "generation": generation,
+                              "generation_truncated": cut_at_next_turn(generation)})
+            bar.update(len(batch))
+    return 0
+
+
+def console_main():
+    """The ``qlora-generate`` command."""
+    return run_main(main)

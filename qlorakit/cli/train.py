@@ -1,0 +1,35 @@
+"""Finetune a causal or seq2seq language model with QLoRA: a frozen 4-bit base plus trained LoRA adapters.
+
+    python qlora.py --model_name_or_path M --dataset oasst1 --output_dir out --bf16 ...
+    python qlora.py config.yaml
+
+Every flag of the QLoRA reference keeps its name and default; `python qlora.py --help` lists them.
+"""
+
+import sys
+
+from qlorakit.config import parse_arguments
+from qlorakit.errors import TrainingStopped, run_main
+from qlorakit.train import release_process_group, run
+
+
+def train(argv=None):
+    """Parse the flags (or a config file) and train; bad input raises an ``InputError``."""
+    run(*parse_arguments(argv))
+    return 0
+
+
+def main(argv=None):
+    """Exit status: 0 done, 2 bad input (one line), 1 training stopped (one line)."""
+    try:
+        return run_main(train, argv)
+    except TrainingStopped as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        release_process_group()
+
+
+def console_main():
+    """The ``qlora`` command."""
+    return main()

@@ -1,0 +1,33 @@
+"""The Trainer qlora.py runs: Seq2SeqTrainer plus the reference's adapter checkpoint layout."""
+
+import os
+
+from torch.utils.data import SequentialSampler
+from transformers import Seq2SeqTrainer
+
+from .checkpoints import ADAPTER_DIR
+
+
+class QLoRATrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer that resumes an adapter from the reference layout (checkpoint-N/adapter_model)
+    and evaluates in dataset order.
+
+    The stock Trainer would load that folder as a second, frozen adapter named 'adapter_model'
+    and leave the trained one at its initial weights.
+    """
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Rows in dataset order, also under group_by_length: predictions.jsonl pairs each generation
+        with its row by position, and transformers 5 groups evaluation batches by length too."""
+        if self.args.world_size > 1:
+            return None  # accelerate shards the dataset in order and gathers it back in order
+        return SequentialSampler(eval_dataset)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = self.model if model is None else model
+        adapter_dir = os.path.join(resume_from_checkpoint, ADAPTER_DIR)
+        if os.path.isdir(adapter_dir) and hasattr(model, "load_adapter"):
+            # Keep the adapter in the dtype it trains in (peft would upcast bf16 weights to fp32).
+            model.load_adapter(adapter_dir, model.active_adapter, is_trainable=True, autocast_adapter_dtype=False)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
