@@ -7,7 +7,6 @@ every linear layer, paged AdamW (chosen in the arguments).
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 
