@@ -1,6 +1,6 @@
 """judgekit: the importable core behind the eval/ command-line scripts.
 
-One concern per module (see shared STYLE.md, "the judge side"):
+One concern per module; the command-line scripts in eval/ only parse flags and call these:
 
 - ``records``: read questions, answers and review rows; append-safe JSONL writer; resume index.
 - ``prompts``: load prompt and reviewer files, pick by category, render (pure).
