@@ -307,15 +307,22 @@ def pad_rows(rows, value, left=False):
     return torch.tensor(padded, dtype=torch.long)
 
 
+def padded_batch(rows, pad_token_id, left=False):
+    """input_ids padded to the longest row, and the attention mask of the real tokens."""
+    return {"input_ids": pad_rows(rows, pad_token_id, left),
+            "attention_mask": pad_rows([[1] * len(row) for row in rows], 0, left)}
+
+
 @dataclass
 class CausalLMCollator:
     """Pads pre-tokenized rows into a batch.
 
     Training: source + target, labels -100 on the source (unless train_on_source) and on
-    padding; a conversation's labels are its assistant tokens (all tokens with train_on_source). Padded on the right, or with padding_free, all rows of the batch concatenated into
-    one row with position ids restarting per example (transformers' flattening collator): no
-    padding tokens are computed, and the attention keeps the examples apart (needs use_cache
-    off, as in training). Generation: the source alone, padded on the left so that every
+    padding; a conversation's labels are its assistant tokens (all tokens with train_on_source).
+    Padded on the right, or with padding_free, all rows of the batch concatenated into one row
+    with position ids restarting per example (transformers' flattening collator): no padding
+    tokens are computed, and the attention keeps the examples apart (needs use_cache off, as in
+    training). Generation: the source alone, padded on the left so that every
     row's prompt ends where generation starts.
     """
 
@@ -344,20 +351,12 @@ class CausalLMCollator:
         rows = [self.training_row(f) for f in features]
         if self.padding_free:
             return self.flatten(rows)
-        ids = [row["input_ids"] for row in rows]
-        input_ids = pad_rows(ids, self.pad_token_id)
-        mask = torch.zeros_like(input_ids)
-        for index, sequence in enumerate(ids):
-            mask[index, : len(sequence)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask,
-                "labels": pad_rows([row["labels"] for row in rows], IGNORE_INDEX)}
+        batch = padded_batch([row["input_ids"] for row in rows], self.pad_token_id)
+        batch["labels"] = pad_rows([row["labels"] for row in rows], IGNORE_INDEX)
+        return batch
 
     def pad_for_generation(self, sources):
-        input_ids = pad_rows(sources, self.pad_token_id, left=True)
-        mask = torch.zeros_like(input_ids)
-        for index, source in enumerate(sources):
-            mask[index, input_ids.shape[1] - len(source):] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+        return padded_batch(sources, self.pad_token_id, left=True)
 
 
 @dataclass
@@ -370,10 +369,7 @@ class Seq2SeqCollator:
     for_generation: bool = False
 
     def __call__(self, features):
-        sources = [f["source_ids"] for f in features]
-        input_ids = pad_rows(sources, self.pad_token_id)
-        batch = {"input_ids": input_ids, "attention_mask": (torch.arange(input_ids.shape[1]) <
-                                                            torch.tensor([[len(s)] for s in sources])).long()}
+        batch = padded_batch([f["source_ids"] for f in features], self.pad_token_id)
         if not self.for_generation:
             batch["labels"] = pad_rows([f["target_ids"] for f in features], IGNORE_INDEX)
         return batch
