@@ -42,11 +42,11 @@ def save_model(directory, hidden, intermediate, head_dim=HEAD_DIM):
 
 
 def load(model_dir, norms_in_fp32, lora_dropout, attn, lora_r):
-    model_args, _, training_args, _ = parse_arguments([
+    arguments = parse_arguments([
         "--model_name_or_path", model_dir, "--output_dir", model_dir, "--bf16", "--use_cpu",
         "--gradient_checkpointing", "False", "--attn_implementation", attn, "--lora_r", str(lora_r),
         "--lora_dropout", str(lora_dropout), "--norms_in_fp32", str(norms_in_fp32)])
-    model = attach_lora(load_base_model(model_args, training_args), training_args)
+    model = attach_lora(load_base_model(arguments), arguments)
     return model.train()
 
 

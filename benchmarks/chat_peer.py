@@ -81,7 +81,7 @@ def build_trl_trainer(ours, tokenizer, data_path, grouped):
 
 def run_pipeline(name, model_dir, data_path, workdir, batch, steps):
     arguments = parse_arguments(training_flags(model_dir, os.path.join(workdir, name), data_path, batch, steps))
-    trainer, tokenizer, _ = setup_trainer(*arguments)
+    trainer, tokenizer, _ = setup_trainer(arguments)
     if name != "ours":
         trainer = build_trl_trainer(trainer, tokenizer, data_path, grouped=name == "trl-grouped")
     tokens_per_s, _, losses = train_metered(trainer, cuda=False)

@@ -59,14 +59,13 @@ def prepare(method, model_dir):
 
     arguments = parse_arguments(["--model_name_or_path", model_dir, "--output_dir", os.path.dirname(model_dir),
                                  "--bf16", "--use_cpu", "--lora_r", "64", "--lora_alpha", "16"])
-    model_args, _, training_args, _ = arguments
-    model = load_base_model(model_args, training_args)
+    model = load_base_model(arguments)
     process = psutil.Process()
     loaded = process.memory_info().rss
     with PeakRSS() as rss:
         if method == "peft":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-        model = attach_lora(model, training_args)
+        model = attach_lora(model, arguments)
     final = process.memory_info().rss
     return {"loaded_mb": round(loaded / MB), "peak_above_loaded_mb": round((rss.peak - loaded) / MB),
             "final_above_loaded_mb": round((final - loaded) / MB)}

@@ -164,9 +164,9 @@ def run_pipeline(name, model_dir, data_path, preset, steps, workdir, batch, accu
     flags = training_flags(model_dir, os.path.join(workdir, name), data_path, batch, accumulation, steps,
                            preset, extra_flags)
     arguments = parse_arguments(flags)
-    trainer, tokenizer, _ = setup_trainer(*arguments)
+    trainer, tokenizer, _ = setup_trainer(arguments)
     if reference_style:
-        make_baseline(trainer, tokenizer, arguments[1])
+        make_baseline(trainer, tokenizer, arguments.data)
     tokens_per_s, step_time_s, losses = train_metered(trainer, cuda=not preset.cpu)
     result = {"tokens_per_s": round(tokens_per_s, 1), "step_time_s": round(step_time_s, 3),
               "peak_mem_mb": peak_memory_mb(trainer.args), "final_loss": round(losses[-1], 4),

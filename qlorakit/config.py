@@ -1,26 +1,31 @@
 """Command-line arguments of qlora.py, with the QLoRA reference's names and defaults.
 
-Four dataclasses, parsed by HfArgumentParser from flags or from one .yaml/.json file. Flags of
-the 2023 stack that transformers 5 renamed or removed are kept as aliases (``--evaluation_strategy``,
-``--group_by_length``, ``--use_auth_token``) so that old command lines keep working. Parsing is
-strict: a misspelt flag is an error (the reference silently ignored unknown flags).
+One dataclass per concern (model, quantization, LoRA, data, MMLU evaluation, training,
+generation), parsed by HfArgumentParser from flags or from one .yaml/.json config file; `--help`
+lists them in those groups. The reference's flags that transformers 5 renamed or dropped keep
+their names and defaults in ``ReferenceFlags`` and are translated in one place,
+``translate_reference_flags``. Parsing is strict: a misspelt flag is an error (the reference
+silently ignored unknown flags), and a value the user set is never replaced.
 """
 
+import argparse
 import dataclasses
 import difflib
 import importlib.util
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-import torch
 import transformers
 import yaml
 from transformers import HfArgumentParser
 
 from .errors import ArgumentError
-from .launcher import world_size
+
+logger = logging.getLogger(__name__)
 
 BITS_CHOICES = (4, 8, 16, 32)
 QUANT_TYPES = ("nf4", "fp4")
@@ -30,6 +35,8 @@ PREVIEW_FORMATS = ("text", "json")
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model"
+
     model_name_or_path: str = field(
         default="EleutherAI/pythia-12b",
         metadata={"help": "Hub id or local directory of the base model."},
@@ -47,10 +54,46 @@ class ModelArguments:
         default=False,
         metadata={"help": "Send the stored hub token (HF_TOKEN / `hf auth login`) to load gated models."},
     )
+    cache_dir: str | None = field(default=None, metadata={"help": "Hub download cache for models and data."})
+    max_memory_MB: int = field(default=80000, metadata={"help": "Memory budget per GPU for device_map."})
+
+
+@dataclass
+class QuantizationArguments:
+    _argument_group_name = "quantization of the frozen base"
+
+    bits: int = field(default=4, metadata={"help": "Base weight precision: 4, 8, 16 or 32."})
+    quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 or fp4."})
+    double_quant: bool = field(
+        default=True, metadata={"help": "Quantize the quantization constants too (QLoRA double quant)."}
+    )
+    norms_in_fp32: bool = field(
+        default=False,
+        metadata={"help": "With --bf16, keep the norm layers in fp32 as the reference did. Their fp32 "
+                          "outputs make the projections, the MLP and the residual stream run in fp32 "
+                          "(bitsandbytes returns its input's dtype): slower and more activation memory "
+                          "(docs/BENCHMARKS.md). Off: the model runs in bf16 throughout."},
+    )
+
+
+@dataclass
+class LoraArguments:
+    _argument_group_name = "LoRA"
+
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_modules: str = field(
+        default=ADAPTER_MODULES_ALL,
+        metadata={"help": "'all' for every linear layer but the output head, or a comma list of names."},
+    )
+    full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of LoRA."})
 
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data"
+
     eval_dataset_size: int = field(
         default=1024, metadata={"help": "Rows split off for evaluation when the dataset has no eval split."}
     )
@@ -95,14 +138,23 @@ class DataArguments:
         metadata={"help": "text (trained text in colour on a terminal, in [[ ]] otherwise) or json (one "
                           '{"segments": [{"text", "trained"}]} object per row).'},
     )
-
-
-@dataclass
-class TrainingArguments(transformers.Seq2SeqTrainingArguments):
-    cache_dir: str | None = field(default=None, metadata={"help": "Hub download cache for models and data."})
     train_on_source: bool = field(
         default=False, metadata={"help": "Also compute the loss on the source (prompt) tokens."}
     )
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "Concatenate each micro-batch into one row without padding (position ids "
+                          "restart per example). Pays off with --attn_implementation flash_attention_2 "
+                          "on a GPU; with sdpa or eager attention the packed row costs quadratic "
+                          "attention and was slower on CPU (docs/BENCHMARKS.md)."},
+    )
+
+
+@dataclass
+class MMLUArguments:
+    _argument_group_name = "MMLU evaluation"
+
+    do_mmlu_eval: bool = field(default=False, metadata={"help": "Run MMLU at every evaluation."})
     mmlu_split: str = field(default="eval", metadata={"help": "MMLU split to evaluate: eval or test."})
     mmlu_dataset: str = field(
         default="mmlu-fs", metadata={"help": "mmlu-zs (zero-shot) or mmlu-fs / mmlu (five-shot)."}
@@ -112,26 +164,16 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
         metadata={"help": "Directory with the MMLU prompt files (zero_shot_mmlu_val.json, ...). "
                           "Build them with scripts/build_mmlu_data.py."},
     )
-    do_mmlu_eval: bool = field(default=False, metadata={"help": "Run MMLU at every evaluation."})
     max_mmlu_samples: int | None = field(default=None, metadata={"help": "Evaluate only N MMLU questions."})
     mmlu_source_max_len: int = field(default=2048, metadata={"help": "Tokens kept of each MMLU prompt."})
-    full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of LoRA."})
-    adam8bit: bool = field(
-        default=False, metadata={"help": "Shorthand for --optim paged_adamw_8bit (8-bit optimizer states)."}
-    )
-    double_quant: bool = field(
-        default=True, metadata={"help": "Quantize the quantization constants too (QLoRA double quant)."}
-    )
-    quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 or fp4."})
-    bits: int = field(default=4, metadata={"help": "Base weight precision: 4, 8, 16 or 32."})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
-    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
-    lora_modules: str = field(
-        default=ADAPTER_MODULES_ALL,
-        metadata={"help": "'all' for every linear layer but the output head, or a comma list of names."},
-    )
-    max_memory_MB: int = field(default=80000, metadata={"help": "Memory budget per GPU for device_map."})
+
+
+@dataclass
+class TrainingArguments(transformers.Seq2SeqTrainingArguments):
+    """transformers' own arguments with the reference's defaults, plus the non-finite step guard."""
+
+    _argument_group_name = "training (transformers TrainingArguments)"
+
     report_to: str = field(default="none", metadata={"help": "Loggers: none, tensorboard, wandb, ..."})
     output_dir: str = field(default="./output", metadata={"help": "Where checkpoints and outputs go."})
     optim: str = field(default="paged_adamw_32bit", metadata={"help": "Optimizer."})
@@ -142,82 +184,37 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
     learning_rate: float = field(default=0.0002, metadata={"help": "Peak learning rate."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns for the collator."})
     max_grad_norm: float = field(default=0.3, metadata={"help": "Gradient clipping norm."})
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations."})
     do_train: bool = field(default=True, metadata={"help": "Train."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning rate schedule."})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps for warmup."})
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
-    group_by_length: bool = field(
-        default=True,
-        metadata={"help": "Batch rows of similar length together (transformers 5: train_sampling_strategy)."},
-    )
     save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint."})
     save_steps: int = field(default=250, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=40, metadata={"help": "Checkpoints kept."})
-    padding_free: bool = field(
-        default=False,
-        metadata={"help": "Concatenate each micro-batch into one row without padding (position ids "
-                          "restart per example). Pays off with --attn_implementation flash_attention_2 "
-                          "on a GPU; with sdpa or eager attention the packed row costs quadratic "
-                          "attention and was slower on CPU (docs/BENCHMARKS.md)."},
-    )
-    norms_in_fp32: bool = field(
-        default=False,
-        metadata={"help": "With --bf16, keep the norm layers in fp32 as the reference did. Their fp32 "
-                          "outputs make the projections, the MLP and the residual stream run in fp32 "
-                          "(bitsandbytes returns its input's dtype): slower and more activation memory "
-                          "(docs/BENCHMARKS.md). Off: the model runs in bf16 throughout."},
-    )
     max_consecutive_nonfinite_steps: int = field(
         default=10,
         metadata={"help": "Stop after this many steps in a row with NaN/inf gradients (each is skipped)."},
     )
-    evaluation_strategy: str | None = field(
-        default=None, metadata={"help": "Old name of --eval_strategy, still accepted."}
-    )
-    use_cache: bool = field(
-        default=True,
-        metadata={"help": "Use the KV cache when generating (reference generation flag); training "
-                          "always runs without it."},
-    )
+    # Not flags: --use_cache is the reference's generation switch (GenerationArguments), training
+    # runs without the cache, and --gradient_checkpointing is a reference flag (ReferenceFlags).
+    use_cache: bool = field(default=False, init=False)
+    gradient_checkpointing: bool | None = field(default=None, init=False)
+    gradient_checkpointing_kwargs: dict | None = field(default=None, init=False)
 
     def __getstate__(self):
         """Pickled copies (checkpoint-N/training_args.bin) never carry the hub token."""
         return {**self.__dict__, "hub_token": None}
 
-    def __post_init__(self):
-        if self.evaluation_strategy is not None:
-            self.eval_strategy = self.evaluation_strategy
-        if self.group_by_length:
-            self.train_sampling_strategy = "group_by_length"
-        self.generation_use_cache = self.use_cache
-        self.use_cache = False
-        if world_size() > 1:
-            # Data parallel: gloo where there is no GPU (nccl needs one); LoRA on a frozen base
-            # has no unused parameters, and finding them breaks with activation checkpointing.
-            if self.ddp_backend is None and not torch.cuda.is_available():
-                self.ddp_backend = "gloo"
-            if self.ddp_find_unused_parameters is None:
-                self.ddp_find_unused_parameters = False
-        # transformers 5 dropped warmup_ratio: a warmup_steps below 1 is read as the fraction.
-        if self.warmup_ratio and not self.warmup_steps:
-            self.warmup_steps = self.warmup_ratio
-        if self.adam8bit and self.optim == "paged_adamw_32bit":
-            self.optim = "paged_adamw_8bit"
-        if self.do_predict:  # predictions.jsonl holds generated answers
-            self.predict_with_generate = True
-        # transformers 5 renamed gradient checkpointing; keep the reference's flag name.
-        if self.gradient_checkpointing:
-            self.activation_checkpointing = True
-            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs or {"use_reentrant": False}
-            self.gradient_checkpointing, self.gradient_checkpointing_kwargs = False, None
-        super().__post_init__()
-
 
 @dataclass
 class GenerationArguments:
-    """Decoding settings for --predict_with_generate, as in the reference (use_cache is above)."""
+    """Decoding settings for --predict_with_generate, as in the reference."""
 
+    _argument_group_name = "generation (--do_predict)"
+
+    use_cache: bool = field(
+        default=True,
+        metadata={"help": "Use the KV cache when generating; training always runs without it."},
+    )
     max_new_tokens: int | None = field(default=256, metadata={"help": "Longest generated answer."})
     min_new_tokens: int | None = field(default=None, metadata={"help": "Shortest generated answer."})
     do_sample: bool | None = field(default=False, metadata={"help": "Sample instead of greedy search."})
@@ -234,7 +231,52 @@ class GenerationArguments:
     no_repeat_ngram_size: int | None = field(default=0, metadata={"help": "Forbid repeating n-grams."})
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments, GenerationArguments)
+@dataclass
+class ReferenceFlags:
+    """The reference's flags that transformers 5 renamed or dropped, with the reference's defaults.
+
+    They are read as the setting in REFERENCE_FLAGS unless that setting is given too.
+    """
+
+    _argument_group_name = "reference flags (read as their transformers 5 settings)"
+
+    gradient_checkpointing: bool = field(
+        default=True, metadata={"help": "Recompute activations in backward (--activation_checkpointing)."}
+    )
+    group_by_length: bool = field(
+        default=True,
+        metadata={"help": "Batch rows of similar length together (--train_sampling_strategy group_by_length)."},
+    )
+    warmup_ratio: float = field(
+        default=0.03, metadata={"help": "Fraction of steps for warmup (--warmup_steps below 1)."}
+    )
+    adam8bit: bool = field(
+        default=False, metadata={"help": "8-bit optimizer states (--optim paged_adamw_8bit)."}
+    )
+    evaluation_strategy: str | None = field(default=None, metadata={"help": "Old name of --eval_strategy."})
+
+
+# Reference flag -> (the transformers 5 argument it sets, its value for the flag's value; None: no setting).
+REFERENCE_FLAGS = {
+    "gradient_checkpointing": ("activation_checkpointing", bool),
+    "group_by_length": ("train_sampling_strategy", lambda on: "group_by_length" if on else "random"),
+    "warmup_ratio": ("warmup_steps", lambda ratio: ratio),
+    "adam8bit": ("optim", lambda on: "paged_adamw_8bit" if on else None),
+    "evaluation_strategy": ("eval_strategy", lambda strategy: strategy),
+}
+
+
+class RunArguments(NamedTuple):
+    model: ModelArguments
+    quantization: QuantizationArguments
+    lora: LoraArguments
+    data: DataArguments
+    mmlu: MMLUArguments
+    training: TrainingArguments
+    generation: GenerationArguments
+
+
+ARGUMENT_CLASSES = (*RunArguments.__annotations__.values(), ReferenceFlags)
 
 
 # Flags whose package is optional: (the modules, any one of which serves it; what to install).
@@ -252,31 +294,30 @@ def check_optional_package(flag):
         raise ArgumentError(f"{flag} needs {' or '.join(modules)}: {install}")
 
 
-def validate_arguments(model_args, data_args, training_args):
+def validate_arguments(args):
     """Reject bad values and combinations before anything slow is loaded."""
-    if training_args.bits not in BITS_CHOICES:
-        raise ArgumentError(f"--bits must be one of {BITS_CHOICES}, got {training_args.bits}")
-    if training_args.quant_type not in QUANT_TYPES:
-        raise ArgumentError(f"--quant_type must be one of {QUANT_TYPES}, got {training_args.quant_type!r}")
-    if training_args.full_finetune and training_args.bits in (4, 8):
+    quantization, training, data = args.quantization, args.training, args.data
+    if quantization.bits not in BITS_CHOICES:
+        raise ArgumentError(f"--bits must be one of {BITS_CHOICES}, got {quantization.bits}")
+    if quantization.quant_type not in QUANT_TYPES:
+        raise ArgumentError(f"--quant_type must be one of {QUANT_TYPES}, got {quantization.quant_type!r}")
+    if args.lora.full_finetune and quantization.bits in (4, 8):
         raise ArgumentError("--full_finetune trains 16/32-bit weights: pass --bits 16 or --bits 32")
-    if training_args.bf16 and training_args.fp16:
+    if training.bf16 and training.fp16:
         raise ArgumentError("--bf16 and --fp16 exclude each other")
-    if training_args.mmlu_dataset not in ("mmlu-zs", "mmlu-fs", "mmlu"):
-        raise ArgumentError(f"--mmlu_dataset must be mmlu-zs, mmlu-fs or mmlu, got {training_args.mmlu_dataset!r}")
-    if data_args.preview_format not in PREVIEW_FORMATS:
-        raise ArgumentError(f"--preview_format must be one of {PREVIEW_FORMATS}, got {data_args.preview_format!r}")
-    if data_args.preview_data < 0 or (data_args.max_seq_len is not None and data_args.max_seq_len < 2):
+    if args.mmlu.mmlu_dataset not in ("mmlu-zs", "mmlu-fs", "mmlu"):
+        raise ArgumentError(f"--mmlu_dataset must be mmlu-zs, mmlu-fs or mmlu, got {args.mmlu.mmlu_dataset!r}")
+    if args.mmlu.mmlu_split not in ("eval", "test"):
+        raise ArgumentError(f"--mmlu_split must be eval or test, got {args.mmlu.mmlu_split!r}")
+    if data.preview_format not in PREVIEW_FORMATS:
+        raise ArgumentError(f"--preview_format must be one of {PREVIEW_FORMATS}, got {data.preview_format!r}")
+    if data.preview_data < 0 or (data.max_seq_len is not None and data.max_seq_len < 2):
         raise ArgumentError("--preview_data must be at least 0 and --max_seq_len at least 2")
-    if not 0 <= training_args.warmup_ratio < 1:
-        raise ArgumentError(f"--warmup_ratio is a fraction of the steps in [0, 1), got {training_args.warmup_ratio}")
-    if training_args.mmlu_split not in ("eval", "test"):
-        raise ArgumentError(f"--mmlu_split must be eval or test, got {training_args.mmlu_split!r}")
-    if training_args.use_liger_kernel:
+    if training.use_liger_kernel:
         check_optional_package("--use_liger_kernel")
-    if model_args.attn_implementation == "flash_attention_2":
+    if args.model.attn_implementation == "flash_attention_2":
         check_optional_package("--attn_implementation flash_attention_2")
-    model_path = model_args.model_name_or_path
+    model_path = args.model.model_name_or_path
     if model_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(model_path)):
         raise ArgumentError(f"--model_name_or_path {model_path}: no such directory")
 
@@ -294,9 +335,13 @@ def read_config_file(path):
     return config
 
 
+def flag_names():
+    return [f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init]
+
+
 def check_config_keys(path, config):
     """A misspelt key is an error, as a misspelt flag is, named with the closest known key."""
-    known = [f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init]
+    known = flag_names()
     unknown = sorted(set(config) - set(known))
     if unknown:
         close = difflib.get_close_matches(unknown[0], known, n=1)
@@ -304,19 +349,57 @@ def check_config_keys(path, config):
         raise ArgumentError(f"{path}: unknown key {unknown[0]!r}{hint}")
 
 
-def parse_arguments(argv=None):
-    """Parse flags (or a single .yaml/.json config file) into the four argument dataclasses."""
+def translate_reference_flags(values, given):
+    """Write the transformers 5 setting of each reference flag into `values` (the given flags by
+    name), unless that setting was given too; a given reference flag gets a one-line notice and
+    one that contradicts its given setting is an error. The reference's defaults apply the same way."""
+    reference = ReferenceFlags(**{name: values[name] for name in REFERENCE_FLAGS if name in values})
+    if not 0 <= reference.warmup_ratio < 1:
+        raise ArgumentError(f"--warmup_ratio is a fraction of the steps in [0, 1), got {reference.warmup_ratio}")
+    for name, (setting, convert) in REFERENCE_FLAGS.items():
+        value = convert(getattr(reference, name))
+        if setting in given:
+            if name in given and value is not None and values[setting] != value:
+                raise ArgumentError(f"--{name} {values[name]} and --{setting} {values[setting]} disagree: "
+                                    f"pass only --{setting}")
+        elif value is not None:
+            values[setting] = value
+            if name in given:
+                logger.warning("--%s %s is read as --%s %s", name, values[name], setting, value)
+    if values.get("do_predict") and values.setdefault("predict_with_generate", True) is False:
+        raise ArgumentError("--do_predict writes generated answers: drop --predict_with_generate False")
+
+
+def given_flags(parser, argv):
+    """The flags on the command line by field name, with their parsed values (defaults left out:
+    argparse fills in a default only where the namespace has no value yet)."""
+    unset = object()
+    namespace = argparse.Namespace(**dict.fromkeys(flag_names(), unset))
+    namespace, unknown = parser.parse_known_args(argv, namespace=namespace)
+    if unknown:
+        raise ArgumentError(f"unknown flags: {' '.join(unknown)}")
+    return {name: value for name, value in vars(namespace).items() if value is not unset}
+
+
+def build_arguments(cls, values):
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
+
+
+def parse_arguments(argv=None, environment_defaults=None):
+    """Parse flags (or a single .yaml/.json config file) into RunArguments.
+
+    environment_defaults: settings the launcher's environment suggests (qlorakit.launcher); the
+    user's own values win over them.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
-        config = read_config_file(argv[0])
-        check_config_keys(argv[0], config)
-        parsed = parser.parse_dict(config)
+        values = read_config_file(argv[0])
+        check_config_keys(argv[0], values)
     else:
-        try:
-            parsed = parser.parse_args_into_dataclasses(args=argv)
-        except ValueError as error:  # unknown flags
-            raise ArgumentError(str(error)) from error
-    model_args, data_args, training_args, generation_args = parsed
-    validate_arguments(model_args, data_args, training_args)
-    return model_args, data_args, training_args, generation_args
+        values = given_flags(HfArgumentParser(ARGUMENT_CLASSES), argv)
+    given = set(values)
+    values = {**(environment_defaults or {}), **values}
+    translate_reference_flags(values, given)
+    args = RunArguments(*(build_arguments(cls, values) for cls in ARGUMENT_CLASSES if cls is not ReferenceFlags))
+    validate_arguments(args)
+    return args

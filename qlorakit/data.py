@@ -257,10 +257,10 @@ def tokenize_dataset(dataset, tokenizer, source_max_len, target_max_len):
     )
 
 
-def split_train_eval(dataset_dict, data_args, training_args):
+def split_train_eval(dataset_dict, data_args, hold_out_eval):
     """Train and eval splits as the reference picks them: an 'eval' split, or a seeded hold-out."""
     train, evaluation = dataset_dict["train"], None
-    if training_args.do_eval or training_args.do_predict:
+    if hold_out_eval:
         if "eval" in dataset_dict:
             evaluation = dataset_dict["eval"]
         else:
@@ -288,12 +288,12 @@ def chat_tokenizer(data_args, tokenizer):
     return lambda ds: chat_data.tokenize_chat_dataset(ds, tokenizer, template, max_len)
 
 
-def build_datasets(data_args, training_args, tokenizer):
-    """Tokenized train and eval datasets (eval is None unless evaluating or predicting)."""
-    raw = load_raw_dataset(data_args.dataset, training_args.cache_dir)
+def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
+    """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or predicting)."""
+    raw = load_raw_dataset(data_args.dataset, cache_dir)
     format_name = resolve_format(data_args.dataset, data_args.dataset_format, raw["train"].column_names)
     formatted = apply_format(raw, format_name, data_args.dataset)
-    train, evaluation = split_train_eval(formatted, data_args, training_args)
+    train, evaluation = split_train_eval(formatted, data_args, hold_out_eval)
     if format_name == "chat":
         tokenize = chat_tokenizer(data_args, tokenizer)
     else:

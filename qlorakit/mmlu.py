@@ -31,12 +31,12 @@ def mmlu_file(data_dir, mmlu_dataset, split):
     return path
 
 
-def load_mmlu(training_args, tokenizer):
-    path = mmlu_file(training_args.mmlu_data_dir, training_args.mmlu_dataset, training_args.mmlu_split)
+def load_mmlu(mmlu_args, tokenizer):
+    path = mmlu_file(mmlu_args.mmlu_data_dir, mmlu_args.mmlu_dataset, mmlu_args.mmlu_split)
     dataset = load_dataset("json", data_files={"eval": path})["eval"]
-    if training_args.max_mmlu_samples is not None and len(dataset) > training_args.max_mmlu_samples:
-        dataset = dataset.select(range(training_args.max_mmlu_samples))
-    return tokenize_dataset(dataset, tokenizer, training_args.mmlu_source_max_len, target_max_len=2)
+    if mmlu_args.max_mmlu_samples is not None and len(dataset) > mmlu_args.max_mmlu_samples:
+        dataset = dataset.select(range(mmlu_args.max_mmlu_samples))
+    return tokenize_dataset(dataset, tokenizer, mmlu_args.mmlu_source_max_len, target_max_len=2)
 
 
 def choice_token_ids(tokenizer):

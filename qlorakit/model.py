@@ -90,10 +90,10 @@ def resolve_device_map(max_memory_MB=None):
     return "auto", max_memory
 
 
-def hub_kwargs(model_args, cache_dir=None):
+def hub_kwargs(model_args):
     """Arguments shared by every from_pretrained call; the token itself never leaves the hub library."""
     return {
-        "cache_dir": cache_dir,
+        "cache_dir": model_args.cache_dir,
         "trust_remote_code": model_args.trust_remote_code,
         "token": True if model_args.use_auth_token else None,
     }
@@ -159,18 +159,21 @@ def resize_embeddings_for(tokenizer, model):
         weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
 
 
-def base_loading_for_training(training_args, model_class=None):
-    return BaseLoading(training_args.bits, training_args.quant_type, training_args.double_quant,
-                       dtype_name(compute_dtype_for(training_args)), model_class)
+def base_loading_for_training(args, model_class=None):
+    """How the flags (RunArguments) load the base: the record saved beside every adapter."""
+    quantization = args.quantization
+    return BaseLoading(quantization.bits, quantization.quant_type, quantization.double_quant,
+                       dtype_name(compute_dtype_for(args.training)), model_class)
 
 
-def load_base_model(model_args, training_args, task=CAUSAL, loading=None, sharded=False):
+def load_base_model(args, task=CAUSAL, loading=None, sharded=False):
     """The base as the flags ask, or as `loading` (a checkpoint's saved record) says."""
-    loading = loading or base_loading_for_training(training_args)
-    compute_dtype = compute_dtype_for(training_args)
-    device_map, max_memory = resolve_device_map(training_args.max_memory_MB)
+    model_args = args.model
+    loading = loading or base_loading_for_training(args)
+    compute_dtype = compute_dtype_for(args.training)
+    device_map, max_memory = resolve_device_map(model_args.max_memory_MB)
     # fp16 training keeps master weights in fp32 (the Trainer's grad scaler needs them).
-    load_dtype = torch.bfloat16 if training_args.bf16 else torch.float32
+    load_dtype = torch.bfloat16 if args.training.bf16 else torch.float32
     quant_storage = torch.uint8
     if sharded:
         device_map, max_memory, quant_storage = None, None, load_dtype
@@ -183,7 +186,7 @@ def load_base_model(model_args, training_args, task=CAUSAL, loading=None, sharde
         max_memory=max_memory,
         dtype=load_dtype,
         attn_implementation=model_args.attn_implementation,
-        **hub_kwargs(model_args, training_args.cache_dir),
+        **hub_kwargs(model_args),
     )
     return ensure_quantized(model, quantization_config, model_args.model_name_or_path)
 
@@ -303,22 +306,22 @@ def prepare_base_for_training(model, training_args):
     for param in model.parameters():
         param.requires_grad_(False)
     if training_args.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=training_args.activation_checkpointing_kwargs)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=training_args.activation_checkpointing_kwargs)
         model.enable_input_require_grads()
 
 
-def lora_conflicts(saved, training_args, targets):
+def lora_conflicts(saved, lora_args, targets):
     """'flag=saved (flags: value)' for each LoRA setting where the flags disagree with a saved adapter."""
-    conflicts = [f"{flag}={getattr(saved, key)} (flags: {getattr(training_args, flag)})"
-                 for key, flag in LORA_SETTINGS if getattr(saved, key) != getattr(training_args, flag)]
+    conflicts = [f"{flag}={getattr(saved, key)} (flags: {getattr(lora_args, flag)})"
+                 for key, flag in LORA_SETTINGS if getattr(saved, key) != getattr(lora_args, flag)]
     saved_targets = [saved.target_modules] if isinstance(saved.target_modules, str) else sorted(saved.target_modules)
     if saved_targets != sorted(targets):
         conflicts.append(f"targets={','.join(saved_targets)} (flags: {','.join(sorted(targets))})")
     return conflicts
 
 
-def base_loading_conflicts(saved, training_args):
-    flags = base_loading_for_training(training_args)
+def base_loading_conflicts(saved, args):
+    flags = base_loading_for_training(args)
     return [f"{field}={getattr(saved, field)} (flags: {getattr(flags, field)})"
             for field in ("bits", "quant_type", "double_quant") if getattr(saved, field) != getattr(flags, field)]
 
@@ -332,22 +335,23 @@ def save_adapter(save_pretrained, record, save_directory, **kwargs):
         write_json_atomic(os.path.join(save_directory, BASE_LOADING_FILE), dataclasses.asdict(record))
 
 
-def attach_lora(model, training_args, task=CAUSAL, sharded=False, adapter_dir=None, record=None):
+def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, record=None):
     """Wrap a frozen base with a LoRA adapter: a fresh one, or the saved one of adapter_dir as it
     was trained (its own rank, alpha, dropout and targets; contradicting flags are reported)."""
-    prepare_base_for_training(model, training_args)
-    targets = lora_target_modules(model, training_args.lora_modules)
+    lora_args = args.lora
+    prepare_base_for_training(model, args.training)
+    targets = lora_target_modules(model, lora_args.lora_modules)
     if adapter_dir:
-        conflicts = lora_conflicts(PeftConfig.from_pretrained(adapter_dir), training_args, targets)
+        conflicts = lora_conflicts(PeftConfig.from_pretrained(adapter_dir), lora_args, targets)
         if conflicts:
             logger.warning("%s was trained with %s; using the saved adapter's settings", adapter_dir, ", ".join(conflicts))
         model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True, autocast_adapter_dtype=False)
     else:
-        config = LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha, target_modules=targets,
-                            lora_dropout=training_args.lora_dropout, bias="none", task_type=PEFT_TASK_TYPES[task])
+        config = LoraConfig(r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, target_modules=targets,
+                            lora_dropout=lora_args.lora_dropout, bias="none", task_type=PEFT_TASK_TYPES[task])
         model = get_peft_model(model, config)
-    cast_for_training(model, training_args.bf16, norms_in_fp32=training_args.norms_in_fp32 and not sharded)
-    record = record or base_loading_for_training(training_args, type(model.get_base_model()).__name__)
+    cast_for_training(model, args.training.bf16, norms_in_fp32=args.quantization.norms_in_fp32 and not sharded)
+    record = record or base_loading_for_training(args, type(model.get_base_model()).__name__)
     model.save_pretrained = functools.partial(save_adapter, model.save_pretrained, record)
     return model
 
@@ -374,26 +378,26 @@ def cast_for_training(model, bf16, norms_in_fp32=False):
             module.to(torch.bfloat16)
 
 
-def load_model(model_args, training_args, tokenizer, task=CAUSAL, adapter_dir=None):
+def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None):
     """The base (quantized as asked) plus a LoRA adapter, or the whole model for --full_finetune.
 
     adapter_dir: a checkpoint's adapter to continue from or evaluate; its saved base loading
     (bits, quant type, double quant) wins over the flags, with a warning when they differ.
     """
-    sharded = sharded_training(training_args)
+    sharded = sharded_training(args.training)
     saved = read_base_loading(adapter_dir) if adapter_dir else None
-    if saved and base_loading_conflicts(saved, training_args):
+    if saved and base_loading_conflicts(saved, args):
         logger.warning("%s was trained on a base loaded with %s; loading it that way", adapter_dir,
-                       ", ".join(base_loading_conflicts(saved, training_args)))
-    loading = dataclasses.replace(base_loading_for_training(training_args), bits=saved.bits, quant_type=saved.quant_type,
+                       ", ".join(base_loading_conflicts(saved, args)))
+    loading = dataclasses.replace(base_loading_for_training(args), bits=saved.bits, quant_type=saved.quant_type,
                                   double_quant=saved.double_quant) if saved else None
-    model = load_base_model(model_args, training_args, task, loading, sharded)
+    model = load_base_model(args, task, loading, sharded)
     resize_embeddings_for(tokenizer, model)
-    model.config.dtype = compute_dtype_for(training_args)
-    if training_args.full_finetune:
+    model.config.dtype = compute_dtype_for(args.training)
+    if args.lora.full_finetune:
         return model
-    record = dataclasses.replace(loading or base_loading_for_training(training_args), model_class=type(model).__name__)
-    return attach_lora(model, training_args, task, sharded, adapter_dir, record)
+    record = dataclasses.replace(loading or base_loading_for_training(args), model_class=type(model).__name__)
+    return attach_lora(model, args, task, sharded, adapter_dir, record)
 
 
 def logical_numel(param):

@@ -24,9 +24,8 @@ from .trainer import QLoRATrainer
 logger = logging.getLogger(__name__)
 
 
-def build_generation_config(generation_args, training_args):
-    values = {k: v for k, v in vars(generation_args).items() if v is not None}
-    return GenerationConfig(**values, use_cache=training_args.generation_use_cache)
+def build_generation_config(generation_args):
+    return GenerationConfig(**{k: v for k, v in vars(generation_args).items() if v is not None})
 
 
 def setup_logging(training_args):
@@ -36,13 +35,13 @@ def setup_logging(training_args):
     logging.getLogger("qlorakit").setLevel(logging.INFO if main_process else logging.WARNING)
 
 
-def build_collator(tokenizer, training_args, seq2seq, for_generation=False):
+def build_collator(tokenizer, data_args, seq2seq, for_generation=False):
     """Encoder-decoder models get the source in the encoder and the target as labels; causal
     models one sequence, source then target."""
     if seq2seq:
         return Seq2SeqCollator(tokenizer.pad_token_id, for_generation=for_generation)
-    return CausalLMCollator(tokenizer.pad_token_id, train_on_source=training_args.train_on_source,
-                            for_generation=for_generation, padding_free=training_args.padding_free)
+    return CausalLMCollator(tokenizer.pad_token_id, train_on_source=data_args.train_on_source,
+                            for_generation=for_generation, padding_free=data_args.padding_free)
 
 
 def saved_adapter_dir(checkpoint_dir):
@@ -53,32 +52,35 @@ def saved_adapter_dir(checkpoint_dir):
     return adapter_dir if os.path.isdir(adapter_dir) else None
 
 
-def setup_trainer(model_args, data_args, training_args, generation_args, resume_from=None):
+def setup_trainer(args, resume_from=None):
     """Everything before training, cheapest first so that bad input fails in seconds. Seeded
     first: the LoRA initialisation draws random numbers before the Trainer would seed.
 
     resume_from: a checkpoint whose adapter is loaded as it was saved (to resume, evaluate or
     predict) instead of a fresh one built from the LoRA flags.
     """
+    model_args, data_args, training_args = args.model, args.data, args.training
     set_seed(training_args.seed)
-    hub = hub_kwargs(model_args, training_args.cache_dir)
+    hub = hub_kwargs(model_args)
     task = model_task(load_model_config(model_args.model_name_or_path, **hub), model_args.model_name_or_path)
-    if task == SEQ2SEQ and (training_args.padding_free or training_args.train_on_source):
+    if task == SEQ2SEQ and (data_args.padding_free or data_args.train_on_source):
         raise ModelError("--padding_free and --train_on_source apply to causal models; the encoder reads the source")
     tokenizer = load_tokenizer(model_args.model_name_or_path, **hub)
-    train_dataset, eval_dataset = build_datasets(data_args, training_args, tokenizer)
+    train_dataset, eval_dataset = build_datasets(data_args, tokenizer, model_args.cache_dir,
+                                                 hold_out_eval=training_args.do_eval or training_args.do_predict)
     if task == SEQ2SEQ and "assistant_mask" in train_dataset.column_names:
         raise ModelError("chat data trains causal models (one sequence with every turn); "
                          f"{model_args.model_name_or_path} is an encoder-decoder: use an input-output format")
-    mmlu_dataset = load_mmlu(training_args, tokenizer) if training_args.do_mmlu_eval else None
+    mmlu_dataset = load_mmlu(args.mmlu, tokenizer) if args.mmlu.do_mmlu_eval else None
 
-    model = load_model(model_args, training_args, tokenizer, task, saved_adapter_dir(resume_from))
+    model = load_model(args, tokenizer, task, saved_adapter_dir(resume_from))
     if training_args.local_process_index == 0:
         print(f"world size: {training_args.world_size}")
         for line in describe_parameters(model):
             print(line)
 
-    training_args.generation_config = build_generation_config(generation_args, training_args)
+    if training_args.generation_config is None:  # a --generation_config of the user's own wins
+        training_args.generation_config = build_generation_config(args.generation)
     keep_checkpoints = training_args.save_total_limit
     training_args.save_total_limit = None  # CheckpointCallback rotates, after the new one is complete
     trainer = QLoRATrainer(
@@ -87,13 +89,13 @@ def setup_trainer(model_args, data_args, training_args, generation_args, resume_
         processing_class=tokenizer,
         train_dataset=train_dataset if training_args.do_train else None,
         eval_dataset=eval_dataset,
-        data_collator=build_collator(tokenizer, training_args, task == SEQ2SEQ),
+        data_collator=build_collator(tokenizer, data_args, task == SEQ2SEQ),
         callbacks=[CheckpointCallback(keep_checkpoints),
                    NonFiniteGuardCallback(training_args.max_consecutive_nonfinite_steps),
                    PreemptionCallback()],
     )
     if mmlu_dataset is not None:
-        mmlu_callback = MMLUEvalCallback(mmlu_dataset, tokenizer, training_args.mmlu_split, seq2seq=task == SEQ2SEQ)
+        mmlu_callback = MMLUEvalCallback(mmlu_dataset, tokenizer, args.mmlu.mmlu_split, seq2seq=task == SEQ2SEQ)
         mmlu_callback.trainer = trainer
         trainer.add_callback(mmlu_callback)
     return trainer, tokenizer, eval_dataset
@@ -121,13 +123,13 @@ def decode_predictions(token_ids, tokenizer):
     return tokenizer.batch_decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-def predict(trainer, tokenizer, dataset, output_dir):
+def predict(trainer, tokenizer, dataset, data_args, output_dir):
     """Generate for every eval row and write predictions.jsonl in the reference's shape.
 
     A causal model's output continues its prompt; an encoder-decoder's holds the answer alone.
     """
     seq2seq = trainer.model.config.is_encoder_decoder
-    trainer.data_collator = build_collator(tokenizer, trainer.args, seq2seq, for_generation=True)
+    trainer.data_collator = build_collator(tokenizer, data_args, seq2seq, for_generation=True)
     with trainer.accelerator.autocast():  # generate() bypasses the autocast wrapped around forward()
         result = trainer.predict(test_dataset=dataset, metric_key_prefix="predict")
     texts = decode_predictions(result.predictions, tokenizer)
@@ -158,23 +160,25 @@ def release_process_group():
         torch.distributed.destroy_process_group()
 
 
-def preview_training_data(model_args, data_args, training_args):
+def preview_training_data(model_args, data_args):
     """--preview_data: the first training rows as tokenized, without loading the model."""
-    tokenizer = load_tokenizer(model_args.model_name_or_path, **hub_kwargs(model_args, training_args.cache_dir))
-    train_dataset, _ = build_datasets(data_args, training_args, tokenizer)
-    preview_rows(train_dataset, tokenizer, data_args.preview_data, training_args.train_on_source,
+    tokenizer = load_tokenizer(model_args.model_name_or_path, **hub_kwargs(model_args))
+    train_dataset, _ = build_datasets(data_args, tokenizer, model_args.cache_dir)
+    preview_rows(train_dataset, tokenizer, data_args.preview_data, data_args.train_on_source,
                  data_args.preview_format, colour=sys.stdout.isatty(), write=sys.stdout.write)
     return {}
 
 
-def run(model_args, data_args, training_args, generation_args):
+def run(args):
+    """Train, evaluate and predict as the flags (RunArguments) say; returns the metrics."""
+    training_args = args.training
     setup_logging(training_args)
-    if data_args.preview_data:
-        return preview_training_data(model_args, data_args, training_args)
+    if args.data.preview_data:
+        return preview_training_data(args.model, args.data)
     resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
     if training_args.resume_from_checkpoint:
         resume_from, completed = checkpoints.check_explicit_checkpoint(training_args.resume_from_checkpoint), False
-    trainer, tokenizer, eval_dataset = setup_trainer(model_args, data_args, training_args, generation_args, resume_from)
+    trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from)
     if completed and resume_from:
         logger.info("%s holds a completed run: skipping training, evaluating %s", training_args.output_dir, resume_from)
 
@@ -208,7 +212,7 @@ def run(model_args, data_args, training_args, generation_args):
         trainer.save_metrics("eval", metrics)
         all_metrics.update(metrics)
     if training_args.do_predict:
-        metrics = predict(trainer, tokenizer, eval_dataset, training_args.output_dir)
+        metrics = predict(trainer, tokenizer, eval_dataset, args.data, training_args.output_dir)
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
         all_metrics.update(metrics)

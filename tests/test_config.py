@@ -1,9 +1,11 @@
 import importlib.util
 import json
+import logging
+import re
 
 import pytest
 
-from qlorakit.config import ArgumentError, parse_arguments
+from qlorakit.config import ArgumentError, flag_names, parse_arguments
 
 BASE = ["--model_name_or_path", "some-org/some-model", "--output_dir", "/tmp/qlorakit-test-out"]
 
@@ -14,58 +16,150 @@ def parse(*flags):
 
 class TestReferenceDefaults:
     def test_training_defaults_match_the_reference(self):
-        _, data_args, training_args, generation_args = parse()
-        assert training_args.optim == "paged_adamw_32bit"
-        assert training_args.per_device_train_batch_size == 1
-        assert training_args.gradient_accumulation_steps == 16
-        assert training_args.learning_rate == 2e-4
-        assert training_args.max_grad_norm == 0.3
-        assert training_args.lr_scheduler_type == "constant"
-        assert training_args.warmup_ratio == 0.03
-        assert training_args.save_steps == 250
-        assert training_args.save_total_limit == 40
-        assert training_args.remove_unused_columns is False
-        assert training_args.max_steps == 10000
-        assert (training_args.bits, training_args.quant_type, training_args.double_quant) == (4, "nf4", True)
-        assert (training_args.lora_r, training_args.lora_alpha, training_args.lora_dropout) == (64, 16, 0.0)
-        assert (data_args.source_max_len, data_args.target_max_len, data_args.eval_dataset_size) == (1024, 256, 1024)
-        assert data_args.dataset == "alpaca"
-        assert (generation_args.max_new_tokens, generation_args.top_k, generation_args.num_beams) == (256, 50, 1)
+        args = parse()
+        training = args.training
+        assert training.optim == "paged_adamw_32bit"
+        assert training.per_device_train_batch_size == 1
+        assert training.gradient_accumulation_steps == 16
+        assert training.learning_rate == 2e-4
+        assert training.max_grad_norm == 0.3
+        assert training.lr_scheduler_type == "constant"
+        assert training.get_warmup_steps(1000) == 30  # --warmup_ratio 0.03
+        assert training.save_steps == 250
+        assert training.save_total_limit == 40
+        assert training.remove_unused_columns is False
+        assert training.max_steps == 10000
+        assert (args.quantization.bits, args.quantization.quant_type, args.quantization.double_quant) == (4, "nf4", True)
+        assert (args.lora.lora_r, args.lora.lora_alpha, args.lora.lora_dropout) == (64, 16, 0.0)
+        assert (args.data.source_max_len, args.data.target_max_len, args.data.eval_dataset_size) == (1024, 256, 1024)
+        assert args.data.dataset == "alpaca"
+        assert (args.mmlu.mmlu_dataset, args.mmlu.mmlu_split, args.mmlu.mmlu_source_max_len) == ("mmlu-fs", "eval", 2048)
+        assert (args.generation.max_new_tokens, args.generation.top_k, args.generation.num_beams) == (256, 50, 1)
 
     def test_group_by_length_is_on_by_default_and_maps_to_the_new_sampler(self):
-        assert parse()[2].train_sampling_strategy == "group_by_length"
-        assert parse("--group_by_length", "False")[2].train_sampling_strategy == "random"
+        assert parse().training.train_sampling_strategy == "group_by_length"
+        assert parse("--group_by_length", "False").training.train_sampling_strategy == "random"
 
     def test_gradient_checkpointing_maps_to_activation_checkpointing(self):
-        assert parse()[2].activation_checkpointing is True
-        assert parse("--gradient_checkpointing", "False")[2].activation_checkpointing is False
+        assert parse().training.activation_checkpointing is True
+        assert parse("--gradient_checkpointing", "False").training.activation_checkpointing is False
+        assert parse("--no_gradient_checkpointing").training.activation_checkpointing is False
 
     def test_trust_remote_code_is_off_by_default(self):
-        assert parse()[0].trust_remote_code is False
+        assert parse().model.trust_remote_code is False
 
 
-class TestOldFlags:
-    def test_evaluation_strategy_is_accepted_as_eval_strategy(self):
-        training_args = parse("--evaluation_strategy", "steps", "--eval_steps", "5", "--do_eval")[2]
-        assert training_args.eval_strategy == "steps"
+class TestArgumentGroups:
+    def test_each_flag_lands_in_the_group_of_its_concern(self):
+        args = parse("--lora_r", "8", "--bits", "8", "--cache_dir", "/c", "--train_on_source", "--padding_free",
+                     "--do_mmlu_eval", "--max_new_tokens", "9", "--max_memory_MB", "1000")
+        assert (args.lora.lora_r, args.quantization.bits, args.model.cache_dir, args.model.max_memory_MB) == (8, 8, "/c", 1000)
+        assert (args.data.train_on_source, args.data.padding_free, args.mmlu.do_mmlu_eval) == (True, True, True)
+        assert args.generation.max_new_tokens == 9
 
-    def test_use_cache_feeds_generation_and_never_training(self):
-        training_args = parse("--use_cache", "True")[2]
-        assert training_args.generation_use_cache is True
-        assert training_args.use_cache is False
-        assert parse("--use_cache", "False")[2].generation_use_cache is False
+    def test_help_lists_the_flags_by_group(self, capsys):
+        with pytest.raises(SystemExit):
+            parse_arguments(["--help"])
+        text = capsys.readouterr().out
+        headings = ["model:", "quantization of the frozen base:", "LoRA:", "data:", "MMLU evaluation:",
+                    "training (transformers TrainingArguments):", "generation (--do_predict):",
+                    "reference flags (read as their transformers 5 settings):"]
+        positions = [text.index(f"\n{heading}\n") for heading in headings]
+        assert positions == sorted(positions)
+        section = dict(zip(headings, (text.split(f"\n{h}\n", 1)[1].split("\n\n", 1)[0] for h in headings)))
+        assert "--lora_r" in section["LoRA:"] and "--bits" in section["quantization of the frozen base:"]
+        assert "--use_cache" in section["generation (--do_predict):"]
+        assert "--gradient_checkpointing" in section["reference flags (read as their transformers 5 settings):"]
+        assert "--generation_use_cache" not in text
+
+    def test_every_flag_name_is_unique_across_groups(self):
+        names = flag_names()
+        assert len(names) == len(set(names))
+
+
+class TestReferenceFlags:
+    def test_evaluation_strategy_is_read_as_eval_strategy_with_a_notice(self, caplog):
+        with caplog.at_level(logging.WARNING, logger="qlorakit.config"):
+            training = parse("--evaluation_strategy", "steps", "--eval_steps", "5", "--do_eval").training
+        assert training.eval_strategy == "steps"
+        assert [r.getMessage() for r in caplog.records] == ["--evaluation_strategy steps is read as --eval_strategy steps"]
+
+    def test_defaults_of_reference_flags_apply_without_a_notice(self, caplog):
+        with caplog.at_level(logging.WARNING, logger="qlorakit.config"):
+            parse()
+        assert caplog.records == []
+
+    def test_use_cache_is_a_generation_setting_and_training_runs_without_the_cache(self):
+        args = parse("--use_cache", "False")
+        assert (args.generation.use_cache, args.training.use_cache) == (False, False)
+        assert parse().generation.use_cache is True
 
     def test_adam8bit_picks_the_8bit_paged_optimizer(self):
-        assert parse("--adam8bit")[2].optim == "paged_adamw_8bit"
-        assert parse()[2].optim == "paged_adamw_32bit"
+        assert parse("--adam8bit").training.optim == "paged_adamw_8bit"
+        assert parse().training.optim == "paged_adamw_32bit"
 
     def test_warmup_ratio_sets_the_warmup_fraction(self):
-        assert parse()[2].get_warmup_steps(1000) == 30
-        assert parse("--warmup_ratio", "0.1")[2].get_warmup_steps(200) == 20
-        assert parse("--warmup_steps", "7")[2].get_warmup_steps(1000) == 7
+        assert parse("--warmup_ratio", "0.1").training.get_warmup_steps(200) == 20
+        assert parse("--warmup_steps", "7").training.get_warmup_steps(1000) == 7
 
     def test_do_predict_generates(self):
-        assert parse("--do_predict")[2].predict_with_generate is True
+        assert parse("--do_predict").training.predict_with_generate is True
+
+    @pytest.mark.parametrize("flags", [
+        ("--activation_checkpointing", "False"),
+        ("--train_sampling_strategy", "sequential"),
+        ("--optim", "adamw_torch"),
+        ("--warmup_steps", "0"),
+        ("--eval_strategy", "no"),
+    ])
+    def test_a_setting_the_user_gave_is_never_replaced_by_a_reference_default(self, flags):
+        training = parse(*flags).training
+        setting, value = flags[0][2:], flags[1]
+        expected = {"False": False, "0": 0}.get(value, value)
+        assert getattr(training, setting) == expected
+
+    @pytest.mark.parametrize("flags, message", [
+        (("--gradient_checkpointing", "True", "--activation_checkpointing", "False"),
+         "--gradient_checkpointing True and --activation_checkpointing False disagree: pass only --activation_checkpointing"),
+        (("--adam8bit", "--optim", "adamw_torch"), "--adam8bit True and --optim adamw_torch disagree"),
+        (("--warmup_ratio", "0.1", "--warmup_steps", "5"), "--warmup_ratio 0.1 and --warmup_steps 5"),
+        (("--evaluation_strategy", "steps", "--eval_strategy", "no"), "--evaluation_strategy steps and --eval_strategy no"),
+        (("--do_predict", "--predict_with_generate", "False"), "--do_predict writes generated answers"),
+    ])
+    def test_contradicting_spellings_are_an_error(self, flags, message):
+        with pytest.raises(ArgumentError, match=re.escape(message)):
+            parse(*flags)
+
+    def test_agreeing_spellings_are_accepted(self):
+        assert parse("--gradient_checkpointing", "False", "--activation_checkpointing", "False").training.activation_checkpointing is False
+
+    def test_a_config_file_translates_the_same_way(self, tmp_path):
+        path = tmp_path / "run.yaml"
+        path.write_text("model_name_or_path: org/m\ngroup_by_length: false\nadam8bit: true\nactivation_checkpointing: false\n")
+        training = parse_arguments([str(path)]).training
+        assert (training.train_sampling_strategy, training.optim) == ("random", "paged_adamw_8bit")
+        assert training.activation_checkpointing is False
+
+
+class TestEnvironment:
+    def test_a_multi_process_run_gets_launcher_defaults(self, monkeypatch):
+        from qlorakit.launcher import distributed_defaults
+
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        defaults = distributed_defaults(cuda_available=False)
+        assert defaults == {"ddp_backend": "gloo", "ddp_find_unused_parameters": False}
+        assert distributed_defaults(cuda_available=True) == {"ddp_find_unused_parameters": False}
+
+    def test_the_users_values_win_over_environment_defaults(self):
+        defaults = {"ddp_find_unused_parameters": False, "logging_steps": 3}
+        training = parse_arguments([*BASE, "--ddp_find_unused_parameters", "True"], environment_defaults=defaults).training
+        assert (training.ddp_find_unused_parameters, training.logging_steps) == (True, 3)
+
+    def test_a_single_process_gets_no_launcher_defaults(self, monkeypatch):
+        from qlorakit.launcher import distributed_defaults
+
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+        assert distributed_defaults(cuda_available=False) == {}
 
 
 class TestValidation:
@@ -98,7 +192,7 @@ class TestValidation:
         find_spec = importlib.util.find_spec
         monkeypatch.setattr(importlib.util, "find_spec",
                             lambda name: None if name == "flash_attn" else object() if name == "kernels" else find_spec(name))
-        assert parse("--attn_implementation", "flash_attention_2")[0].attn_implementation == "flash_attention_2"
+        assert parse("--attn_implementation", "flash_attention_2").model.attn_implementation == "flash_attention_2"
 
     def test_missing_local_model_directory(self):
         with pytest.raises(ArgumentError, match="no such directory"):
@@ -108,8 +202,8 @@ class TestValidation:
 def test_a_json_config_file_is_parsed(tmp_path):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"model_name_or_path": "org/m", "output_dir": str(tmp_path), "lora_r": 8}))
-    model_args, _, training_args, _ = parse_arguments([str(config)])
-    assert (model_args.model_name_or_path, training_args.lora_r) == ("org/m", 8)
+    args = parse_arguments([str(config)])
+    assert (args.model.model_name_or_path, args.lora.lora_r) == ("org/m", 8)
 
 
 class TestConfigFiles:
@@ -142,5 +236,5 @@ class TestConfigFiles:
     def test_the_demo_config_parses(self):
         from conftest import REPO_ROOT
 
-        _, data_args, training_args, _ = parse_arguments([f"{REPO_ROOT}/examples/configs/tiny_demo.yaml"])
-        assert (training_args.lora_r, training_args.max_steps, data_args.dataset_format) == (16, 30, "oasst1")
+        args = parse_arguments([f"{REPO_ROOT}/examples/configs/tiny_demo.yaml"])
+        assert (args.lora.lora_r, args.training.max_steps, args.data.dataset_format) == (16, 30, "oasst1")

@@ -158,21 +158,20 @@ class TestSplit:
 
     def test_hold_out_is_seeded_and_sized(self):
         data_args = self.Args(eval_dataset_size=10, max_eval_samples=None, max_train_samples=None)
-        training_args = self.Args(do_eval=True, do_predict=False)
-        train, evaluation = data.split_train_eval(self.dataset(), data_args, training_args)
-        again = data.split_train_eval(self.dataset(), data_args, training_args)[1]
+        train, evaluation = data.split_train_eval(self.dataset(), data_args, hold_out_eval=True)
+        again = data.split_train_eval(self.dataset(), data_args, hold_out_eval=True)[1]
         assert (len(train), len(evaluation)) == (40, 10)
         assert evaluation["input"] == again["input"]
 
     def test_no_eval_split_without_eval_or_predict(self):
         data_args = self.Args(eval_dataset_size=10, max_eval_samples=None, max_train_samples=5)
-        train, evaluation = data.split_train_eval(self.dataset(), data_args, self.Args(do_eval=False, do_predict=False))
+        train, evaluation = data.split_train_eval(self.dataset(), data_args, hold_out_eval=False)
         assert evaluation is None and len(train) == 5
 
     def test_eval_size_larger_than_the_data_is_an_error(self):
         data_args = self.Args(eval_dataset_size=1024, max_eval_samples=None, max_train_samples=None)
         with pytest.raises(DataError, match="--eval_dataset_size 1024 leaves no training rows out of 50"):
-            data.split_train_eval(self.dataset(), data_args, self.Args(do_eval=True, do_predict=False))
+            data.split_train_eval(self.dataset(), data_args, hold_out_eval=True)
 
 
 class TestPaddingFree:

@@ -28,7 +28,7 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
         "--source_max_len", "32", "--target_max_len", "32", "--lora_r", "8", "--lora_alpha", "16",
         "--learning_rate", "0.01", "--max_steps", "3", "--save_steps", "3", "--seed", "0",
     ])
-    trainer, _, _ = setup_trainer(*arguments)
+    trainer, _, _ = setup_trainer(arguments)
     trainer.train()
     return str(output_dir / "checkpoint-3" / "adapter_model")
 

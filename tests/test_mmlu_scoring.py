@@ -47,7 +47,7 @@ def mmlu_setup(tiny_model_dir, tmp_path_factory):
     flags = quick_flags(tiny_model_dir, str(tmp_path_factory.mktemp("out")), "--max_steps", "1",
                         "--do_mmlu_eval", "--mmlu_data_dir", data_dir, "--mmlu_dataset", "mmlu-zs",
                         "--per_device_eval_batch_size", "4")
-    trainer, tokenizer, _ = setup_trainer(*parse_arguments(flags[1:]))
+    trainer, tokenizer, _ = setup_trainer(parse_arguments(flags[1:]))
     return trainer, find_callback(trainer, MMLUEvalCallback), rows
 
 

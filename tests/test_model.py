@@ -59,12 +59,12 @@ def lora_model_and_residual_dtype(tiny_model_dir, norms_in_fp32):
     from qlorakit.config import parse_arguments
     from qlorakit.model import load_model
 
-    _, _, training_args, _ = parse_arguments([
+    arguments = parse_arguments([
         "--model_name_or_path", tiny_model_dir, "--output_dir", "unused", "--use_cpu", "--bf16",
         "--lora_r", "8", "--norms_in_fp32", str(norms_in_fp32)])
     tokenizer = load_tokenizer(tiny_model_dir)
     torch.manual_seed(0)
-    model = load_model(parse_arguments(["--model_name_or_path", tiny_model_dir])[0], training_args, tokenizer)
+    model = load_model(arguments, tokenizer)
     for name, param in model.named_parameters():  # LoRA B starts at zero; make the adapter matter
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.02)

@@ -96,7 +96,7 @@ def test_reloaded_adapter_reproduces_the_trained_logits(tiny_model_dir, tmp_path
     # fp32 compute on both sides, so the comparison is exact up to kernel rounding.
     arguments = parse_arguments(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "3", "--save_steps", "3",
                                             "--lora_dropout", "0.1", bf16=False)[1:])
-    trainer, tokenizer, _ = setup_trainer(*arguments)
+    trainer, tokenizer, _ = setup_trainer(arguments)
     trainer.train()
     batch = tokenizer(["### Human: What is rain?### Assistant:"], return_tensors="pt")
     trainer.model.eval()

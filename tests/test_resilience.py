@@ -90,7 +90,7 @@ def train_with_nan_at(tiny_model_dir, output_dir, bad_steps, *flags):
     from qlorakit.train import setup_trainer
 
     arguments = parse_arguments(quick_flags(tiny_model_dir, output_dir, *flags)[1:])
-    trainer, _, _ = setup_trainer(*arguments)
+    trainer, _, _ = setup_trainer(arguments)
     head = trainer.model.get_output_embeddings()
 
     def poison(module, inputs, output):
@@ -122,7 +122,7 @@ def test_too_many_nan_steps_in_a_row_stop_with_a_good_checkpoint(tiny_model_dir,
                                            "--save_steps", "50", "--max_consecutive_nonfinite_steps", "3")
     monkeypatch.setattr(train, "setup_trainer", lambda *args: (trainer, trainer.processing_class, None))
     with pytest.raises(TrainingStopped, match="stopped at step 5: 3 steps in a row"):
-        train.run(*arguments)
+        train.run(arguments)
     assert os.path.exists(tmp_path / "checkpoint-5" / "checkpoint_complete")
     assert not (tmp_path / "completed").exists()
     assert all(torch.isfinite(t).all() for t in adapter_weights(str(tmp_path), 5).values())

@@ -81,7 +81,7 @@ def load_as_launched(tiny_model_dir, tmp_path, monkeypatch, launcher_env):
     from qlorakit.config import parse_arguments
     from qlorakit.model import load_model, load_tokenizer
 
-    model_args, _, training_args, _ = parse_arguments(
+    arguments = parse_arguments(
         quick_flags(tiny_model_dir, str(tmp_path), "--norms_in_fp32")[1:])
     for key, value in launcher_env.items():
         monkeypatch.setenv(key, value)
@@ -94,7 +94,7 @@ def load_as_launched(tiny_model_dir, tmp_path, monkeypatch, launcher_env):
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", record_arguments)
     tokenizer = load_tokenizer(tiny_model_dir)
-    return load_model(model_args, training_args, tokenizer), received, tokenizer
+    return load_model(arguments, tokenizer), received, tokenizer
 
 
 def storage_dtypes(model):

@@ -14,7 +14,7 @@ def lora_a_weights(tiny_model_dir, output_dir, seed):
         "--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir), "--use_cpu",
         "--dataset", os.path.join(EXAMPLE_DATA, "alpaca_sample.json"), "--dataset_format", "alpaca",
         "--lora_r", "8", "--max_steps", "1", "--seed", str(seed)])
-    trainer, _, _ = setup_trainer(*arguments)
+    trainer, _, _ = setup_trainer(arguments)
     return {name: param.detach().clone() for name, param in trainer.model.named_parameters() if "lora_A" in name}
 
 

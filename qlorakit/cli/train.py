@@ -8,14 +8,17 @@ Every flag of the QLoRA reference keeps its name and default; `python qlora.py -
 
 import sys
 
+import torch
+
 from qlorakit.config import parse_arguments
 from qlorakit.errors import TrainingStopped, run_main
+from qlorakit.launcher import distributed_defaults
 from qlorakit.train import release_process_group, run
 
 
 def train(argv=None):
     """Parse the flags (or a config file) and train; bad input raises an ``InputError``."""
-    run(*parse_arguments(argv))
+    run(parse_arguments(argv, distributed_defaults(torch.cuda.is_available())))
     return 0
 
 
