@@ -9,7 +9,7 @@
 #   tiny        qlora.py on the tiny model on CUDA, 30 steps with eval: the CUDA code path
 #   throughput  benchmarks/train_throughput.py --preset gpu-7b (ours vs the reference's way)
 #   recipe      scripts/finetune_guanaco_7b.sh for 20 steps on the random LLaMA-7B, its peak
-#               memory next to scripts/estimate_memory.py --config llama-7b
+#               memory next to scripts/estimate_memory.py's estimate of the same recipe
 #   norms       ours against ours with --norms_in_fp32 on gpu-7b (that option's share)
 #   packing     ours padding-free with flex_attention (and flash_attention_2 if flash-attn is
 #               installed) against ours padded with sdpa, on gpu-7b
@@ -99,7 +99,8 @@ import train_throughput; train_throughput.build_llama_7b('$LLAMA_7B')" || return
         --dataset "$WORK/oasst1_x4.jsonl" --dataset_format oasst1 --max_steps 20 --save_strategy no \
         --do_eval False --eval_strategy no --do_mmlu_eval False --dataloader_num_workers 0 --logging_steps 5 \
         || return 1
-    "$PY" scripts/estimate_memory.py --config llama-7b --json > "$WORK/estimate.json" || return 1
+    "$PY" scripts/estimate_memory.py --config llama-7b --bf16 --source_max_len 16 --target_max_len 512 \
+        --lora_dropout 0.1 --json > "$WORK/estimate.json" || return 1
     "$PY" -c "
 import json
 metrics = json.load(open('$WORK/recipe/metrics.json'))

@@ -377,7 +377,7 @@ def given_flags(parser, argv):
     namespace = argparse.Namespace(**dict.fromkeys(flag_names(), unset))
     namespace, unknown = parser.parse_known_args(argv, namespace=namespace)
     if unknown:
-        raise ArgumentError(f"unknown flags: {' '.join(unknown)}")
+        raise ArgumentError(f"unrecognized arguments: {' '.join(unknown)}")
     return {name: value for name, value in vars(namespace).items() if value is not unset}
 
 

@@ -1,0 +1,317 @@
+"""Peak GPU memory of QLoRA training, component by component, so a run can be sized before a GPU
+is rented.
+
+Each component is a small pure function of a model shape and training settings that returns bytes;
+the estimate is their sum. Keyword defaults are the Guanaco-7B recipe. What each component counts,
+where its coefficients come from and how the totals compare with the QLoRA paper: docs/MEMORY.md.
+MB is 2**20 bytes and GB 2**30, as torch and nvidia-smi count.
+"""
+
+from dataclasses import dataclass
+
+MB = 2**20
+GB = 2**30
+BF16, FP32 = 2, 4
+NF4_BLOCK = 64
+DQ_BLOCK = 256
+ADAM8_BLOCK = 256
+DEFAULT_OVERHEAD_MB = 768
+ALL_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_torch")
+PAGED_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit")
+BITS = (4, 8, 16, 32)
+
+SAVED_PER_TOKEN = 8  # the two norms' fp32 1/rms
+SDPA_BYTES_PER_HEAD = 4  # sdpa's fp32 log-sum-exp per head and token (flash attention: assumed alike)
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """What autograd saves for one decoder layer at one precision, in bytes per batch*seq element
+    per unit of width (measured by benchmarks/activation_bytes.py, LoRA on all seven linears)."""
+
+    residual: int  # the residual stream: the checkpointed layer input and the MLP activations
+    saves_input: bool  # the layer saves its own input (an fp32 stream: the norm's upcast is a no-op)
+    hidden: int
+    intermediate: int
+    lora_r: int  # each adapter's A output, kept for B
+    dropout_hidden: int  # the extra with LoRA dropout under eager attention
+    dropout_intermediate: int
+    sdpa_dropout_hidden: int  # sdpa saves its output, the o_proj input: dropout cannot free it
+    eager_per_score: int  # eager attention's saved softmax, per batch*heads*seq*seq
+
+
+# --bf16 with bf16 norms, --bf16 --norms_in_fp32, and no --bf16 (everything in fp32).
+ACTIVATION_PROFILES = {
+    "bf16": ActivationProfile(BF16, False, hidden=20, intermediate=8, lora_r=14, dropout_hidden=18,
+                              dropout_intermediate=2, sdpa_dropout_hidden=2, eager_per_score=6),
+    "bf16_fp32_norms": ActivationProfile(FP32, True, hidden=22, intermediate=14, lora_r=14, dropout_hidden=12,
+                                         dropout_intermediate=2, sdpa_dropout_hidden=2, eager_per_score=6),
+    "fp32": ActivationProfile(FP32, True, hidden=28, intermediate=16, lora_r=28, dropout_hidden=36,
+                              dropout_intermediate=4, sdpa_dropout_hidden=4, eager_per_score=4),
+}
+
+
+def activation_profile(norms_in_fp32=False, bf16=True):
+    """The profile of a run: without --bf16 everything is fp32, norms included."""
+    if not bf16:
+        return ACTIVATION_PROFILES["fp32"]
+    return ACTIVATION_PROFILES["bf16_fp32_norms" if norms_in_fp32 else "bf16"]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    vocab_size: int
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    tie_word_embeddings: bool = False
+
+    @property
+    def kv_dim(self):
+        heads = self.num_kv_heads or self.num_heads
+        return heads * (self.head_dim or self.hidden_size // self.num_heads)
+
+    @property
+    def q_dim(self):
+        return self.num_heads * (self.head_dim or self.hidden_size // self.num_heads)
+
+
+# LLaMA-1 shapes (Touvron et al. 2023, Table 2; the Hugging Face conversions' config.json).
+LLAMA_CONFIGS = {
+    "llama-7b": ModelShape(4096, 11008, 32, 32, 32000),
+    "llama-13b": ModelShape(5120, 13824, 40, 40, 32000),
+    "llama-33b": ModelShape(6656, 17920, 60, 52, 32000),
+    "llama-65b": ModelShape(8192, 22016, 80, 64, 32000),
+}
+
+
+def shape_from_config(config):
+    """ModelShape of a transformers config (LLaMA-style: gate/up/down MLP, q/k/v/o attention)."""
+    return ModelShape(
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_layers=config.num_hidden_layers,
+        num_heads=config.num_attention_heads,
+        vocab_size=config.vocab_size,
+        num_kv_heads=getattr(config, "num_key_value_heads", None),
+        head_dim=getattr(config, "head_dim", None),
+        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+    )
+
+
+def load_shape(model_name_or_path):
+    """Read config.json through AutoConfig (a local directory works offline)."""
+    from transformers import AutoConfig
+
+    return shape_from_config(AutoConfig.from_pretrained(model_name_or_path))
+
+
+def linear_layer_shapes(shape):
+    """(in_features, out_features) of each base linear layer of one decoder layer."""
+    h, i = shape.hidden_size, shape.intermediate_size
+    return {
+        "q_proj": (h, shape.q_dim),
+        "k_proj": (h, shape.kv_dim),
+        "v_proj": (h, shape.kv_dim),
+        "o_proj": (shape.q_dim, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
+
+
+def base_linear_params(shape):
+    """Weights of all decoder linear layers (the part that gets quantized)."""
+    per_layer = sum(fan_in * fan_out for fan_in, fan_out in linear_layer_shapes(shape).values())
+    return shape.num_layers * per_layer
+
+
+def bits_per_param(bits, double_quant=True):
+    """Storage bits per 4-bit (NF4/FP4) base weight, block constants included."""
+    if bits != 4:
+        raise ValueError(f"bits_per_param: 4-bit only, not {bits} (quantized_base_bytes covers 8, 16 and 32)")
+    if double_quant:
+        return 4 + 8 / NF4_BLOCK + 32 / (NF4_BLOCK * DQ_BLOCK)
+    return 4 + 32 / NF4_BLOCK
+
+
+def quantized_base_bytes(shape, bits=4, double_quant=True, bf16=True):
+    """Bytes of the decoder's linear weights: quantized at 4 or 8 bits, otherwise unquantized in
+    the dtype the model loads in (bf16 with --bf16, fp32 without, whether --bits is 16 or 32)."""
+    if bits not in BITS:
+        raise ValueError(f"--bits: one of {', '.join(map(str, BITS))}; got {bits}")
+    if bits == 4:
+        return base_linear_params(shape) * bits_per_param(bits, double_quant) / 8
+    if bits == 8:  # int8 weights plus one fp32 scale per output row
+        rows = sum(fan_out for _, fan_out in linear_layer_shapes(shape).values()) * shape.num_layers
+        return base_linear_params(shape) + FP32 * rows
+    return base_linear_params(shape) * (BF16 if bf16 else FP32)
+
+
+def embedding_bytes(shape, dtype_bytes=BF16):
+    """Input embeddings plus the LM head (one matrix when tied), kept unquantized."""
+    matrices = 1 if shape.tie_word_embeddings else 2
+    return matrices * shape.vocab_size * shape.hidden_size * dtype_bytes
+
+
+def norm_bytes(shape, norms_in_fp32=False, bf16=True):
+    """Two RMSNorm weights per layer plus the final norm: bf16, or fp32 with --norms_in_fp32 or
+    without --bf16."""
+    dtype_bytes = BF16 if bf16 and not norms_in_fp32 else FP32
+    return (2 * shape.num_layers + 1) * shape.hidden_size * dtype_bytes
+
+
+def parse_lora_modules(lora_modules):
+    if lora_modules == "all":
+        return ALL_LORA_MODULES
+    names = tuple(name.strip() for name in lora_modules.split(",") if name.strip())
+    unknown = [name for name in names if name not in ALL_LORA_MODULES]
+    if unknown or not names:
+        raise ValueError(f"--lora_modules: 'all' or a comma list of {', '.join(ALL_LORA_MODULES)}; got {lora_modules!r}")
+    return names
+
+
+def lora_params_per_layer(shape, lora_r, modules=ALL_LORA_MODULES):
+    """r * (in + out) for each adapted linear layer of one decoder layer (A is r x in, B out x r)."""
+    shapes = linear_layer_shapes(shape)
+    return sum(lora_r * (shapes[name][0] + shapes[name][1]) for name in modules)
+
+
+def lora_params(shape, lora_r, modules=ALL_LORA_MODULES):
+    return shape.num_layers * lora_params_per_layer(shape, lora_r, modules)
+
+
+def lora_weight_bytes(n_params, dtype_bytes=BF16):
+    return n_params * dtype_bytes
+
+
+def lora_grad_bytes(n_params, dtype_bytes=BF16):
+    """Gradients live in the parameters' dtype and persist across accumulation steps."""
+    return n_params * dtype_bytes
+
+
+def optimizer_bytes(n_params, optim="paged_adamw_32bit", param_dtype_bytes=BF16):
+    """AdamW's two moment states per trainable parameter."""
+    if optim == "paged_adamw_32bit":
+        return n_params * 2 * FP32
+    if optim == "paged_adamw_8bit":
+        return n_params * 2 * (1 + FP32 / ADAM8_BLOCK)
+    if optim == "adamw_torch":
+        return n_params * 2 * param_dtype_bytes
+    raise ValueError(f"--optim: one of {', '.join(OPTIMIZERS)}; got {optim!r}")
+
+
+def checkpoint_activation_bytes(shape, batch, seq, gradient_checkpointing=True, norms_in_fp32=False, bf16=True):
+    """The layer inputs kept by gradient checkpointing: the residual stream, fp32 with fp32 norms."""
+    if not gradient_checkpointing:
+        return 0
+    return shape.num_layers * batch * seq * shape.hidden_size * activation_profile(norms_in_fp32, bf16).residual
+
+
+def layer_saved_bytes(shape, batch, seq, attn_implementation="sdpa", lora_dropout=0.1, norms_in_fp32=False, lora_r=64,
+                      bf16=True):
+    """What autograd keeps for one decoder layer's backward, its input apart (measured coefficients)."""
+    profile = activation_profile(norms_in_fp32, bf16)
+    h, i = shape.hidden_size, shape.intermediate_size
+    per_token = profile.hidden * h + profile.intermediate * i + profile.lora_r * lora_r + SAVED_PER_TOKEN
+    if lora_dropout > 0:
+        per_token += profile.dropout_hidden * h + profile.dropout_intermediate * i
+        if attn_implementation != "eager":
+            per_token += profile.sdpa_dropout_hidden * h
+    if attn_implementation == "eager":
+        return batch * seq * per_token + profile.eager_per_score * batch * shape.num_heads * seq * seq
+    return batch * seq * (per_token + SDPA_BYTES_PER_HEAD * shape.num_heads)
+
+
+def saved_input_bytes(shape, batch, seq, norms_in_fp32=False, bf16=True):
+    """The layer input, where the layer itself saves it (an fp32 residual stream)."""
+    profile = activation_profile(norms_in_fp32, bf16)
+    return batch * seq * shape.hidden_size * profile.residual if profile.saves_input else 0
+
+
+def backward_temporary_bytes(shape, batch, seq, attn_implementation="sdpa", norms_in_fp32=False, bf16=True):
+    """Gradient buffers alive inside one layer's backward (assumed: 2 of each width in the
+    residual stream's dtype, plus an fp32 score gradient for eager's fp32 softmax)."""
+    dtype_bytes = activation_profile(norms_in_fp32, bf16).residual
+    temp = batch * seq * 2 * dtype_bytes * (shape.hidden_size + shape.intermediate_size)
+    if attn_implementation == "eager":
+        temp += FP32 * batch * shape.num_heads * seq * seq
+    return temp
+
+
+def layer_activation_bytes(shape, batch, seq, gradient_checkpointing=True, attn_implementation="sdpa", lora_dropout=0.1,
+                           norms_in_fp32=False, lora_r=64, bf16=True):
+    """One layer's recompute working set under checkpointing, all layers' saved tensors without."""
+    saved = layer_saved_bytes(shape, batch, seq, attn_implementation, lora_dropout, norms_in_fp32, lora_r, bf16)
+    if not gradient_checkpointing:  # no checkpoint line then: count the inputs the layers save
+        saved = shape.num_layers * (saved + saved_input_bytes(shape, batch, seq, norms_in_fp32, bf16))
+    return saved + backward_temporary_bytes(shape, batch, seq, attn_implementation, norms_in_fp32, bf16)
+
+
+def dequant_buffer_bytes(shape, bits=4, bf16=True):
+    """One copy of the largest base weight, dequantized to the compute dtype for its matmul (none
+    for an unquantized base)."""
+    if bits not in (4, 8):
+        return 0
+    largest = max(fan_in * fan_out for fan_in, fan_out in linear_layer_shapes(shape).values())
+    return largest * (BF16 if bf16 else FP32)
+
+
+def logits_bytes(shape, batch, seq, bf16=True):
+    """The logits and the loss's fp32 log-softmax; bf16 logits also get an fp32 copy for the loss."""
+    per_element = BF16 + FP32 + FP32 if bf16 else FP32 + FP32
+    return batch * seq * shape.vocab_size * per_element
+
+
+def longest_row(source_max_len, target_max_len, max_seq_len=None):
+    """The longest row the collator can build: source + target, or a longer --max_seq_len (chat data)."""
+    return max(source_max_len + target_max_len, max_seq_len or 0)
+
+
+def estimate(shape, bits=4, double_quant=True, lora_r=64, lora_modules="all", source_max_len=16,
+             target_max_len=512, max_seq_len=None, per_device_train_batch_size=1, gradient_checkpointing=True,
+             optim="paged_adamw_32bit", bf16=True, lora_dropout=0.1, attn_implementation="sdpa",
+             overhead_mb=DEFAULT_OVERHEAD_MB, norms_in_fp32=False):
+    """Ordered {component: bytes}; the peak estimate is their sum. The arguments are named as
+    qlora.py's flags; attn_implementation None is transformers' default, sdpa."""
+    param_bytes = BF16 if bf16 else FP32  # LoRA layers, embeddings and head: cast to bf16 with --bf16
+    n_lora = lora_params(shape, lora_r, parse_lora_modules(lora_modules))
+    batch, seq = per_device_train_batch_size, longest_row(source_max_len, target_max_len, max_seq_len)
+    attn = attn_implementation or "sdpa"
+    return {
+        "quantized_base_weights": quantized_base_bytes(shape, bits, double_quant, bf16),
+        "embeddings_and_lm_head": embedding_bytes(shape, param_bytes),
+        "norms": norm_bytes(shape, norms_in_fp32, bf16),
+        "lora_weights": lora_weight_bytes(n_lora, param_bytes),
+        "lora_gradients": lora_grad_bytes(n_lora, param_bytes),
+        "optimizer_states": optimizer_bytes(n_lora, optim, param_bytes),
+        "checkpointed_activations": checkpoint_activation_bytes(
+            shape, batch, seq, gradient_checkpointing, norms_in_fp32, bf16
+        ),
+        "layer_activations": layer_activation_bytes(
+            shape, batch, seq, gradient_checkpointing, attn, lora_dropout, norms_in_fp32, lora_r, bf16
+        ),
+        "dequantized_weight_buffer": dequant_buffer_bytes(shape, bits, bf16),
+        "logits": logits_bytes(shape, batch, seq, bf16),
+        "cuda_context_overhead": overhead_mb * MB,
+    }
+
+
+def summarize(components, gpu_memory_gb, optim):
+    """Components and total in MB, and whether the run fits the card (with the optimizer states
+    paged out to CPU RAM, for the paged optimizers)."""
+    total = sum(components.values())
+    capacity = gpu_memory_gb * GB
+    paged = optim in PAGED_OPTIMIZERS
+    without_states = total - components["optimizer_states"]
+    return {
+        "components_mb": {name: round(value / MB, 1) for name, value in components.items()},
+        "total_mb": round(sum(round(value / MB, 1) for value in components.values()), 1),
+        "gpu_memory_gb": gpu_memory_gb,
+        "fits": total <= capacity,
+        "fits_with_paging": total <= capacity or (paged and without_states <= capacity),
+    }
