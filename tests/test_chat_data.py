@@ -13,7 +13,8 @@ from conftest import EXAMPLE_DATA
 from qlorakit import chat_data, data, preview
 from qlorakit.chat_data import ConversationError
 from qlorakit.cli import train as qlora
-from qlorakit.data import IGNORE_INDEX, CausalLMCollator, DataError
+from qlorakit.collate import IGNORE_INDEX, CausalLMCollator
+from qlorakit.data import DataError
 from qlorakit.preview import row_segments
 
 CHAT_SAMPLE = f"{EXAMPLE_DATA}/chat_sample.jsonl"

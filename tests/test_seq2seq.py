@@ -6,7 +6,7 @@ import os
 import torch
 
 from conftest import EXAMPLE_DATA, run_python
-from qlorakit.data import IGNORE_INDEX, Seq2SeqCollator
+from qlorakit.collate import IGNORE_INDEX, Seq2SeqCollator
 from qlorakit.mmlu import answer_positions
 
 
