@@ -5,7 +5,7 @@
 
 All pipelines train the same model object, built by qlorakit.model.load_model (the tiny local
 LLaMA in 4-bit NF4 + double quant, LoRA r 64 / alpha 16 on every linear layer, bf16, gradient
-checkpointing, paged AdamW) on the bundled multi-turn conversations (examples/data/
+checkpointing, paged AdamW) on the bundled multi-turn conversations (qlorakit/sample_data/
 chat_sample.jsonl, repeated), with the loss on the assistant turns only, micro-batch 16, for the
 same number of steps, each in a fresh process:
 
@@ -30,13 +30,13 @@ import os
 import statistics
 import tempfile
 
+from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.chat_data import GUANACO_TEMPLATE
-from qlorakit.cli import EXAMPLE_DATA
 from qlorakit.config import parse_arguments
 from qlorakit.train import peak_memory_mb, setup_trainer
 from train_throughput import build_tiny_model, repeated_data, train_metered  # a sibling: benchmarks/ runs as scripts
 
-CHAT_SAMPLE = os.path.join(EXAMPLE_DATA, "chat_sample.jsonl")
+CHAT_SAMPLE = os.path.join(SAMPLE_DATA_DIR, "chat_sample.jsonl")
 MAX_LEN = 1024  # longer than every bundled conversation: nobody truncates
 PIPELINES = ("ours", "trl-grouped", "trl-default")
 

@@ -56,7 +56,7 @@ stage_tiny() {
     tiny_model || return 1
     rm -rf "$WORK/tiny-run"
     "$PY" qlora.py --model_name_or_path "$WORK/tiny" --output_dir "$WORK/tiny-run" --bf16 \
-        --dataset examples/data/oasst1_sample.jsonl --dataset_format oasst1 --source_max_len 16 \
+        --dataset qlorakit/sample_data/oasst1_sample.jsonl --dataset_format oasst1 --source_max_len 16 \
         --target_max_len 256 --lora_r 16 --learning_rate 0.002 --max_steps 30 --save_steps 15 \
         --per_device_train_batch_size 4 --gradient_accumulation_steps 1 --logging_steps 5 \
         --do_eval --eval_strategy steps --eval_steps 15 --eval_dataset_size 16 --dataloader_num_workers 0 \
@@ -115,14 +115,14 @@ stage_fsdp() {
     rm -rf "$WORK/fsdp-run"
     "$PY" -m accelerate.commands.launch --config_file examples/accelerate/fsdp_qlora.yaml --num_processes 1 \
         qlora.py --model_name_or_path "$WORK/tiny" --output_dir "$WORK/fsdp-run" --bf16 \
-        --dataset examples/data/oasst1_sample.jsonl --dataset_format oasst1 --source_max_len 16 \
+        --dataset qlorakit/sample_data/oasst1_sample.jsonl --dataset_format oasst1 --source_max_len 16 \
         --target_max_len 128 --max_steps 10 --save_steps 5 --per_device_train_batch_size 2 \
         --gradient_accumulation_steps 1 --do_eval False --eval_strategy no --dataloader_num_workers 0 \
         ${QLORA_FLAGS:-} && cp "$WORK/fsdp-run/metrics.json" "$OUT/fsdp.json"
 }
 
 # The recipe's data: the bundled OpenAssistant sample, four times (as the throughput benchmark).
-for _ in 1 2 3 4; do cat examples/data/oasst1_sample.jsonl; done > "$WORK/oasst1_x4.jsonl"
+for _ in 1 2 3 4; do cat qlorakit/sample_data/oasst1_sample.jsonl; done > "$WORK/oasst1_x4.jsonl"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$PY" -c "import sys, torch, transformers, peft; print(sys.version.split()[0], torch.__version__, transformers.__version__, peft.__version__)"
   date -u; } > "$OUT/machine.txt" 2>&1

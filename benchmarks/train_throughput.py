@@ -37,12 +37,14 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import TrainerCallback
 
-from qlorakit.cli import EXAMPLE_DATA, make_tiny_model
+from qlorakit import SAMPLE_DATA_DIR
+from qlorakit.cli import make_tiny_model
+from qlorakit.collate import IGNORE_INDEX
 from qlorakit.config import parse_arguments
-from qlorakit.data import IGNORE_INDEX, apply_format, load_local_dataset
+from qlorakit.data import apply_format, load_local_dataset
 from qlorakit.train import peak_memory_mb, setup_trainer
 
-OASST_SAMPLE = os.path.join(EXAMPLE_DATA, "oasst1_sample.jsonl")
+OASST_SAMPLE = os.path.join(SAMPLE_DATA_DIR, "oasst1_sample.jsonl")
 
 
 @dataclass(frozen=True)

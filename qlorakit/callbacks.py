@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from . import checkpoints
-from .data import CausalLMCollator, Seq2SeqCollator
+from .collate import CausalLMCollator, Seq2SeqCollator
 from .mmlu import accuracy_by_subject, answer_positions, choice_token_ids
 
 logger = logging.getLogger(__name__)

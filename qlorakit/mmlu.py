@@ -9,7 +9,9 @@ import os
 
 from datasets import load_dataset
 
-from .data import DataError, IGNORE_INDEX, tokenize_dataset
+from .collate import IGNORE_INDEX
+from .data import tokenize_dataset
+from .errors import DataError
 
 CHOICES = ("A", "B", "C", "D")
 MMLU_FILES = {

@@ -9,7 +9,7 @@ texts concatenate to the decoded row.
 import json
 
 from .chat_data import common_prefix_length
-from .data import IGNORE_INDEX, CausalLMCollator
+from .collate import IGNORE_INDEX, CausalLMCollator
 
 TRAINED_COLOUR, RESET = "\033[32m", "\033[0m"
 TRAINED_BRACKETS = ("[[", "]]")

@@ -13,7 +13,8 @@ from transformers import GenerationConfig, set_seed
 
 from . import checkpoints, jsonl
 from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
-from .data import CausalLMCollator, Seq2SeqCollator, build_datasets
+from .collate import CausalLMCollator, Seq2SeqCollator
+from .data import build_datasets
 from .errors import TrainingStopped
 from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,

@@ -10,7 +10,8 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from conftest import EXAMPLE_DATA, REPO_ROOT, run_python
+from conftest import REPO_ROOT, run_python
+from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.base_loading import (BaseLoading, add_base_loading_arguments, loading_overrides, read_base_loading,
                                    resolve_base_loading)
 
@@ -45,7 +46,7 @@ def fp4_adapter(tiny_model_dir, tmp_path_factory):
     """3 steps on the FP4 (no double quant) tiny base, fp32 compute, as qlora.py runs them."""
     output_dir = tmp_path_factory.mktemp("fp4-run")
     run_python(["qlora.py", "--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir),
-                "--dataset", os.path.join(EXAMPLE_DATA, "alpaca_sample.json"), "--dataset_format", "alpaca",
+                "--dataset", os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json"), "--dataset_format", "alpaca",
                 "--use_cpu", "--bits", "4", "--quant_type", "fp4", "--double_quant", "False",
                 "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--source_max_len", "32",
                 "--target_max_len", "32", "--lora_r", "8", "--learning_rate", "0.01", "--max_steps", "3",

@@ -9,14 +9,14 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from conftest import EXAMPLE_DATA
-from qlorakit import chat_data, data, preview
+from qlorakit import SAMPLE_DATA_DIR, chat_data, data, preview
 from qlorakit.chat_data import ConversationError
 from qlorakit.cli import train as qlora
-from qlorakit.data import IGNORE_INDEX, CausalLMCollator, DataError
+from qlorakit.collate import IGNORE_INDEX, CausalLMCollator
+from qlorakit.data import DataError
 from qlorakit.preview import row_segments
 
-CHAT_SAMPLE = f"{EXAMPLE_DATA}/chat_sample.jsonl"
+CHAT_SAMPLE = f"{SAMPLE_DATA_DIR}/chat_sample.jsonl"
 
 # A ChatML-style template written for these tests: each turn closes with <|im_end|> and a newline.
 CHATML_TEMPLATE = (

@@ -4,17 +4,16 @@ transformers derives from those markers equal ours on every bundled conversation
 import json
 import os
 
-from conftest import EXAMPLE_DATA
-
 import chat_peer
 
+from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.chat_data import GUANACO_TEMPLATE, encode_conversation, normalize_conversation
 from qlorakit.model import load_tokenizer
 
 
 def test_generation_marker_masks_equal_ours_on_the_chat_sample(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
-    with open(os.path.join(EXAMPLE_DATA, "chat_sample.jsonl"), encoding="utf-8") as handle:
+    with open(os.path.join(SAMPLE_DATA_DIR, "chat_sample.jsonl"), encoding="utf-8") as handle:
         conversations = [normalize_conversation(json.loads(line)) for line in handle]
     for messages in conversations:
         marked = tokenizer.apply_chat_template(messages, chat_template=chat_peer.GUANACO_TEMPLATE_WITH_MARKERS,

@@ -14,8 +14,9 @@ import pytest
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
 
+from judgekit.prompts import PACKAGED_FILES_DIR
 from judgekit.stub import StubServer
-from judgekit.verdicts import parse_threeclass
+from judgekit.verdicts import SCORES, THREECLASS, parse_threeclass
 
 SECRET = "sk-test-" + secrets.token_hex(12)
 CONTINUATION = "### Human: and now something else"
@@ -64,9 +65,9 @@ def environment(stub):
 def review_command(inputs, *extra):
     # An output without .jsonl is a directory to create (trailing separator), named by the models.
     out = str(inputs["out"]) if inputs["out"].suffix == ".jsonl" else f"{inputs['out']}{os.sep}"
+    prompt_files = [item for flag, key in (("-p", "p"), ("-r", "r")) if inputs[key] for item in (flag, str(inputs[key]))]
     return [sys.executable, str(EVAL_DIR / "eval_gpt_review.py"), "-q", str(inputs["q"]),
-            "-a", str(inputs["a"]), str(inputs["b"]), "-p", str(inputs["p"]), "-r", str(inputs["r"]),
-            "-o", out, "--backoff-base", "0.05", *extra]
+            "-a", str(inputs["a"]), str(inputs["b"]), *prompt_files, "-o", out, "--backoff-base", "0.05", *extra]
 
 
 def run(command, stub, cwd):
@@ -168,6 +169,28 @@ class TestReviewAgainstFaultyServer:
         for text in (ok.stdout, ok.stderr, refused.stdout, refused.stderr, written):
             assert SECRET not in text  # ...and never shown
         assert "Traceback" not in refused.stderr
+
+
+class TestPackagedPrompts:
+    @pytest.mark.parametrize("extra, prompt_file, kind", [
+        ((), "judge_prompt_threeclass.jsonl", THREECLASS),
+        (("--verdict", "scores"), "judge_prompt_relative.jsonl", SCORES),
+    ])
+    def test_judges_with_the_packaged_files_when_none_are_named(self, inputs, tmp_path, extra, prompt_file, kind):
+        inputs["p"] = inputs["r"] = None
+        with StubServer() as stub:
+            result = run(review_command(inputs, *extra), stub, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert os.path.join(PACKAGED_FILES_DIR, prompt_file) in result.stderr  # the log names the files used
+        packaged = {row["category"]: row for row in read_rows(Path(PACKAGED_FILES_DIR) / prompt_file)}
+        rows = read_rows(output_file(inputs))
+        assert {r["question_id"]: r["reviewer_id"] for r in rows} == {
+            1: "judge-general", 2: "judge-coding", 3: "judge-math", 4: "judge-general", 5: "judge-general"}
+        assert {r["verdict"] for r in rows} == {kind}
+        sent = {body["messages"][1]["content"]: body["messages"][0]["content"] for body in stub.bodies}
+        assert set(sent.values()) == {row["system_prompt"] for row in packaged.values()}
+        (coding,) = [user for user in sent if "Question number 2?" in user]
+        assert packaged["coding"]["defaults"]["prompt"] in coding
 
 
 class TestReviewInputErrors:

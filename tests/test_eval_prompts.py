@@ -1,4 +1,4 @@
-"""judgekit.prompts and the prompt/reviewer files we ship in eval/prompts/."""
+"""judgekit.prompts and the prompt/reviewer files judgekit ships (eval/judgekit/prompt_files/)."""
 
 import json
 import re
@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
-
-from judgekit import prompts
+import judgekit
+from judgekit import prompts, verdicts
+from judgekit.commands import review
 from judgekit.errors import InputError
 
-OURS = EVAL_DIR / "prompts"
-REFERENCE = EVAL_DIR.parent.parent / "shared" / "reference" / "qlora-eval" / "prompts"
+OURS = Path(prompts.PACKAGED_FILES_DIR)
+REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "qlora-eval" / "prompts"
 
 
 class TestShippedFiles:
@@ -54,6 +54,29 @@ class TestShippedFiles:
         ours = words(OURS, ["judge_prompt_threeclass.jsonl", "judge_prompt_relative.jsonl"])
         runs = {" ".join(ours[i:i + 6]) for i in range(len(ours) - 5)}
         assert [run for run in runs if run in theirs] == []  # no run of 6 words in common
+
+
+class TestPackagedDefaults:
+    ARGS = ["-q", "q.jsonl", "-a", "a.jsonl", "b.jsonl", "-o", "reviews/"]
+
+    def test_defaults_are_readable_files_inside_the_package(self):
+        package_dir = Path(judgekit.__file__).resolve().parent
+        for kind, path in prompts.PACKAGED_PROMPT_FILES.items():
+            assert Path(path).resolve().parent.parent == package_dir
+            assert len(prompts.load_prompts(path)) == 3
+            assert verdicts.infer_verdict_kind(path) == kind  # the file name says its verdict shape
+        assert set(prompts.load_reviewers(prompts.PACKAGED_REVIEWER_FILE)) == {"general", "coding", "math"}
+
+    @pytest.mark.parametrize("verdict, expected", [(None, verdicts.THREECLASS), ("threeclass", verdicts.THREECLASS),
+                                                   ("scores", verdicts.SCORES)])
+    def test_review_picks_the_prompt_of_its_verdict(self, verdict, expected):
+        args = review.parse_args(self.ARGS + (["--verdict", verdict] if verdict else []))
+        assert args.prompt_file == prompts.PACKAGED_PROMPT_FILES[expected]
+        assert args.reviewer_file == prompts.PACKAGED_REVIEWER_FILE
+
+    def test_named_files_win(self):
+        args = review.parse_args(self.ARGS + ["-p", "mine_threeclass.jsonl", "--reviewer-file", "mine_reviewer.jsonl"])
+        assert (args.prompt_file, args.reviewer_file) == ("mine_threeclass.jsonl", "mine_reviewer.jsonl")
 
 
 class TestSelectAndRender:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from qlorakit.chat_format import format_guanaco_prompt
-from qlorakit.data import CausalLMCollator, tokenize_rows
+from qlorakit.collate import CausalLMCollator
+from qlorakit.data import tokenize_rows
 from qlorakit.model import load_for_inference
 
 # Lengths differ by several tokens, so the shorter prompts carry real left padding.

@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import EXAMPLE_DATA, REPO_ROOT, run_python
+from conftest import REPO_ROOT, run_python
+from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.cli.merge_adapter import merge_adapter
 
 MERGE = os.path.join(REPO_ROOT, "scripts", "merge_adapter.py")
@@ -23,7 +24,7 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("adapter-run")
     arguments = parse_arguments([
         "--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir),
-        "--dataset", os.path.join(EXAMPLE_DATA, "alpaca_sample.json"), "--dataset_format", "alpaca",
+        "--dataset", os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json"), "--dataset_format", "alpaca",
         "--use_cpu", "--bf16", "False", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
         "--source_max_len", "32", "--target_max_len", "32", "--lora_r", "8", "--lora_alpha", "16",
         "--learning_rate", "0.01", "--max_steps", "3", "--save_steps", "3", "--seed", "0",

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from qlorakit.data import IGNORE_INDEX, DataError
+from qlorakit.collate import IGNORE_INDEX
+from qlorakit.errors import DataError
 from qlorakit.mmlu import accuracy_by_subject, answer_positions, mmlu_file
 
 

@@ -6,10 +6,10 @@ import os
 import pytest
 import torch
 
-from conftest import EXAMPLE_DATA
+from qlorakit import SAMPLE_DATA_DIR
 from test_qlora_cli import quick_flags
 
-SAMPLE = os.path.join(EXAMPLE_DATA, "mmlu_sample", "zero_shot_mmlu_val.json")
+SAMPLE = os.path.join(SAMPLE_DATA_DIR, "mmlu_sample", "zero_shot_mmlu_val.json")
 # Questions kept per subject and answer letter: unbalanced, so each letter has its own share.
 KEPT = {
     "elementary_mathematics": {"A": 3, "B": 1, "C": 0, "D": 0},

@@ -184,6 +184,6 @@ class TestModelTask:
 
         AutoConfig.for_model("distilbert").save_pretrained(tmp_path)  # a config, no weights, no tokenizer
         result = run_python(["qlora.py", "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "out"),
-                             "--dataset", "examples/data/alpaca_sample.json"], check=False)
+                             "--dataset", "qlorakit/sample_data/alpaca_sample.json"], check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "'distilbert' is neither a causal nor a seq2seq language model" in result.stderr.strip().splitlines()[-1]

@@ -1,9 +1,12 @@
 """The project as an installed distribution: every console script resolves, the judge side imports
-without torch, scripts run from a checkout and from other directories, bad input exits 2."""
+without torch, scripts run from a checkout and from other directories, bad input exits 2, and the
+wheel carries the sample data and judge prompts that the commands default to."""
 
 import importlib
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -70,3 +73,58 @@ def test_bad_input_exits_2_with_one_line(script, args, tmp_path):
     result = run_python([script, *[arg.format(tmp=tmp_path) for arg in args]], check=False)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def installed_site(tmp_path_factory):
+    """The project built as a wheel and installed (without its dependencies) into a folder of its own,
+    as `pip install .` would: only what the wheel holds is there."""
+    pytest.importorskip("setuptools", minversion="64")
+    root = tmp_path_factory.mktemp("installed")
+    source = root / "source"
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(REPO_ROOT, name), source / name)
+    for package in ("qlorakit", os.path.join("eval", "judgekit")):
+        shutil.copytree(os.path.join(REPO_ROOT, package), source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(source)],
+                   check=True, capture_output=True)
+    (wheel,) = (root / "dist").glob("*.whl")
+    subprocess.run([*pip, "install", "-q", "--no-deps", "--target", str(root / "site"), str(wheel)],
+                   check=True, capture_output=True)
+    return root / "site"
+
+
+def files_under(directory):
+    return sorted(os.path.relpath(os.path.join(folder, name), directory)
+                  for folder, _, names in os.walk(directory) for name in names if "__pycache__" not in folder)
+
+
+@pytest.mark.parametrize("checkout_dir, installed_dir", [
+    ("qlorakit/sample_data", "qlorakit/sample_data"),
+    ("eval/judgekit/prompt_files", "judgekit/prompt_files"),
+])
+def test_the_wheel_ships_the_data_files(installed_site, checkout_dir, installed_dir):
+    assert files_under(installed_site / installed_dir) == files_under(os.path.join(REPO_ROOT, checkout_dir))
+
+
+def test_installed_commands_default_to_the_packaged_files(installed_site, tmp_path):
+    """Away from the checkout, the tiny-model builder trains its tokenizer on the installed sample
+    data, the architecture check trains on it, and the judge finds its prompt and reviewer files."""
+    code = ("import json, sys\n"
+            "from judgekit import prompts\n"
+            "from judgekit.commands import review\n"
+            "from qlorakit.cli import architecture_matrix, make_tiny_model\n"
+            "make_tiny_model.main(['model', '--hidden_size', '64', '--num_layers', '1', '--vocab_size', '300'])\n"
+            "args = review.parse_args(['-q', 'q', '-a', 'a', 'b', '-o', 'o'])\n"
+            "prompts.load_prompts(args.prompt_file), prompts.load_reviewers(args.reviewer_file)\n"
+            "print(json.dumps([make_tiny_model.DEFAULT_CORPUS, architecture_matrix.ALPACA, args.prompt_file,\n"
+            "                  args.reviewer_file]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(installed_site)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(os.path.commonpath([path, installed_site]) == str(installed_site) and os.path.exists(path)
+               for path in paths)
+    assert (tmp_path / "model" / "tokenizer.json").is_file() and (tmp_path / "model" / "config.json").is_file()

@@ -6,11 +6,12 @@ import os
 import pytest
 import torch
 
-from conftest import EXAMPLE_DATA, run_python
+from conftest import run_python
+from qlorakit import SAMPLE_DATA_DIR
 
 LLAMA_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-ALPACA = os.path.join(EXAMPLE_DATA, "alpaca_sample.json")
-MMLU_DIR = os.path.join(EXAMPLE_DATA, "mmlu_sample")
+ALPACA = os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json")
+MMLU_DIR = os.path.join(SAMPLE_DATA_DIR, "mmlu_sample")
 
 
 def quick_flags(model_dir, output_dir, *extra, bf16=True):

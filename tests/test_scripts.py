@@ -13,10 +13,11 @@ import sys
 import pytest
 import torch
 
-from conftest import EXAMPLE_DATA, REPO_ROOT
+from conftest import REPO_ROOT
+from qlorakit import SAMPLE_DATA_DIR
 
 SCRIPTS = os.path.join(REPO_ROOT, "scripts")
-ALPACA = os.path.join(EXAMPLE_DATA, "alpaca_sample.json")
+ALPACA = os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json")
 
 # script -> (default base model, learning rate, LoRA dropout), as the QLoRA paper and its scripts give them
 GUANACO_RECIPES = {

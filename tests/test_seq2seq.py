@@ -5,8 +5,9 @@ import os
 
 import torch
 
-from conftest import EXAMPLE_DATA, run_python
-from qlorakit.data import IGNORE_INDEX, Seq2SeqCollator
+from conftest import run_python
+from qlorakit import SAMPLE_DATA_DIR
+from qlorakit.collate import IGNORE_INDEX, Seq2SeqCollator
 from qlorakit.mmlu import answer_positions
 
 
@@ -34,11 +35,11 @@ def test_t5_trains_in_4bit_and_scores_mmlu(tmp_path):
     output_dir = str(tmp_path / "run")
     result = run_python([
         "qlora.py", "--model_name_or_path", model_dir, "--output_dir", output_dir,
-        "--dataset", os.path.join(EXAMPLE_DATA, "alpaca_sample.json"), "--dataset_format", "alpaca",
+        "--dataset", os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json"), "--dataset_format", "alpaca",
         "--use_cpu", "--bf16", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
         "--source_max_len", "48", "--target_max_len", "16", "--lora_r", "4", "--max_steps", "2", "--save_steps", "2",
         "--do_eval", "--eval_strategy", "steps", "--eval_steps", "2", "--eval_dataset_size", "2",
-        "--do_mmlu_eval", "--mmlu_data_dir", os.path.join(EXAMPLE_DATA, "mmlu_sample"), "--mmlu_dataset", "mmlu-zs",
+        "--do_mmlu_eval", "--mmlu_data_dir", os.path.join(SAMPLE_DATA_DIR, "mmlu_sample"), "--mmlu_dataset", "mmlu-zs",
         "--max_mmlu_samples", "8", "--per_device_eval_batch_size", "4"])
     assert "4-bit linear layers: 28 of 33 (not quantized: wo x4, lm_head)" in result.stdout
     history = json.load(open(os.path.join(output_dir, "checkpoint-2", "trainer_state.json")))["log_history"]
@@ -53,6 +54,6 @@ def test_chat_data_on_an_encoder_decoder_is_one_line_and_exit_2(tmp_path):
 
     model_dir = build_tiny("t5", tmp_path / "t5")
     result = run_python(["qlora.py", "--model_name_or_path", model_dir, "--output_dir", str(tmp_path / "run"),
-                         "--dataset", os.path.join(EXAMPLE_DATA, "chat_sample.jsonl"), "--use_cpu"], check=False)
+                         "--dataset", os.path.join(SAMPLE_DATA_DIR, "chat_sample.jsonl"), "--use_cpu"], check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: chat data trains causal models")

@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from conftest import EXAMPLE_DATA
+from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.config import parse_arguments
 from qlorakit.train import setup_trainer
 
@@ -12,7 +12,7 @@ from qlorakit.train import setup_trainer
 def lora_a_weights(tiny_model_dir, output_dir, seed):
     arguments = parse_arguments([
         "--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir), "--use_cpu",
-        "--dataset", os.path.join(EXAMPLE_DATA, "alpaca_sample.json"), "--dataset_format", "alpaca",
+        "--dataset", os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json"), "--dataset_format", "alpaca",
         "--lora_r", "8", "--max_steps", "1", "--seed", str(seed)])
     trainer, _, _ = setup_trainer(arguments)
     return {name: param.detach().clone() for name, param in trainer.model.named_parameters() if "lora_A" in name}

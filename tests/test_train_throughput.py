@@ -8,7 +8,8 @@ from conftest import run_python
 
 import train_throughput
 
-from qlorakit.data import CausalLMCollator, tokenize_rows
+from qlorakit.collate import CausalLMCollator
+from qlorakit.data import tokenize_rows
 from qlorakit.model import load_tokenizer
 
 

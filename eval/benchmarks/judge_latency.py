@@ -6,8 +6,8 @@ judge CLI talks to it over 127.0.0.1). Launch from any directory:
     python eval/benchmarks/judge_latency.py --reviews 80 --latency 0.2 --concurrency 1 8
 
 For each concurrency it writes 80 synthetic questions and two answer files, runs
-eval/eval_gpt_review.py as a user would (fresh output, so nothing is resumed) and prints the wall
-time of the whole command, start-up included, as a Markdown table.
+eval/eval_gpt_review.py as a user would, with the packaged prompts (fresh output, so nothing is
+resumed) and prints the wall time of the whole command, start-up included, as a Markdown table.
 """
 
 import argparse
@@ -40,10 +40,7 @@ def write_inputs(directory, count):
 def time_one_run(paths, stub, concurrency, output):
     """Seconds for one eval_gpt_review.py run judging every question once."""
     command = [sys.executable, os.path.join(EVAL_DIR, "eval_gpt_review.py"), "-q", paths["questions"],
-               "-a", paths["model_a"], paths["model_b"],
-               "-p", os.path.join(EVAL_DIR, "prompts", "judge_prompt_threeclass.jsonl"),
-               "-r", os.path.join(EVAL_DIR, "prompts", "judge_reviewer.jsonl"),
-               "-o", output, "--concurrency", str(concurrency)]
+               "-a", paths["model_a"], paths["model_b"], "-o", output, "--concurrency", str(concurrency)]
     env = dict(os.environ, OPENAI_BASE_URL=stub.base_url, OPENAI_API_KEY="benchmark-key")
     started = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

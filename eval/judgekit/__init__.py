@@ -3,7 +3,8 @@
 One concern per module; the command-line scripts in eval/ only parse flags and call these:
 
 - ``records``: read questions, answers and review rows; append-safe JSONL writer; resume index.
-- ``prompts``: load prompt and reviewer files, pick by category, render (pure).
+- ``prompts``: load prompt and reviewer files (the packaged ones in prompt_files/ by default),
+  pick by category, render (pure).
 - ``verdicts``: parse a judge's reply into a score (pure).
 - ``naming``: model names from review file names.
 - ``reviews``: review rows -> judgments with both model names resolved.

@@ -9,14 +9,26 @@ Both file shapes are the reference's (one JSON object a line):
   ``max_tokens``), ``description``, ``category``.
 
 A question is judged by the reviewer of its category, else by the ``general`` reviewer.
+
+The package ships its own prompt and reviewer files (prompt_files/), so an installed judge runs
+without any file of the user's; ``-p`` / ``-r`` replace them.
 """
 
 import dataclasses
+import os
 
 from qlorakit.jsonl import read_jsonl
 
 from .errors import InputError
+from .verdicts import SCORES, THREECLASS
 
+PACKAGED_FILES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompt_files")
+# One packaged prompt file per verdict shape; both name their shape the way infer_verdict_kind reads it.
+PACKAGED_PROMPT_FILES = {
+    THREECLASS: os.path.join(PACKAGED_FILES_DIR, "judge_prompt_threeclass.jsonl"),
+    SCORES: os.path.join(PACKAGED_FILES_DIR, "judge_prompt_relative.jsonl"),
+}
+PACKAGED_REVIEWER_FILE = os.path.join(PACKAGED_FILES_DIR, "judge_reviewer.jsonl")
 FALLBACK_CATEGORY = "general"
 PROMPT_FIELDS = ("prompt_id", "system_prompt", "prompt_template", "defaults", "category")
 REVIEWER_FIELDS = ("reviewer_id", "prompt_id", "category")

@@ -1,8 +1,9 @@
 """Build a tiny random model of a chosen architecture and a locally trained tokenizer (no download).
 
 The demo, the tests and the CPU benchmark train these models instead of hub checkpoints. Their
-weights are random (seeded); the tokenizer is learned from the bundled example data, so every
-string encodes and the whole pipeline runs offline in seconds.
+weights are random (seeded); the tokenizer is learned from the package's sample data
+(qlorakit/sample_data, installed with it), so every string encodes and the whole pipeline runs
+offline in seconds.
 
     python scripts/make_tiny_model.py OUT_DIR [--arch llama] [--hidden_size 256] [--num_layers 4]
     python scripts/make_tiny_model.py OUT_DIR --arch t5            # seq2seq, SentencePiece only
@@ -25,10 +26,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
-from qlorakit.cli import EXAMPLE_DATA
+from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.errors import InputError, run_main
 
-DEFAULT_CORPUS = EXAMPLE_DATA
+DEFAULT_CORPUS = SAMPLE_DATA_DIR
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 GUANACO_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -177,7 +178,8 @@ def main(argv=None):
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="llama")
     parser.add_argument("--tokenizer", choices=("bpe", "sentencepiece"),
                         help="bpe (tokenizer.json; default) or sentencepiece (default for t5)")
-    parser.add_argument("--corpus_dir", default=DEFAULT_CORPUS)
+    parser.add_argument("--corpus_dir", default=DEFAULT_CORPUS,
+                        help="JSON/JSONL files whose string values train the tokenizer (default: the package's sample data)")
     parser.add_argument("--vocab_size", type=int, default=2048)
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--num_layers", type=int, default=4)

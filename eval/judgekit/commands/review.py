@@ -1,12 +1,11 @@
 """Judge two answer files question by question with an OpenAI-compatible model (GPT-4 by default).
 
-Assumes: a questions file, two answer files (any reference shape), a prompt file and a reviewer
-file (ours in eval/prompts/ or the reference's), OPENAI_API_KEY set (OPENAI_BASE_URL for any
-other OpenAI-compatible server). Launch from any directory:
+Assumes: a questions file, two answer files (any reference shape), OPENAI_API_KEY set
+(OPENAI_BASE_URL for any other OpenAI-compatible server). The judge prompts and reviewers are
+the package's own (pairwise three-class verdicts; 1-10 score pairs with --verdict scores);
+-p/-r take other files, the reference's included. Launch from any directory:
 
-    python eval/eval_gpt_review.py -q questions.jsonl -a answers_a.jsonl answers_b.jsonl \
-        -p eval/prompts/judge_prompt_threeclass.jsonl -r eval/prompts/judge_reviewer.jsonl \
-        -o reviews/ -m gpt-4 --both-orders
+    qlora-judge -q questions.jsonl -a answers_a.jsonl answers_b.jsonl -o reviews/ -m gpt-4 --both-orders
 
 Rows are appended as they arrive; rerunning the same command asks only what is missing or
 failed. Cost: one request per question (two with --both-orders), ~1,000 prompt tokens each.
@@ -36,8 +35,10 @@ def parse_args(argv):
     parser.add_argument("-q", "--question-file", required=True)
     parser.add_argument("-a", "--answer-file-list", nargs="+", required=True, metavar="ANSWERS",
                         help="two answer files (further ones are ignored, as the reference did)")
-    parser.add_argument("-p", "--prompt-file", required=True)
-    parser.add_argument("-r", "--reviewer-file", required=True)
+    parser.add_argument("-p", "--prompt-file",
+                        help="judge prompts (default: the packaged three-class prompt, or its 1-10 score "
+                             "pair version with --verdict scores)")
+    parser.add_argument("-r", "--reviewer-file", help="reviewers by question category (default: the packaged one)")
     parser.add_argument("-o", "--output-review-file", required=True,
                         help="output file, or an existing directory to name it <A>-vs-<B>-<judge>-reviewer[-threeclass].jsonl")
     parser.add_argument("-m", "--model", default="gpt-4", help="judge model (default gpt-4)")
@@ -57,6 +58,17 @@ def parse_args(argv):
         print(f"note: judging the first two answer files; ignoring {' '.join(args.answer_file_list[2:])}",
               file=sys.stderr)
         args.answer_file_list = args.answer_file_list[:2]
+    return with_packaged_prompt_files(args)
+
+
+def with_packaged_prompt_files(args):
+    """Fill in the packaged prompt and reviewer files the user did not name. Without -p the
+    prompt is the three-class one unless --verdict asks for score pairs."""
+    if args.prompt_file is None:
+        kind = verdicts.SCORES if args.verdict == verdicts.SCORES else verdicts.THREECLASS
+        args.prompt_file = prompts.PACKAGED_PROMPT_FILES[kind]
+    if args.reviewer_file is None:
+        args.reviewer_file = prompts.PACKAGED_REVIEWER_FILE
     return args
 
 
@@ -118,6 +130,7 @@ def load_inputs(args):
     names = args.model_names or [None, None]
     answers = [records.load_keyed_answers(path, name, args.id_key) for path, name in zip(args.answer_file_list, names)]
     logger.info("joining answers to questions on %s", " and ".join(dict.fromkeys(key for key, _ in answers)))
+    logger.info("prompts from %s, reviewers from %s", args.prompt_file, args.reviewer_file)
     prompt_table = prompts.load_prompts(args.prompt_file)
     reviewers = prompts.load_reviewers(args.reviewer_file)
     # Only the reviewers these questions use must have a prompt: the reference's OA command pairs
