@@ -235,7 +235,7 @@ class GenerationArguments:
 class ReferenceFlags:
     """The reference's flags that transformers 5 renamed or dropped, with the reference's defaults.
 
-    They are read as the setting in REFERENCE_FLAGS unless that setting is given too.
+    They are read as the setting in REFERENCE_FLAGS unless that setting is given too (it wins).
     """
 
     _argument_group_name = "reference flags (read as their transformers 5 settings)"
@@ -351,8 +351,9 @@ def check_config_keys(path, config):
 
 def translate_reference_flags(values, given):
     """Write the transformers 5 setting of each reference flag into `values` (the given flags by
-    name), unless that setting was given too; a given reference flag gets a one-line notice and
-    one that contradicts its given setting is an error. The reference's defaults apply the same way."""
+    name), unless that setting was given too: then it wins, so that a recipe script's reference
+    flags can be overridden with either spelling. A given reference flag gets a one-line notice,
+    saying which way it was read. The reference's defaults apply the same way, silently."""
     reference = ReferenceFlags(**{name: values[name] for name in REFERENCE_FLAGS if name in values})
     if not 0 <= reference.warmup_ratio < 1:
         raise ArgumentError(f"--warmup_ratio is a fraction of the steps in [0, 1), got {reference.warmup_ratio}")
@@ -360,8 +361,7 @@ def translate_reference_flags(values, given):
         value = convert(getattr(reference, name))
         if setting in given:
             if name in given and value is not None and values[setting] != value:
-                raise ArgumentError(f"--{name} {values[name]} and --{setting} {values[setting]} disagree: "
-                                    f"pass only --{setting}")
+                logger.warning("--%s %s is overridden by --%s %s", name, values[name], setting, values[setting])
         elif value is not None:
             values[setting] = value
             if name in given:

@@ -1,7 +1,6 @@
 import importlib.util
 import json
 import logging
-import re
 
 import pytest
 
@@ -118,17 +117,34 @@ class TestReferenceFlags:
         expected = {"False": False, "0": 0}.get(value, value)
         assert getattr(training, setting) == expected
 
-    @pytest.mark.parametrize("flags, message", [
-        (("--gradient_checkpointing", "True", "--activation_checkpointing", "False"),
-         "--gradient_checkpointing True and --activation_checkpointing False disagree: pass only --activation_checkpointing"),
-        (("--adam8bit", "--optim", "adamw_torch"), "--adam8bit True and --optim adamw_torch disagree"),
-        (("--warmup_ratio", "0.1", "--warmup_steps", "5"), "--warmup_ratio 0.1 and --warmup_steps 5"),
-        (("--evaluation_strategy", "steps", "--eval_strategy", "no"), "--evaluation_strategy steps and --eval_strategy no"),
-        (("--do_predict", "--predict_with_generate", "False"), "--do_predict writes generated answers"),
+    @pytest.mark.parametrize("flags, setting, value, notice", [
+        (("--gradient_checkpointing", "True", "--activation_checkpointing", "False"), "activation_checkpointing", False,
+         "--gradient_checkpointing True is overridden by --activation_checkpointing False"),
+        (("--activation_checkpointing", "False", "--gradient_checkpointing"), "activation_checkpointing", False,
+         "--gradient_checkpointing True is overridden by --activation_checkpointing False"),
+        (("--adam8bit", "--optim", "adamw_torch"), "optim", "adamw_torch",
+         "--adam8bit True is overridden by --optim adamw_torch"),
+        (("--warmup_ratio", "0.1", "--warmup_steps", "5"), "warmup_steps", 5, "--warmup_ratio 0.1 is overridden by --warmup_steps 5.0"),
+        (("--evaluation_strategy", "steps", "--eval_strategy", "no"), "eval_strategy", "no",
+         "--evaluation_strategy steps is overridden by --eval_strategy no"),
     ])
-    def test_contradicting_spellings_are_an_error(self, flags, message):
-        with pytest.raises(ArgumentError, match=re.escape(message)):
-            parse(*flags)
+    def test_the_transformers_setting_wins_over_a_contradicting_reference_flag(self, caplog, flags, setting, value, notice):
+        with caplog.at_level(logging.WARNING, logger="qlorakit.config"):
+            training = parse(*flags).training
+        assert getattr(training, setting) == value
+        assert [r.getMessage() for r in caplog.records] == [notice]
+
+    def test_predicting_without_generating_is_refused(self):
+        with pytest.raises(ArgumentError, match="--do_predict writes generated answers"):
+            parse("--do_predict", "--predict_with_generate", "False")
+
+    def test_a_recipe_scripts_reference_flags_can_be_overridden_with_the_new_spelling(self):
+        from conftest import REPO_ROOT
+
+        text = open(f"{REPO_ROOT}/scripts/qlora_common.sh").read()
+        assert "--gradient_checkpointing" in text  # the recipe passes the reference's spelling
+        training = parse("--gradient_checkpointing", "--activation_checkpointing", "False").training
+        assert training.activation_checkpointing is False
 
     def test_agreeing_spellings_are_accepted(self):
         assert parse("--gradient_checkpointing", "False", "--activation_checkpointing", "False").training.activation_checkpointing is False
