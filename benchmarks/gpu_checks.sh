@@ -20,8 +20,8 @@
 # /tmp/gpu_checks) and reused by the 7B stages; each of them takes about 3-6 minutes.
 # Wheels placed in .whl/ (e.g. the pinned transformers and peft, liger-kernel, for a machine
 # without network access) are installed into /tmp/site first and take precedence.
-# QLORA_FLAGS is appended to the tiny and fsdp runs: QLORA_FLAGS=--use_cpu tries those two
-# stages on a machine without a GPU.
+# QLORA_FLAGS is appended to the tiny and fsdp runs: QLORA_FLAGS=--use_cpu tries the tiny stage
+# on a machine without a GPU (accelerate's FSDP plugin refuses to start without an accelerator).
 set -uo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
