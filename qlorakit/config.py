@@ -352,22 +352,24 @@ def check_config_keys(path, config):
 def translate_reference_flags(values, given):
     """Write the transformers 5 setting of each reference flag into `values` (the given flags by
     name), unless that setting was given too: then it wins, so that a recipe script's reference
-    flags can be overridden with either spelling. A given reference flag gets a one-line notice,
-    saying which way it was read. The reference's defaults apply the same way, silently."""
+    flags can be overridden with either spelling. Returns a one-line notice for each given
+    reference flag, saying which way it was read. The reference's defaults apply the same way."""
     reference = ReferenceFlags(**{name: values[name] for name in REFERENCE_FLAGS if name in values})
+    notices = []
     if not 0 <= reference.warmup_ratio < 1:
         raise ArgumentError(f"--warmup_ratio is a fraction of the steps in [0, 1), got {reference.warmup_ratio}")
     for name, (setting, convert) in REFERENCE_FLAGS.items():
         value = convert(getattr(reference, name))
         if setting in given:
             if name in given and value is not None and values[setting] != value:
-                logger.warning("--%s %s is overridden by --%s %s", name, values[name], setting, values[setting])
+                notices.append(f"--{name} {values[name]} is overridden by --{setting} {values[setting]}")
         elif value is not None:
             values[setting] = value
             if name in given:
-                logger.warning("--%s %s is read as --%s %s", name, values[name], setting, value)
+                notices.append(f"--{name} {values[name]} is read as --{setting} {value}")
     if values.get("do_predict") and values.setdefault("predict_with_generate", True) is False:
         raise ArgumentError("--do_predict writes generated answers: drop --predict_with_generate False")
+    return notices
 
 
 def given_flags(parser, argv):
@@ -399,7 +401,10 @@ def parse_arguments(argv=None, environment_defaults=None):
         values = given_flags(HfArgumentParser(ARGUMENT_CLASSES), argv)
     given = set(values)
     values = {**(environment_defaults or {}), **values}
-    translate_reference_flags(values, given)
+    notices = translate_reference_flags(values, given)
     args = RunArguments(*(build_arguments(cls, values) for cls in ARGUMENT_CLASSES if cls is not ReferenceFlags))
     validate_arguments(args)
+    if args.training.process_index == 0:  # once per run, not once per data-parallel rank
+        for notice in notices:
+            logger.warning(notice)
     return args

@@ -17,10 +17,11 @@ def free_port():
 
 def test_two_process_data_parallel_run(tiny_model_dir, tmp_path):
     flags = quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "4", "--save_steps", "4",
-                        "--lora_dropout", "0.1", "--do_eval", "--eval_dataset_size", "8")
+                        "--lora_dropout", "0.1", "--do_eval", "--eval_dataset_size", "8", "--group_by_length")
     result = run_python(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), *flags])
     log = result.stdout + result.stderr
     assert log.count("world size: 2") == 1  # printed once, by rank 0
+    assert log.count("--group_by_length True is read as --train_sampling_strategy group_by_length") == 1
     assert "trained weights identical on all 2 ranks" in log
     checkpoints = sorted(p for p in os.listdir(tmp_path) if p.startswith("checkpoint-"))
     assert checkpoints == ["checkpoint-4"]

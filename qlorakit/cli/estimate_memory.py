@@ -11,6 +11,7 @@ The components and how they are counted: qlorakit.memory and docs/MEMORY.md.
 """
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 
@@ -19,6 +20,8 @@ from transformers import HfArgumentParser
 from qlorakit.config import ARGUMENT_CLASSES, check_config_keys, given_flags, read_config_file, translate_reference_flags
 from qlorakit.errors import ArgumentError, InputError, run_main
 from qlorakit.memory import DEFAULT_OVERHEAD_MB, LLAMA_CONFIGS, estimate, load_shape, longest_row, summarize
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -68,7 +71,8 @@ def parse_flags(argv):
         check_config_keys(argv[0], given)
         argv = argv[1:]
     given.update(given_flags(parser, argv))
-    translate_reference_flags(given, set(given))
+    for notice in translate_reference_flags(given, set(given)):
+        logger.warning(notice)
     return {**vars(parser.parse_args([])), **given}
 
 
