@@ -33,6 +33,8 @@ LLAMA_7B="$WORK/llama-7b"
 mkdir -p "$OUT" "$WORK"
 cd "$REPO_ROOT" || exit 1
 
+# The project from this checkout, installed or not (the GPU image has only its dependencies).
+export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" > /dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -92,7 +94,7 @@ stage_liger() {
 }
 
 stage_recipe() {
-    [ -f "$LLAMA_7B/config.json" ] || PYTHONPATH=benchmarks "$PY" -c "
+    [ -f "$LLAMA_7B/config.json" ] || PYTHONPATH="benchmarks:$PYTHONPATH" "$PY" -c "
 import train_throughput; train_throughput.build_llama_7b('$LLAMA_7B')" || return 1
     rm -rf "$WORK/recipe"
     MODEL="$LLAMA_7B" OUTPUT_DIR="$WORK/recipe" PYTHON="$PY" bash scripts/finetune_guanaco_7b.sh \

@@ -210,6 +210,8 @@ def main(argv=None):
     if not preset.cpu and not torch.cuda.is_available():
         parser.error(f"--preset {args.preset} needs a CUDA GPU")
     steps = args.steps or preset.steps
+    if steps < 2:
+        parser.error("--steps must be at least 2: the first step warms up and is not timed")
     with tempfile.TemporaryDirectory() as workdir:
         model_dir = args.model_dir or os.path.join(workdir, "model")
         if not os.path.exists(os.path.join(model_dir, "config.json")):
