@@ -185,14 +185,26 @@ def fit_conversation(tokenizer, template, messages, max_len):
 
     Messages after the last assistant turn are never trained and are dropped. An over-long
     conversation loses whole turns from the end; if even its first exchange is too long, that
-    exchange is cut at max_len (and may keep no assistant token: the caller skips it).
+    exchange is cut at max_len (and may keep no assistant token: the caller skips it). The longest
+    fitting prefix is found by bisection over the assistant turns (a longer prefix never has fewer
+    tokens), so a long conversation is encoded a few times instead of once per turn.
     """
     ends = [index + 1 for index, message in enumerate(messages) if message["role"] == "assistant"]
-    for end in reversed(ends):
-        ids, mask = encode_conversation(tokenizer, template, messages[:end])
-        if len(ids) <= max_len:
-            return ids, mask, end != ends[-1]
-    return ids[:max_len], mask[:max_len], True
+    ids, mask = encode_conversation(tokenizer, template, messages[:ends[-1]])
+    if len(ids) <= max_len:
+        return ids, mask, False
+    fitting, low, high = None, 0, len(ends) - 2  # bisect over the shorter prefixes: ends[low..high]
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = encode_conversation(tokenizer, template, messages[:ends[middle]])
+        if len(candidate[0]) <= max_len:
+            fitting, low = candidate, middle + 1
+        else:
+            high = middle - 1
+    if fitting is None:
+        ids, mask = encode_conversation(tokenizer, template, messages[:ends[0]])
+        return ids[:max_len], mask[:max_len], True
+    return (*fitting, True)
 
 
 def prompt_before_last_reply(ids, mask):

@@ -141,6 +141,18 @@ class TestTruncation:
                                                           len(first) - 1)
         assert (ids, mask, shortened) == (first[:-1], first_mask[:-1], True)
 
+    @pytest.mark.parametrize("template", [chat_data.GUANACO_TEMPLATE, CHATML_TEMPLATE, EOS_AT_END_TEMPLATE])
+    def test_the_longest_fitting_prefix_is_kept_at_every_length(self, tokenizer, template):
+        """Against a scan over every prefix, longest first, at each max_len from too short to enough."""
+        messages = [{"role": role, "content": f"{role} turn {i}: " + "words " * (i % 4)}
+                    for i in range(9) for role in ("user", "assistant")]
+        prefixes = [chat_data.encode_conversation(tokenizer, template, messages[:end]) for end in range(2, 19, 2)]
+        for max_len in range(len(prefixes[0][0]) - 2, len(prefixes[-1][0]) + 2):
+            fitting = [prefix for prefix in prefixes if len(prefix[0]) <= max_len]
+            ids, mask = fitting[-1] if fitting else (prefixes[0][0][:max_len], prefixes[0][1][:max_len])
+            shortened = len(fitting) < len(prefixes)
+            assert chat_data.fit_conversation(tokenizer, template, messages, max_len) == (ids, mask, shortened)
+
     def test_conversations_left_without_assistant_tokens_are_skipped_and_counted(self, tokenizer, caplog):
         rows = Dataset.from_list([{"messages": self.messages[:2]},
                                   {"messages": [{"role": "user", "content": "word " * 80},
@@ -287,3 +299,12 @@ def test_padding_free_loss_equals_the_padded_loss_on_conversations(tiny_model_di
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_truncation_benchmark_compares_equal_results(capsys):
+    import chat_truncation
+
+    chat_truncation.main(["--turns", "3", "12", "--max_len", "160", "--repeats", "1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert [row["exchanges"] for row in report["rows"]] == [3, 12]
+    assert all(0 < row["tokens_kept"] <= 160 and row["scan_ms"] > 0 and row["bisect_ms"] > 0 for row in report["rows"])
