@@ -25,6 +25,7 @@ from transformers import TextIteratorStreamer
 from qlorakit import chat_data
 from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
 from qlorakit.chat_format import ASSISTANT, HUMAN, cut_at_next_turn, held_back_marker_start
+from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
 
 EXIT_WORDS = ("", "exit", "quit")
@@ -176,4 +177,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -9,11 +9,13 @@ The base is loaded as the adapter was trained (its base_loading.json); --bits, -
 """
 
 import argparse
+import sys
 
 import torch
 
 from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
 from qlorakit.chat_format import cut_at_next_turn, format_guanaco_prompt
+from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
 from qlorakit.model import load_for_inference
 
@@ -44,4 +46,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -11,7 +11,10 @@ import dataclasses
 import json
 import os
 
+from .errors import ModelError
+
 BASE_LOADING_FILE = "base_loading.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,22 @@ class BaseLoading:
 def dtype_name(dtype):
     """'bfloat16' for torch.bfloat16 or 'bfloat16'; None stays None."""
     return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def check_adapter(adapter):
+    """A local adapter directory must hold peft's adapter_config.json; checked before the base
+    loads, so a wrong path fails in a second. A name that is no local path is left to the hub.
+
+    >>> check_adapter("timdettmers/guanaco-7b")
+    >>> check_adapter("./no/such/adapter_model")
+    Traceback (most recent call last):
+    qlorakit.errors.ModelError: ./no/such/adapter_model: no adapter_config.json there (pass a checkpoint-N/adapter_model directory or a hub id)
+    """
+    path = os.path.expanduser(adapter)
+    if (os.path.exists(path) or adapter.startswith((".", "/", "~"))) and \
+            not os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE)):
+        raise ModelError(f"{adapter}: no {ADAPTER_CONFIG_FILE} there (pass a checkpoint-N/adapter_model directory "
+                         "or a hub id)")
 
 
 def read_base_loading(adapter_dir):

@@ -21,7 +21,8 @@ from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_
 from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.quantizers_utils import should_convert_module
 
-from .base_loading import BASE_LOADING_FILE, BaseLoading, dtype_name, read_base_loading, resolve_base_loading
+from .base_loading import (BASE_LOADING_FILE, BaseLoading, check_adapter, dtype_name, read_base_loading,
+                           resolve_base_loading)
 from .errors import ModelError
 from .jsonl import write_json_atomic
 from .launcher import launched_sharded, local_rank, world_size
@@ -345,7 +346,7 @@ def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, recor
         conflicts = lora_conflicts(PeftConfig.from_pretrained(adapter_dir), lora_args, targets)
         if conflicts:
             logger.warning("%s was trained with %s; using the saved adapter's settings", adapter_dir, ", ".join(conflicts))
-        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True, autocast_adapter_dtype=False)
+        model = load_adapter(model, adapter_dir, is_trainable=True, autocast_adapter_dtype=False)
     else:
         config = LoraConfig(r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, target_modules=targets,
                             lora_dropout=lora_args.lora_dropout, bias="none", task_type=PEFT_TASK_TYPES[task])
@@ -422,9 +423,21 @@ def describe_parameters(model):
     return lines
 
 
+def load_adapter(model, adapter, **kwargs):
+    """PeftModel.from_pretrained, with one line for an adapter that is not there (a hub id that
+    does not exist or cannot be reached)."""
+    check_adapter(adapter)
+    try:
+        return PeftModel.from_pretrained(model, adapter, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{adapter}: cannot load the adapter ({str(error).strip().splitlines()[0]})") from error
+
+
 def inference_loading(adapter=None, **overrides):
     """(how to load the base, the adapter's saved record or None): the record of the adapter with
     explicit values on top; without a record, the default with a one-line notice."""
+    if adapter:
+        check_adapter(adapter)
     saved = read_base_loading(adapter) if adapter else None
     loading = resolve_base_loading(saved, **overrides)
     if adapter and saved is None:
@@ -467,7 +480,7 @@ def load_for_inference(model_name_or_path, adapter=None, bits=None, compute_dtyp
         logger.warning("note: %s was trained on a %s base, %s is a %s", adapter, saved.model_class,
                        model_name_or_path, type(model).__name__)
     if adapter:
-        model = PeftModel.from_pretrained(model, adapter)
+        model = load_adapter(model, adapter)
     model.eval()
     return model, tokenizer
 

@@ -2,6 +2,7 @@
 FP4 case end to end (train, reload, merge --dequantize)."""
 
 import argparse
+import doctest
 import json
 import logging
 import os
@@ -12,8 +13,10 @@ import torch
 
 from conftest import REPO_ROOT, run_python
 from qlorakit import SAMPLE_DATA_DIR
-from qlorakit.base_loading import (BaseLoading, add_base_loading_arguments, loading_overrides, read_base_loading,
-                                   resolve_base_loading)
+from qlorakit import base_loading
+from qlorakit.base_loading import (BaseLoading, add_base_loading_arguments, check_adapter, loading_overrides,
+                                   read_base_loading, resolve_base_loading)
+from qlorakit.errors import ModelError
 
 MERGE = os.path.join(REPO_ROOT, "scripts", "merge_adapter.py")
 
@@ -108,3 +111,39 @@ def test_merge_dequantize_matches_the_fp4_base_it_was_trained_on(tiny_model_dir,
         gaps[quant_type] = (merged_logits - expected).abs().max().item()
     assert gaps["fp4"] < 1e-4
     assert gaps["nf4"] > 100 * gaps["fp4"] and gaps["nf4"] > 1e-2  # the wrong base is measurably wrong
+
+
+def test_docstring_examples():
+    result = doctest.testmod(base_loading)
+    assert result.attempted > 0 and result.failed == 0
+
+
+class TestMissingAdapter:
+    def test_a_local_directory_needs_peft_adapter_config(self, tmp_path, random_adapter_dir):
+        with pytest.raises(ModelError, match="no adapter_config.json there"):
+            check_adapter(str(tmp_path))
+        check_adapter(random_adapter_dir)
+        check_adapter("some-org/some-adapter")  # left to the hub
+
+    @pytest.mark.parametrize("script", ["eval/generate.py", "examples/guanaco_generate.py", "examples/chat.py",
+                                        "scripts/merge_adapter.py"])
+    def test_every_inference_path_says_it_in_one_line(self, script, tiny_model_dir, tmp_path):
+        missing = str(tmp_path / "checkpoint-9" / "adapter_model")
+        (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 1, "text": "Hi?", "category": "generic"}) + "\n")
+        flags = {"eval/generate.py": ["--model", tiny_model_dir, "-q", str(tmp_path / "q.jsonl"), "-o", str(tmp_path / "o")],
+                 "scripts/merge_adapter.py": ["--base_model", tiny_model_dir, "--output", str(tmp_path / "merged")]}
+        result = run_python([script, *flags.get(script, ["--model_name_or_path", tiny_model_dir]), "--adapter", missing],
+                            check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: {missing}: no adapter_config.json there (pass a checkpoint-N/adapter_model directory or a hub id)")
+
+    def test_a_hub_adapter_that_cannot_be_fetched_is_one_line(self, tiny_model_dir, monkeypatch):
+        from transformers import AutoModelForCausalLM
+
+        from qlorakit.model import load_adapter
+
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        with pytest.raises(ModelError, match="some-org/no-such-adapter: cannot load the adapter"):
+            load_adapter(model, "some-org/no-such-adapter")

@@ -24,10 +24,9 @@ Weights are written as safetensors only.
 """
 
 import argparse
-import os
 
-from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
-from qlorakit.errors import InputError, run_main
+from qlorakit.base_loading import add_base_loading_arguments, check_adapter, loading_overrides
+from qlorakit.errors import run_main
 
 # torch, peft and qlorakit.model are imported where they are used: --help and bad paths answer at once.
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -58,11 +57,12 @@ def merge_adapter(base_model, adapter, output, dtype="bfloat16", dequantize=Fals
     (merged model, tokenizer, how the base was loaded).
     """
     import torch
-    from peft import PeftModel
+
+    from qlorakit.model import load_adapter
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     model, tokenizer, loading = load_base(base_model, adapter, dtype, dequantize, **overrides)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged = load_adapter(model, adapter).merge_and_unload()
     merged.config.dtype = dtype
     merged.save_pretrained(output)  # safetensors: transformers 5 writes nothing else
     tokenizer.padding_side = "right"  # loaded left-padded for generation; save the usual default
@@ -91,8 +91,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not os.path.isfile(os.path.join(args.adapter, "adapter_config.json")):
-        raise InputError(f"{args.adapter}: no adapter_config.json (pass checkpoint-N/adapter_model)")
+    check_adapter(args.adapter)
     _, _, loading = merge_adapter(args.base_model, args.adapter, args.output, DTYPES[args.dtype], args.dequantize,
                                   **loading_overrides(args))
     base = f"dequantized {loading.describe().split(',')[0]} base" if loading.bits in (4, 8) else "original 16-bit base"
