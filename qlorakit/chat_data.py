@@ -190,19 +190,25 @@ def fit_conversation(tokenizer, template, messages, max_len):
     tokens), so a long conversation is encoded a few times instead of once per turn.
     """
     ends = [index + 1 for index, message in enumerate(messages) if message["role"] == "assistant"]
-    ids, mask = encode_conversation(tokenizer, template, messages[:ends[-1]])
+    encoded = {}  # turns kept -> (ids, mask); the first exchange's encoding is reused when nothing fits
+
+    def encode(turns):
+        encoded[turns] = encode_conversation(tokenizer, template, messages[:ends[turns - 1]])
+        return encoded[turns]
+
+    ids, mask = encode(len(ends))
     if len(ids) <= max_len:
         return ids, mask, False
-    fitting, low, high = None, 0, len(ends) - 2  # bisect over the shorter prefixes: ends[low..high]
+    fitting, low, high = None, 1, len(ends) - 1  # bisect over the shorter prefixes: 1..high turns
     while low <= high:
         middle = (low + high) // 2
-        candidate = encode_conversation(tokenizer, template, messages[:ends[middle]])
+        candidate = encode(middle)
         if len(candidate[0]) <= max_len:
             fitting, low = candidate, middle + 1
         else:
             high = middle - 1
-    if fitting is None:
-        ids, mask = encode_conversation(tokenizer, template, messages[:ends[0]])
+    if fitting is None:  # even the first exchange is too long; bisection ended on it
+        ids, mask = encoded[1]
         return ids[:max_len], mask[:max_len], True
     return (*fitting, True)
 

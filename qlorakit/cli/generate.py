@@ -24,7 +24,7 @@ import os
 
 from judgekit import cli, records
 from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
-from qlorakit.errors import InputError, run_main
+from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
 from qlorakit.jsonl import JsonlAppender
 
@@ -60,22 +60,27 @@ def parse_args(argv):
     return args
 
 
-def build_prompt(question_text, tokenizer, prompt_format, system_prompt=""):
+def prompt_template(tokenizer, prompt_format):
+    """The chat template of --prompt-format (a bad template file is a ConversationError: one line)."""
+    from qlorakit import chat_data
+
+    choice = {"guanaco": "guanaco", "chat-template": "tokenizer"}.get(prompt_format, prompt_format)
+    return chat_data.resolve_chat_template(choice, tokenizer)[0]
+
+
+def build_prompt(question_text, tokenizer, prompt_format, system_prompt="", template=None):
     """The model input for one question. OA questions already hold a whole "### Human: ...
-    ### Assistant:" conversation and are used as they are in the Guanaco format."""
+    ### Assistant:" conversation and are used as they are in the Guanaco format. template: the
+    resolved --prompt-format, when the caller builds many prompts."""
     from qlorakit import chat_data
     from qlorakit.chat_format import HUMAN
 
     if prompt_format == "guanaco" and question_text.lstrip().startswith(HUMAN):
         return f"{system_prompt} {question_text}" if system_prompt else question_text
-    choice = {"guanaco": "guanaco", "chat-template": "tokenizer"}.get(prompt_format, prompt_format)
-    try:
-        template, _ = chat_data.resolve_chat_template(choice, tokenizer)
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": question_text})
-        return chat_data.render(tokenizer, template, messages, add_generation_prompt=True)
-    except chat_data.ConversationError as error:
-        raise InputError(str(error)) from error
+    template = template or prompt_template(tokenizer, prompt_format)
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": question_text})
+    return chat_data.render(tokenizer, template, messages, add_generation_prompt=True)
 
 
 def generate_batch(model, tokenizer, prompts, args):
@@ -110,11 +115,12 @@ def main(argv=None):
 
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter,
                                           trust_remote_code=args.trust_remote_code, **loading_overrides(args))
+    template = prompt_template(tokenizer, args.prompt_format)
     torch.manual_seed(args.seed)
     with JsonlAppender(args.output) as writer, tqdm(total=len(todo), desc="generating") as bar:
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start:start + args.batch_size]
-            prompts = [build_prompt(q.text, tokenizer, args.prompt_format, args.system_prompt) for q in batch]
+            prompts = [build_prompt(q.text, tokenizer, args.prompt_format, args.system_prompt, template) for q in batch]
             for question, prompt, generation in zip(batch, prompts, generate_batch(model, tokenizer, prompts, args)):
                 writer.write({"question_id": question.question_id, "text": question.text,
                               "category": question.category, "prompt": prompt, "generation": generation,
