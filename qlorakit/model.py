@@ -124,10 +124,11 @@ def load_model_config(model_name_or_path, **kwargs):
         raise ModelError(f"{model_name_or_path}: cannot read the model config ({str(error).splitlines()[0]})") from error
 
 
-def load_tokenizer(model_name_or_path, padding_side="right", **kwargs):
-    """Tokenizer with a pad token and, for LLaMA, the special tokens its checkpoints expect."""
+def load_tokenizer(model_name_or_path, padding_side="right", config=None, **kwargs):
+    """Tokenizer with a pad token and, for LLaMA, the special tokens its checkpoints expect.
+    config: the model's config when the caller has read it already."""
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, padding_side=padding_side, **kwargs)
-    config = AutoConfig.from_pretrained(model_name_or_path, **kwargs)
+    config = config or AutoConfig.from_pretrained(model_name_or_path, **kwargs)
     if config.model_type == "llama":
         align_special_tokens(tokenizer, config)
     if tokenizer.pad_token is None:
@@ -321,8 +322,7 @@ def lora_conflicts(saved, lora_args, targets):
     return conflicts
 
 
-def base_loading_conflicts(saved, args):
-    flags = base_loading_for_training(args)
+def base_loading_conflicts(saved, flags):
     return [f"{field}={getattr(saved, field)} (flags: {getattr(flags, field)})"
             for field in ("bits", "quant_type", "double_quant") if getattr(saved, field) != getattr(flags, field)]
 
@@ -386,18 +386,21 @@ def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None):
     (bits, quant type, double quant) wins over the flags, with a warning when they differ.
     """
     sharded = sharded_training(args.training)
+    loading = base_loading_for_training(args)
     saved = read_base_loading(adapter_dir) if adapter_dir else None
-    if saved and base_loading_conflicts(saved, args):
-        logger.warning("%s was trained on a base loaded with %s; loading it that way", adapter_dir,
-                       ", ".join(base_loading_conflicts(saved, args)))
-    loading = dataclasses.replace(base_loading_for_training(args), bits=saved.bits, quant_type=saved.quant_type,
-                                  double_quant=saved.double_quant) if saved else None
+    if saved:
+        conflicts = base_loading_conflicts(saved, loading)
+        if conflicts:
+            logger.warning("%s was trained on a base loaded with %s; loading it that way", adapter_dir,
+                           ", ".join(conflicts))
+        loading = dataclasses.replace(loading, bits=saved.bits, quant_type=saved.quant_type,
+                                      double_quant=saved.double_quant)
     model = load_base_model(args, task, loading, sharded)
     resize_embeddings_for(tokenizer, model)
     model.config.dtype = compute_dtype_for(args.training)
     if args.lora.full_finetune:
         return model
-    record = dataclasses.replace(loading or base_loading_for_training(args), model_class=type(model).__name__)
+    record = dataclasses.replace(loading, model_class=type(model).__name__)
     return attach_lora(model, args, task, sharded, adapter_dir, record)
 
 
@@ -448,8 +451,9 @@ def inference_loading(adapter=None, **overrides):
 def load_base_for_inference(model_name_or_path, loading, trust_remote_code=False):
     """(base model, left-padding tokenizer) loaded as `loading` says, embeddings resized to the tokenizer."""
     kwargs = {"trust_remote_code": trust_remote_code}
-    task = model_task(load_model_config(model_name_or_path, **kwargs), model_name_or_path)
-    tokenizer = load_tokenizer(model_name_or_path, padding_side="left", **kwargs)
+    config = load_model_config(model_name_or_path, **kwargs)
+    task = model_task(config, model_name_or_path)
+    tokenizer = load_tokenizer(model_name_or_path, padding_side="left", config=config, **kwargs)
     compute_dtype = getattr(torch, loading.compute_dtype)
     quantization_config = build_quantization_config(loading.bits, loading.quant_type, loading.double_quant, compute_dtype)
     model = AUTO_MODEL_CLASSES[task].from_pretrained(

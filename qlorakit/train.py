@@ -63,10 +63,11 @@ def setup_trainer(args, resume_from=None):
     model_args, data_args, training_args = args.model, args.data, args.training
     set_seed(training_args.seed)
     hub = hub_kwargs(model_args)
-    task = model_task(load_model_config(model_args.model_name_or_path, **hub), model_args.model_name_or_path)
+    config = load_model_config(model_args.model_name_or_path, **hub)
+    task = model_task(config, model_args.model_name_or_path)
     if task == SEQ2SEQ and (data_args.padding_free or data_args.train_on_source):
         raise ModelError("--padding_free and --train_on_source apply to causal models; the encoder reads the source")
-    tokenizer = load_tokenizer(model_args.model_name_or_path, **hub)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, config=config, **hub)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, model_args.cache_dir,
                                                  hold_out_eval=training_args.do_eval or training_args.do_predict)
     if task == SEQ2SEQ and "assistant_mask" in train_dataset.column_names:
