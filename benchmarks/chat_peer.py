@@ -25,16 +25,16 @@ RSS and final loss.
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import tempfile
 
 from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.chat_data import GUANACO_TEMPLATE
+from qlorakit.cli.make_tiny_model import make_tiny_model
 from qlorakit.config import parse_arguments
 from qlorakit.train import peak_memory_mb, setup_trainer
-from train_throughput import build_tiny_model, repeated_data, train_metered  # a sibling: benchmarks/ runs as scripts
+from train_throughput import repeated_data, run_isolated, train_metered  # a sibling: benchmarks/ runs as scripts
 
 CHAT_SAMPLE = os.path.join(SAMPLE_DATA_DIR, "chat_sample.jsonl")
 MAX_LEN = 1024  # longer than every bundled conversation: nobody truncates
@@ -89,11 +89,6 @@ def run_pipeline(name, model_dir, data_path, workdir, batch, steps):
             "final_loss": round(losses[-1], 4), "first_loss": round(losses[0], 4)}
 
 
-def run_isolated(*args):
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_pipeline, args)
-
-
 def summarize(runs):
     """Per pipeline: median tokens/s and peak memory over its runs, losses of the first run, and the
     median of ours / its tokens/s within each round (a shared CPU's speed drifts between rounds)."""
@@ -121,11 +116,11 @@ def main(argv=None):
     runs = {name: [] for name in PIPELINES}
     with tempfile.TemporaryDirectory() as workdir:
         model_dir = os.path.join(workdir, "model")
-        build_tiny_model(model_dir)
+        make_tiny_model(model_dir)
         data_path = repeated_data(CHAT_SAMPLE, args.copies, workdir)
         for _ in range(args.repeats):
             for name in PIPELINES:
-                runs[name].append(run_isolated(name, model_dir, data_path, workdir, args.batch, args.steps))
+                runs[name].append(run_isolated(run_pipeline, name, model_dir, data_path, workdir, args.batch, args.steps))
     report = {"trl": trl.__version__, "steps": args.steps, "batch": args.batch, "repeats": args.repeats,
               **summarize(runs)}
     if args.json:

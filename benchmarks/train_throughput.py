@@ -60,10 +60,6 @@ PRESETS = {
 }
 
 
-def build_tiny_model(directory):
-    make_tiny_model.make_tiny_model(directory)
-
-
 def build_llama_7b(directory):
     """LLaMA-7B shapes with random bf16 weights, saved once so the 4-bit load path is the real one."""
     with torch.device("cuda"):
@@ -180,10 +176,10 @@ def run_pipeline(name, model_dir, data_path, preset, steps, workdir, batch, accu
     return result
 
 
-def run_isolated(*args):
-    """One pipeline in a fresh process, so that neither inherits the other's memory or caches."""
+def run_isolated(pipeline, *args):
+    """pipeline(*args) in a fresh process, so that no pipeline inherits another's memory or caches."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_pipeline, args)
+        return pool.apply(pipeline, args)
 
 
 def repeated_data(path, copies, directory):
@@ -215,7 +211,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as workdir:
         model_dir = args.model_dir or os.path.join(workdir, "model")
         if not os.path.exists(os.path.join(model_dir, "config.json")):
-            (build_tiny_model if preset.cpu else build_llama_7b)(model_dir)
+            (make_tiny_model.make_tiny_model if preset.cpu else build_llama_7b)(model_dir)
         data_path = repeated_data(OASST_SAMPLE, copies=4, directory=workdir)
         ours_batch = args.ours_batch or preset.ours_batch
         ours_flags = shlex.split(args.ours_flags)
@@ -223,7 +219,7 @@ def main(argv=None):
                    "ours": (ours_batch, 16 // ours_batch, ours_flags, False)}
         if args.ablate is not None:
             layouts["baseline"] = (ours_batch, 16 // ours_batch, ours_flags + shlex.split(args.ablate), False)
-        pairs = [{name: run_isolated(name, model_dir, data_path, preset, steps, workdir, *layout)
+        pairs = [{name: run_isolated(run_pipeline, name, model_dir, data_path, preset, steps, workdir, *layout)
                   for name, layout in layouts.items()} for _ in range(args.repeats)]
     speedups = [round(pair["ours"]["tokens_per_s"] / pair["baseline"]["tokens_per_s"], 2) for pair in pairs]
     median = sorted(range(len(pairs)), key=speedups.__getitem__)[len(pairs) // 2]

@@ -164,11 +164,7 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
-    try:
-        template, _ = chat_data.resolve_chat_template(args.chat_template, tokenizer)
-    except chat_data.ConversationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    template, _ = chat_data.resolve_chat_template(args.chat_template, tokenizer)
     try:
         chat(model, tokenizer, template, args)
     except KeyboardInterrupt:

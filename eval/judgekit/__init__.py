@@ -1,8 +1,9 @@
 """judgekit: the importable core behind the eval/ command-line scripts.
 
-One concern per module; the command-line scripts in eval/ only parse flags and call these:
+One concern per module; the commands in judgekit.commands (the scripts in eval/ only call them)
+parse flags and call these:
 
-- ``records``: read questions, answers and review rows; append-safe JSONL writer; resume index.
+- ``records``: read questions, answers and review rows; resume index (JSONL writing: qlorakit.jsonl).
 - ``prompts``: load prompt and reviewer files (the packaged ones in prompt_files/ by default),
   pick by category, render (pure).
 - ``verdicts``: parse a judge's reply into a score (pure).

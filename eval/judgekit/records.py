@@ -1,5 +1,5 @@
-"""Read questions, answers and review rows in every shape the QLoRA release uses; write JSONL
-rows so that a crash loses at most the row being written.
+"""Read questions, answers and review rows in every shape the QLoRA release uses (rows are
+written by qlorakit.jsonl, so that a crash loses at most the row being written).
 
 Shapes read (those of the QLoRA release's eval/ folder):
 

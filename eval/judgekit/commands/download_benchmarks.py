@@ -24,10 +24,11 @@ import sys
 import urllib.parse
 import urllib.request
 
-
 from judgekit import cli
 from judgekit.errors import InputError
+from qlorakit.chat_format import ASSISTANT, HUMAN
 from qlorakit.errors import run_main
+from qlorakit.jsonl import write_jsonl_atomic
 
 logger = logging.getLogger("download_benchmarks")
 
@@ -82,8 +83,7 @@ def _conversation(message, by_id):
     """The turns from the root down to ``message``, in Guanaco's "### Human/Assistant" format."""
     turns = []
     while message is not None:
-        speaker = "Human" if message["role"] == "prompter" else "Assistant"
-        turns.append(f"### {speaker}: {message['text']}")
+        turns.append(f"{HUMAN if message['role'] == 'prompter' else ASSISTANT} {message['text']}")
         message = by_id.get(message.get("parent_id"))
     return " ".join(reversed(turns))
 
@@ -104,7 +104,7 @@ def convert_oasst(messages):
         reply = best_reply.get(message["message_id"])
         if message["role"] != "prompter" or reply is None:
             continue
-        text = _conversation(message, by_id) + " ### Assistant:"
+        text = f"{_conversation(message, by_id)} {ASSISTANT}"
         questions.append({"question_id": reply["message_id"], "text": text, "category": "generic",
                           "input": text, "output": reply["text"], "message_id": reply["message_id"],
                           "parent_id": message["message_id"], "rank": reply["rank"], "lang": reply.get("lang")})
@@ -112,10 +112,7 @@ def convert_oasst(messages):
 
 
 def write_questions(questions, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for question in questions:
-            handle.write(json.dumps(question, ensure_ascii=False) + "\n")
+    write_jsonl_atomic(path, questions)
     print(f"wrote {len(questions)} questions to {path}", file=sys.stderr)
 
 

@@ -18,7 +18,6 @@ import json
 import sys
 import time
 
-
 from judgekit import bradley_terry, cli
 from judgekit import elo as elo_core  # the core, not this command
 from qlorakit.errors import run_main

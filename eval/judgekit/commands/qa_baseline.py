@@ -14,7 +14,6 @@ import functools
 import logging
 import uuid
 
-
 from judgekit import cli, client, records
 from qlorakit.errors import run_main
 

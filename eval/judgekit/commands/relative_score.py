@@ -18,7 +18,6 @@ import json
 import math
 import sys
 
-
 from judgekit import cli, relative
 from judgekit.errors import InputError
 from qlorakit.errors import run_main

@@ -18,7 +18,6 @@ import os
 import sys
 import uuid
 
-
 from judgekit import cli, client, naming, prompts, records, verdicts
 from judgekit.errors import InputError
 from qlorakit.errors import run_main
