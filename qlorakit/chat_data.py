@@ -20,9 +20,15 @@ from .errors import ConversationError
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+# Role names of OpenAI-style messages and of ShareGPT turns, mapped to the three roles trained here.
+ROLE_NAMES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+# Turns that call or answer a tool: their layout is the chat template's, and text-only templates have none.
+TOOL_ROLES = ("function_call", "observation", "tool", "function", "ipython")
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
+MEDIA_TAGS = ("<image>", "<video>", "<audio>")
 TEMPLATE_CHOICES = ("guanaco", "tokenizer")
+# The row number a conversation carries from formatting to tokenization, so errors can name it.
+ROW_COLUMN = "row_number"
 
 # The Guanaco markers as a chat template. A system message is written before the first turn; each
 # assistant reply ends with eos, which is what teaches the model to stop after its turn.
@@ -36,34 +42,109 @@ GUANACO_TEMPLATE = (
 )
 
 
+def message_text(content, number):
+    """A message's text: a string, or the text parts of an OpenAI content list joined.
+
+    >>> message_text([{"type": "text", "text": "你好"}, {"type": "text", "text": "!"}], 1)
+    '你好!'
+    """
+    if isinstance(content, list):
+        kinds = [part.get("type") if isinstance(part, dict) else type(part).__name__ for part in content]
+        media = [kind for kind in kinds if kind not in TEXT_PART_TYPES]
+        if media:
+            raise ConversationError(f"message {number} has a {media[0]!r} part: this trainer is text-only "
+                                    "(text parts are joined; images and audio are not trained)")
+        content = "".join(part.get("text") or "" for part in content)
+    if not isinstance(content, str):
+        raise ConversationError(f"message {number} has a {type(content).__name__} content, not a string")
+    tag = next((tag for tag in MEDIA_TAGS if tag in content), None)
+    if tag:
+        raise ConversationError(f"message {number} holds {tag}: this trainer is text-only and would train the "
+                                "tag as text")
+    return content
+
+
+def normalize_message(message, number):
+    """One message, OpenAI-style (role/content) or ShareGPT (from/value), as {"role", "content"}."""
+    if not isinstance(message, dict):
+        raise ConversationError(f"message {number} is a {type(message).__name__}, not an object")
+    role_key, content_key = ("from", "value") if "from" in message else ("role", "content")
+    role = message.get(role_key)
+    if role in TOOL_ROLES or message.get("tool_calls") or message.get("function_call"):
+        raise ConversationError(f"message {number} is a tool call or result ({role}): tool calls are not "
+                                "trained here; leave such conversations out")
+    if role not in ROLE_NAMES:
+        raise ConversationError(f"message {number} has unknown {role_key} {role!r} "
+                                f"(known: {', '.join(ROLE_NAMES)})")
+    return {"role": ROLE_NAMES[role], "content": message_text(message.get(content_key), number)}
+
+
+def row_system_message(row, messages):
+    """The row's `system` column as a leading system message (ShareGPT files keep it beside the turns)."""
+    system = row.get("system")
+    if system is None or system == "":
+        return []
+    if not isinstance(system, str):
+        raise ConversationError(f"has a {type(system).__name__} system, not a string")
+    if messages and messages[0]["role"] == "system":
+        raise ConversationError("has both a system column and a system turn")
+    return [{"role": "system", "content": system}]
+
+
+def check_turns(messages):
+    """A trainable conversation: a user turn before the first reply, and no empty reply."""
+    first = next((m for m in messages if m["role"] != "system"), None)
+    if first is not None and first["role"] == "assistant":
+        raise ConversationError(f"message {messages.index(first) + 1} is an assistant turn before any user turn: "
+                                "nothing prompts it")
+    for number, message in enumerate(messages, start=1):
+        if message["role"] == "assistant" and not message["content"].strip():
+            raise ConversationError(f"message {number} is an empty assistant reply: nothing to train")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise ConversationError("has no assistant turn")
+    return messages
+
+
+def normalize_messages(row, messages):
+    """The row's messages (with its system column, if any) as checked {"role", "content"} dicts."""
+    if not isinstance(messages, list) or not messages:
+        raise ConversationError("holds no list of messages")
+    normalized = [normalize_message(message, number) for number, message in enumerate(messages, start=1)]
+    return check_turns(row_system_message(row, normalized) + normalized)
+
+
 def normalize_conversation(row):
     """The row's messages as ``[{"role", "content"}]`` with roles system/user/assistant, checked.
 
     >>> normalize_conversation({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]})
     [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}]
     """
-    if row.get("messages") is not None:
-        messages, role_key, content_key, roles = row["messages"], "role", "content", {r: r for r in ROLES}
-    elif row.get("conversations") is not None:
-        messages, role_key, content_key, roles = row["conversations"], "from", "value", SHAREGPT_ROLES
-    else:
+    messages = row.get("messages") if row.get("messages") is not None else row.get("conversations")
+    if messages is None:
         raise ConversationError("has no 'messages' or 'conversations'")
-    if not isinstance(messages, list) or not messages:
-        raise ConversationError("holds no list of messages")
-    normalized = []
-    for number, message in enumerate(messages, start=1):
-        if not isinstance(message, dict):
-            raise ConversationError(f"message {number} is a {type(message).__name__}, not an object")
-        role = message.get(role_key)
-        if role not in roles:
-            raise ConversationError(f"message {number} has unknown {role_key} {role!r} (known: {', '.join(roles)})")
-        content = message.get(content_key)
-        if not isinstance(content, str):
-            raise ConversationError(f"message {number} has a {type(content).__name__} {content_key}, not a string")
-        normalized.append({"role": roles[role], "content": content})
-    if not any(message["role"] == "assistant" for message in normalized):
-        raise ConversationError("has no assistant turn")
-    return normalized
+    return normalize_messages(row, messages)
+
+
+def as_message_list(value, role):
+    """A preference column as messages: a string is one turn of `role`, a message one, a list itself."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [value] if isinstance(value, dict) else value
+
+
+def chosen_conversation(row):
+    """A preference pair's prompt followed by its chosen reply, as checked messages (rejected unused).
+
+    The prompt is the `prompt`, `conversations` or `messages` column; a `chosen` list that already
+    starts with the prompt (the whole conversation) stands alone.
+    """
+    prompt = next((row[key] for key in ("prompt", "conversations", "messages") if row.get(key) is not None), [])
+    chosen = as_message_list(row["chosen"], "assistant")
+    prompt = as_message_list(prompt, "user")
+    if not isinstance(chosen, list) or not isinstance(prompt, list):
+        raise ConversationError("has a chosen or prompt that is neither text, a message nor a list of messages")
+    whole = chosen if prompt and chosen[:len(prompt)] == prompt else prompt + chosen
+    return normalize_messages(row, whole)
 
 
 def tokenizer_template(tokenizer):
@@ -222,18 +303,21 @@ def prompt_before_last_reply(ids, mask):
     return ids[:start]
 
 
-def tokenize_conversations(batch, tokenizer, template, max_len):
+def tokenize_conversations(batch, tokenizer, template, max_len, source):
     """datasets.map body: input_ids + assistant_mask (training), source_ids + input/output (generation)."""
     columns = {name: [] for name in ("input_ids", "assistant_mask", "length", "shortened", "source_ids", "input",
                                      "output")}
-    for messages in batch["messages"]:
-        ids, mask, shortened = fit_conversation(tokenizer, template, messages, max_len)
+    for messages, row in zip(batch["messages"], batch[ROW_COLUMN]):
+        try:
+            ids, mask, shortened = fit_conversation(tokenizer, template, messages, max_len)
+        except ConversationError as error:
+            raise ConversationError(f"{source}: row {row + 1}: {error}") from error
         kept = any(mask)
-        source = prompt_before_last_reply(ids, mask) if kept else []
+        source_ids = prompt_before_last_reply(ids, mask) if kept else []
         replies = [m["content"] for m in messages if m["role"] == "assistant"]
         values = {"input_ids": ids, "assistant_mask": mask, "length": len(ids) if kept else 0,
-                  "shortened": shortened, "source_ids": source,
-                  "input": tokenizer.decode(source, skip_special_tokens=True), "output": replies[-1]}
+                  "shortened": shortened, "source_ids": source_ids,
+                  "input": tokenizer.decode(source_ids, skip_special_tokens=True), "output": replies[-1]}
         for name, value in values.items():
             columns[name].append(value)
     return columns
@@ -255,13 +339,16 @@ def check_template(tokenizer, template, description):
                        description, reply[-20:])
 
 
-def tokenize_chat_dataset(dataset, tokenizer, template, max_len):
+def tokenize_chat_dataset(dataset, tokenizer, template, max_len, source="conversations"):
     """Tokenize conversations; drop those left with no assistant token and say how many changed."""
+    if ROW_COLUMN not in dataset.column_names:
+        dataset = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
     tokenized = dataset.map(tokenize_conversations, batched=True, desc="Rendering and tokenizing conversations",
-                            fn_kwargs={"tokenizer": tokenizer, "template": template, "max_len": max_len})
+                            fn_kwargs={"tokenizer": tokenizer, "template": template, "max_len": max_len,
+                                       "source": source})
     kept = tokenized.filter(lambda length: length > 0, input_columns="length", desc="Dropping empty conversations")
     shortened, skipped = sum(tokenized["shortened"]), len(tokenized) - len(kept)
     if shortened or skipped:
         logger.info("%d of %d conversations longer than %d tokens: whole turns dropped from the end (or the first "
                     "exchange cut); %d skipped, no assistant token left", shortened, len(tokenized), max_len, skipped)
-    return kept.remove_columns("shortened")
+    return kept.remove_columns(["shortened", ROW_COLUMN])

@@ -117,6 +117,12 @@ class DataArguments:
                           "or conversations: chat, instruction + output: alpaca, prompt + completion: "
                           "self-instruct, text: oasst1, input + output: input-output)."},
     )
+    dataset_columns: str | None = field(
+        default=None,
+        metadata={"help": "Map the file's columns to the fields a format reads: FIELD=COLUMN,... (e.g. "
+                          "input=context,output=response for Dolly-style rows with --dataset_format alpaca); in "
+                          "a YAML config a mapping {FIELD: COLUMN} works too."},
+    )
     chat_template: str | None = field(
         default=None,
         metadata={"help": "How chat rows are rendered: guanaco (### Human: / ### Assistant:), tokenizer (its "

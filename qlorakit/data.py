@@ -11,7 +11,8 @@ qlorakit.collate's job.
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from datasets import DatasetDict, load_dataset
 
@@ -32,7 +33,25 @@ ALPACA_TEMPLATE_NO_INPUT = (
 )
 
 
+def alpaca_prompt(row):
+    """The instruction with its input (if any) after it: one user turn of a conversation."""
+    return f"{row['instruction']}\n{row['input']}" if row.get("input") else row["instruction"]
+
+
+def alpaca_conversation(row):
+    """An Alpaca row with earlier exchanges (`history`: [[question, answer], ...]) or a `system`
+    prompt, as a conversation: every answer is trained, as in a chat row."""
+    history = row.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in history):
+        raise chat_data.ConversationError("has a history that is not a list of [question, answer] pairs")
+    turns = [{"role": role, "content": text} for pair in history for role, text in zip(("user", "assistant"), pair)]
+    turns += [{"role": "user", "content": alpaca_prompt(row)}, {"role": "assistant", "content": row["output"]}]
+    return chat_data.normalize_messages(row, turns)
+
+
 def format_alpaca(row):
+    if "history" in row or "system" in row:
+        return {"messages": alpaca_conversation(row)}
     template = ALPACA_TEMPLATE_WITH_INPUT if row.get("input") else ALPACA_TEMPLATE_NO_INPUT
     return {"input": template.format(instruction=row["instruction"], input=row.get("input", "")),
             "output": row["output"]}
@@ -47,8 +66,34 @@ def format_self_instruct(row):
     return {"input": row["prompt"], "output": row["completion"]}
 
 
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+def split_hh_dialogue(text):
+    """An hh-rlhf dialogue as (everything through the last "Assistant:", the last reply): the
+    reply is what the pair's preference is about, so it alone is trained.
+
+    >>> split_hh_dialogue("\\n\\nHuman: Hi\\n\\nAssistant: Hello\\n\\nHuman: 再见\\n\\nAssistant: 再见!")
+    ('\\n\\nHuman: Hi\\n\\nAssistant: Hello\\n\\nHuman: 再见\\n\\nAssistant:', ' 再见!')
+    """
+    cut = text.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise chat_data.ConversationError("has a chosen text with no '\\n\\nAssistant:' turn")
+    cut += len(HH_ASSISTANT)
+    return text[:cut], text[cut:]
+
+
 def format_hh_rlhf(row):
-    return {"input": "", "output": row["chosen"]}
+    """The chosen side of a preference pair, its prompt untrained: hh-rlhf dialogue text, a
+    prompt + chosen text pair, or (messages in any column) a conversation ending in the chosen reply."""
+    chosen, prompt = row["chosen"], row.get("prompt")
+    if isinstance(chosen, str) and row.get("conversations") is None and row.get("messages") is None:
+        if isinstance(prompt, str):
+            return {"input": prompt, "output": chosen}
+        if prompt is None:
+            source, reply = split_hh_dialogue(chosen)
+            return {"input": source, "output": reply}
+    return {"messages": chat_data.chosen_conversation(row)}
 
 
 def format_oasst1(row):
@@ -63,27 +108,51 @@ def format_chat(row):
     return {"messages": chat_data.normalize_conversation(row)}
 
 
+@dataclass(frozen=True)
+class DataFormat:
+    """A row format: how its rows become input/output text or messages, and which columns it reads.
+
+    `needs` lists alternative column sets (any one must be present); `reads` the further columns
+    it uses when present (every other column is logged as not used); `text` the columns that must
+    hold strings. `detected` formats are chosen from a file's columns unless it has one of `unless`.
+    """
+
+    format_row: Callable[[dict], dict]
+    needs: tuple[tuple[str, ...], ...]
+    reads: tuple[str, ...] = ()
+    text: tuple[str, ...] = ()
+    detected: bool = True
+    unless: tuple[str, ...] = ()
+
+
 FORMATS = {
-    "alpaca": (format_alpaca, ("instruction", "output")),
-    "chip2": (format_chip2, ("text",)),
-    "self-instruct": (format_self_instruct, ("prompt", "completion")),
-    "hh-rlhf": (format_hh_rlhf, ("chosen",)),
-    "oasst1": (format_oasst1, ("text",)),
-    "input-output": (format_input_output, ("input", "output")),
-    "chat": (format_chat, ()),  # messages or conversations: checked row by row
+    "alpaca": DataFormat(format_alpaca, (("instruction", "output"),), ("input", "history", "system"),
+                         text=("instruction", "input", "output")),
+    "chip2": DataFormat(format_chip2, (("text",),), text=("text",), detected=False),
+    "self-instruct": DataFormat(format_self_instruct, (("prompt", "completion"),), text=("prompt", "completion")),
+    # Preference pairs train their chosen side only when asked: detection refuses them.
+    "hh-rlhf": DataFormat(format_hh_rlhf, (("chosen",),), ("rejected", "prompt", "conversations", "messages",
+                                                            "system"), detected=False),
+    "oasst1": DataFormat(format_oasst1, (("text",),), text=("text",)),
+    # Alpaca rows have input and output too; the instruction column tells them apart.
+    "input-output": DataFormat(format_input_output, (("input", "output"),), text=("input", "output"),
+                               unless=("instruction",)),
+    "chat": DataFormat(format_chat, (("messages",), ("conversations",)), ("system",)),
 }
 FORMATTED_COLUMNS = ("input", "output", "messages")
-
-# How a local file's columns name its format: (format, columns it needs, columns it must lack).
-# Alpaca rows have input and output too; the instruction column tells them apart.
-DETECTION_RULES = (
-    ("chat", {"messages"}, set()),
-    ("chat", {"conversations"}, set()),
-    ("alpaca", {"instruction", "output"}, set()),
-    ("self-instruct", {"prompt", "completion"}, set()),
-    ("oasst1", {"text"}, set()),
-    ("input-output", {"input", "output"}, {"instruction"}),
-)
+PREFERENCE_COLUMNS = ("chosen", "rejected")
+# Columns of images, audio or video: this trainer trains text only, and would drop them unseen.
+MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
+# A KTO `label` column (true/false): rows labelled false are examples of what not to write.
+KTO_LABEL = "label"
+# Column names other datasets give a field a format reads: the source of "--dataset_columns" hints.
+COLUMN_SYNONYMS = {
+    "output": ("response", "answer", "completion", "target", "reply"),
+    "input": ("context", "query"),
+    "instruction": ("question", "prompt"),
+    "prompt": ("question", "instruction", "query"),
+    "completion": ("response", "answer", "output"),
+}
 
 
 @dataclass(frozen=True)
@@ -106,20 +175,59 @@ HUB_DATASETS = {
 }
 
 
+def format_fits(data_format, present):
+    """The column set through which a format fits the columns present, or None."""
+    if set(data_format.unless) & present:
+        return None
+    return next((needs for needs in data_format.needs if set(needs) <= present), None)
+
+
+def column_hint(name, data_format, present):
+    """How close a format comes to the columns: (columns it lacks with no likely mapping, text).
+
+    A lacking column is mapped from a present column that other datasets use for it (Dolly's
+    `response` for `output`), and so is a column the format reads when present.
+    """
+    needs = max(data_format.needs, key=lambda cols: len(set(cols) & present))
+    lacking = [column for column in needs if column not in present]
+    mapping = {field: next((c for c in COLUMN_SYNONYMS.get(field, ()) if c in present), None)
+               for field in lacking + [c for c in data_format.reads if c not in present]}
+    unmapped = [field for field in lacking if mapping[field] is None]
+    has = [column for column in needs if column in present]
+    text = f"{name} (has {', '.join(has) or 'none of its columns'}; lacks {', '.join(lacking)})"
+    pairs = ",".join(f"{field}={column}" for field, column in mapping.items() if column)
+    if not unmapped and pairs:
+        text += f": try --dataset_format {name} --dataset_columns {pairs}"
+    return len(unmapped), len(has), text
+
+
+def no_fit_message(present):
+    """The formats that come closest to the columns, or each format's columns when none is close."""
+    if set(PREFERENCE_COLUMNS) <= present:
+        return ("they are preference pairs; this trainer trains on examples, not pairs: pass "
+                "--dataset_format hh-rlhf to train on the chosen side (the rejected side is not used)")
+    hints = sorted(column_hint(name, f, present) for name, f in FORMATS.items())
+    close = [text for unmapped, has, text in hints if has or not unmapped]
+    if close:
+        best = [text for unmapped, has, text in hints if (unmapped, has) == hints[0][:2] and text in close]
+        return f"they fit no format; closest: {'; '.join(best or close[:2])}"
+    rules = "; ".join(f"{name}: {' or '.join(' + '.join(cols) for cols in f.needs)}" for name, f in FORMATS.items())
+    return f"they fit no format and no format reads any of them (formats and the columns they need: {rules})"
+
+
 def detect_format(columns, source):
-    """The one format whose columns the data has; none or several is an error listing both."""
+    """The one detectable format whose columns the data has; none or several is an error that
+    names the formats that come closest, or every format whose columns are there."""
     present = set(columns)
-    found = sorted({name for name, needs, lacks in DETECTION_RULES if needs <= present and not lacks & present})
+    fits = {name: format_fits(f, present) for name, f in FORMATS.items()}
+    found = sorted(name for name, needs in fits.items() if needs and FORMATS[name].detected)
     if len(found) != 1:
-        fits = f"they fit {' and '.join(found)}" if found else "they fit no format"
-        columns_of = {}
-        for name, needs, _ in DETECTION_RULES:
-            columns_of.setdefault(name, []).append(" + ".join(sorted(needs)))
-        rules = "; ".join(f"{name}: {' or '.join(alternatives)}" for name, alternatives in columns_of.items())
-        raise DataError(f"{source}: cannot tell the format from the columns ({', '.join(columns)}): {fits}; "
-                        f"pass --dataset_format ({rules})")
+        candidates = sorted(name for name, needs in fits.items() if needs)
+        reason = (f"they fit {' and '.join(candidates)}; pass --dataset_format {' or '.join(candidates)}"
+                  if len(candidates) > 1 else no_fit_message(present))
+        raise DataError(f"{source}: cannot tell the format from the columns ({', '.join(columns)}): {reason}")
     logger.info("%s: dataset format %s, detected from the columns (%s); --dataset_format overrides",
-                source, found[0], ", ".join(columns))
+                source, found[0], ", ".join(fits[found[0]]))
     return found[0]
 
 
@@ -132,6 +240,42 @@ def resolve_format(dataset, dataset_format, columns=()):
     if dataset in HUB_DATASETS:
         return HUB_DATASETS[dataset].format
     return detect_format(columns, dataset)
+
+
+def parse_column_mapping(value):
+    """--dataset_columns FIELD=COLUMN,... (or a YAML mapping) as {column in the file: field it fills}.
+
+    >>> parse_column_mapping("input=context,output=response")
+    {'context': 'input', 'response': 'output'}
+    """
+    if not value:
+        return {}
+    pairs = value.items() if isinstance(value, dict) else (item.partition("=")[::2] for item in value.split(","))
+    mapping = {}
+    known = sorted({c for f in FORMATS.values() for cols in f.needs for c in cols} |
+                   {c for f in FORMATS.values() for c in f.reads})
+    for field_name, column in pairs:
+        field_name, column = str(field_name).strip(), str(column).strip()
+        if not field_name or not column:
+            raise DataError(f"--dataset_columns takes FIELD=COLUMN,..., got {value!r}")
+        if field_name not in known:
+            raise DataError(f"--dataset_columns {field_name}={column}: no format reads {field_name!r} "
+                            f"(fields: {', '.join(known)})")
+        mapping[column] = field_name
+    return mapping
+
+
+def map_columns(dataset_dict, mapping, source):
+    """Rename the file's columns to the fields a format reads (--dataset_columns)."""
+    columns = dataset_dict["train"].column_names
+    for column, field_name in mapping.items():
+        if column not in columns:
+            raise DataError(f"{source}: --dataset_columns {field_name}={column}: no column {column!r} "
+                            f"(columns: {', '.join(columns)})")
+        if field_name in columns and field_name not in mapping:
+            raise DataError(f"{source}: --dataset_columns {field_name}={column}: the file has a {field_name!r} "
+                            "column already")
+    return dataset_dict.rename_columns(mapping) if mapping else dataset_dict
 
 
 def check_dataset_name(dataset):
@@ -205,29 +349,81 @@ def load_raw_dataset(dataset, cache_dir=None):
     return load_local_dataset(dataset)
 
 
-def format_checked_row(row, index, formatter, required, source, split):
-    """One row through its formatter, after checking it has every field the format reads."""
-    empty = [name for name in required if row[name] is None]
+def check_row(row, data_format, needs):
+    """The fields a format reads hold what it expects: a value in each needed one, text where text."""
+    empty = [name for name in needs if row[name] is None]
     if empty:
-        raise DataError(f"{source}: row {index + 1} of split {split!r} has no value for {empty[0]!r}")
+        raise chat_data.ConversationError(f"has no value for {empty[0]!r}")
+    wrong = [name for name in data_format.text if row.get(name) is not None and not isinstance(row[name], str)]
+    if wrong:
+        value = row[wrong[0]]
+        raise chat_data.ConversationError(f"field {wrong[0]!r} holds a {type(value).__name__} ({value!r:.40}), "
+                                          "not text")
+
+
+def format_checked_row(row, index, data_format, needs, source, split):
+    """One row through its format, checked before (fields) and after (something to train).
+
+    A conversation keeps its row number, so a chat template that fails on it later names the row.
+    """
     try:
-        return formatter(row)
+        check_row(row, data_format, needs)
+        formatted = data_format.format_row(row)
+        if "output" in formatted and not formatted["output"].strip():
+            raise chat_data.ConversationError("has an empty output: nothing to train")
     except chat_data.ConversationError as error:
         raise DataError(f"{source}: row {index + 1} of split {split!r}: {error}") from error
+    return {**formatted, chat_data.ROW_COLUMN: index} if "messages" in formatted else formatted
+
+
+def check_columns(columns, format_name, source):
+    """The columns the format needs (one of its alternatives), refusing media columns, which a
+    text-only trainer would drop unseen."""
+    media = [column for column in columns if column in MEDIA_COLUMNS]
+    if media:
+        raise DataError(f"{source}: column {media[0]!r} holds images, audio or video: this trainer is text-only; "
+                        "drop the column and the <image>-style tags to train on the text")
+    needs = format_fits(replace(FORMATS[format_name], unless=()), set(columns))
+    if needs is None:
+        wanted = " or ".join(" + ".join(cols) for cols in FORMATS[format_name].needs)
+        raise DataError(f"{source}: rows lack the columns {wanted} that --dataset_format {format_name} needs "
+                        f"(columns: {', '.join(columns)}; --dataset_columns FIELD=COLUMN maps them)")
+    return needs
+
+
+def has_kto_label(split_data):
+    return getattr(split_data.features.get(KTO_LABEL), "dtype", None) == "bool"
+
+
+def keep_kto_desirable(split_data, source, split):
+    """Drop the rows a KTO `label` marks undesirable (false): they show what not to write."""
+    if not has_kto_label(split_data):
+        return split_data
+    kept = split_data.filter(lambda label: label is True, input_columns=KTO_LABEL)
+    logger.info("%s: %d of %d rows of split %r skipped: their %s is false (undesirable replies are not trained)",
+                source, len(split_data) - len(kept), len(split_data), split, KTO_LABEL)
+    return kept
+
+
+def unused_columns(split_data, data_format, needs):
+    reads = set(needs) | set(data_format.reads) | ({KTO_LABEL} if has_kto_label(split_data) else set())
+    return [column for column in split_data.column_names if column not in reads]
 
 
 def apply_format(dataset_dict, format_name, source):
-    """Turn every split into input/output rows; a row missing a needed field is named."""
-    formatter, required = FORMATS[format_name]
+    """Turn every split into input/output rows or conversations; a bad row is named, and every
+    column the format does not read is named once in the log."""
+    data_format = FORMATS[format_name]
     formatted = {}
     for split, split_data in dataset_dict.items():
-        missing = [name for name in required if name not in split_data.column_names]
-        if missing:
-            raise DataError(f"{source}: rows lack the field {missing[0]!r} that --dataset_format {format_name} "
-                            f"needs (columns: {', '.join(split_data.column_names)})")
+        needs = check_columns(split_data.column_names, format_name, source)
+        unused = unused_columns(split_data, data_format, needs)
+        if unused and split == "train":
+            logger.info("%s: columns not used by format %s: %s", source, format_name, ", ".join(unused))
+        split_data = keep_kto_desirable(split_data, source, split)
         formatted[split] = split_data.map(
             format_checked_row, with_indices=True,
-            fn_kwargs={"formatter": formatter, "required": required, "source": source, "split": split},
+            fn_kwargs={"data_format": data_format, "needs": needs, "source": source, "split": split},
             remove_columns=[c for c in split_data.column_names if c not in FORMATTED_COLUMNS],
         )
     return DatasetDict(formatted)
@@ -274,7 +470,7 @@ def split_train_eval(dataset_dict, data_args, hold_out_eval):
     return train, evaluation
 
 
-def chat_tokenizer(data_args, tokenizer):
+def chat_tokenizer(data_args, tokenizer, source):
     """The function that tokenizes conversations with the chosen template, checked up front."""
     try:
         template, description = chat_data.resolve_chat_template(data_args.chat_template, tokenizer)
@@ -283,17 +479,18 @@ def chat_tokenizer(data_args, tokenizer):
         raise DataError(str(error)) from error
     max_len = data_args.max_seq_len or data_args.source_max_len + data_args.target_max_len
     logger.info("chat template: %s; conversations up to %d tokens", description, max_len)
-    return lambda ds: chat_data.tokenize_chat_dataset(ds, tokenizer, template, max_len)
+    return lambda ds: chat_data.tokenize_chat_dataset(ds, tokenizer, template, max_len, source)
 
 
 def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
     """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or predicting)."""
     raw = load_raw_dataset(data_args.dataset, cache_dir)
+    raw = map_columns(raw, parse_column_mapping(data_args.dataset_columns), data_args.dataset)
     format_name = resolve_format(data_args.dataset, data_args.dataset_format, raw["train"].column_names)
     formatted = apply_format(raw, format_name, data_args.dataset)
     train, evaluation = split_train_eval(formatted, data_args, hold_out_eval)
-    if format_name == "chat":
-        tokenize = chat_tokenizer(data_args, tokenizer)
+    if "messages" in train.column_names:
+        tokenize = chat_tokenizer(data_args, tokenizer, data_args.dataset)
     else:
         tokenize = lambda ds: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len)
     return tokenize(train), (tokenize(evaluation) if evaluation is not None else None)

@@ -176,7 +176,7 @@ class TestRows:
         ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]},
          "message 1 has a int content, not a string"),
         ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": None}]},
-         "message 2 has a NoneType value"),
+         "message 2 has a NoneType content"),
     ])
     def test_bad_conversations(self, row, message):
         with pytest.raises(ConversationError, match=message):
@@ -198,8 +198,8 @@ def good_row(reply="a"):
      "row 3 of split 'train': message 2 has unknown role 'robot'"),
     ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 42}]},
      "row 3 of split 'train': message 2 has a int content, not a string"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "text"}]}]},
-     "row 3 of split 'train': message 2 has a list content, not a string"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": {"text": "a"}}]},
+     "row 3 of split 'train': message 2 has a dict content, not a string"),
 ])
 def test_bad_rows_stop_qlora_in_one_line(tiny_model_dir, tmp_path, capsys, bad, message):
     path = write_jsonl(tmp_path / "chats.jsonl", [good_row(), good_row(), bad, good_row()])
@@ -210,25 +210,27 @@ def test_bad_rows_stop_qlora_in_one_line(tiny_model_dir, tmp_path, capsys, bad, 
 
 
 class TestDetection:
-    @pytest.mark.parametrize("columns, expected", [
-        (["messages"], "chat"), (["conversations", "id"], "chat"), (["instruction", "input", "output"], "alpaca"),
-        (["prompt", "completion"], "self-instruct"), (["text"], "oasst1"), (["input", "output"], "input-output"),
+    @pytest.mark.parametrize("columns, expected, deciding", [
+        (["messages"], "chat", "messages"), (["conversations", "id"], "chat", "conversations"),
+        (["instruction", "input", "output"], "alpaca", "instruction, output"),
+        (["prompt", "completion"], "self-instruct", "prompt, completion"), (["text"], "oasst1", "text"),
+        (["input", "output"], "input-output", "input, output"),
     ])
-    def test_columns_name_the_format(self, columns, expected, caplog):
+    def test_columns_name_the_format(self, columns, expected, deciding, caplog):
         with caplog.at_level(logging.INFO, logger="qlorakit.data"):
             assert data.resolve_format("rows.jsonl", None, columns) == expected
         logged = [r.getMessage() for r in caplog.records if "detected from the columns" in r.getMessage()]
-        assert logged == [f"rows.jsonl: dataset format {expected}, detected from the columns ({', '.join(columns)}); "
+        assert logged == [f"rows.jsonl: dataset format {expected}, detected from the columns ({deciding}); "
                           "--dataset_format overrides"]
 
     def test_ambiguous_columns_list_the_columns_and_the_candidates(self):
-        with pytest.raises(DataError, match=r"\(messages, text\): they fit chat and oasst1; pass --dataset_format"):
+        with pytest.raises(DataError, match=r"\(messages, text\): they fit chat and chip2 and oasst1; pass --dataset_format"):
             data.resolve_format("rows.jsonl", None, ["messages", "text"])
 
     def test_unknown_columns_list_every_format(self):
-        with pytest.raises(DataError, match=r"\(question, answer\): they fit no format.*chat: messages or "
-                                            r"conversations.*input-output: input \+ output"):
-            data.resolve_format("rows.jsonl", None, ["question", "answer"])
+        with pytest.raises(DataError, match=r"\(version, data\): they fit no format and no format reads any of "
+                                            r"them.*chat: messages or conversations.*input-output: input \+ output"):
+            data.resolve_format("rows.jsonl", None, ["version", "data"])
 
     def test_a_hub_id_is_loaded_and_needs_a_train_split(self, monkeypatch):
         calls = []

@@ -22,7 +22,8 @@ class TestFormats:
 
     def test_self_instruct_hh_rlhf_oasst1(self):
         assert data.format_self_instruct({"prompt": "p", "completion": "c"}) == {"input": "p", "output": "c"}
-        assert data.format_hh_rlhf({"chosen": "good", "rejected": "bad"}) == {"input": "", "output": "good"}
+        pair = {"chosen": "\n\nHuman: Hi\n\nAssistant: good", "rejected": "\n\nHuman: Hi\n\nAssistant: bad"}
+        assert data.format_hh_rlhf(pair) == {"input": "\n\nHuman: Hi\n\nAssistant:", "output": " good"}
         text = "### Human: Hi### Assistant: Hello"
         assert data.format_oasst1({"text": text}) == {"input": "", "output": text}
 
@@ -84,12 +85,12 @@ class TestBadInput:
         path = tmp_path / "rows.jsonl"
         path.write_text("\n".join(json.dumps({"instruction": f"q{i}", "answer": "x"}) for i in range(3)))
         raw = data.load_raw_dataset(str(path))
-        with pytest.raises(DataError, match="lack the field 'output'.*--dataset_format alpaca"):
+        with pytest.raises(DataError, match=r"lack the columns instruction \+ output that --dataset_format alpaca"):
             data.apply_format(raw, "alpaca", str(path))
 
     def test_a_null_value_names_the_row(self):
         raw = DatasetDict({"train": Dataset.from_list([{"input": "a", "output": "b"}, {"input": "c", "output": None}])})
-        with pytest.raises(DataError, match="row 2 of split 'train' has no value for 'output'"):
+        with pytest.raises(DataError, match="row 2 of split 'train': has no value for 'output'"):
             data.apply_format(raw, "input-output", "rows.jsonl")
 
 
