@@ -109,6 +109,9 @@ def normalize_messages(row, messages):
     """The row's messages (with its system column, if any) as checked {"role", "content"} dicts."""
     if not isinstance(messages, list) or not messages:
         raise ConversationError("holds no list of messages")
+    if row.get("tools") not in (None, "", "[]", []):
+        raise ConversationError("has tool definitions (tools): tool calls are not trained here; leave such "
+                                "conversations out")
     normalized = [normalize_message(message, number) for number, message in enumerate(messages, start=1)]
     return check_turns(row_system_message(row, normalized) + normalized)
 

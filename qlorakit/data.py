@@ -132,12 +132,12 @@ FORMATS = {
     "self-instruct": DataFormat(format_self_instruct, (("prompt", "completion"),), text=("prompt", "completion")),
     # Preference pairs train their chosen side only when asked: detection refuses them.
     "hh-rlhf": DataFormat(format_hh_rlhf, (("chosen",),), ("rejected", "prompt", "conversations", "messages",
-                                                            "system"), detected=False),
+                                                            "system", "tools"), detected=False),
     "oasst1": DataFormat(format_oasst1, (("text",),), text=("text",)),
     # Alpaca rows have input and output too; the instruction column tells them apart.
     "input-output": DataFormat(format_input_output, (("input", "output"),), text=("input", "output"),
                                unless=("instruction",)),
-    "chat": DataFormat(format_chat, (("messages",), ("conversations",)), ("system",)),
+    "chat": DataFormat(format_chat, (("messages",), ("conversations",)), ("system", "tools")),
 }
 FORMATTED_COLUMNS = ("input", "output", "messages")
 PREFERENCE_COLUMNS = ("chosen", "rejected")
@@ -183,7 +183,8 @@ def format_fits(data_format, present):
 
 
 def column_hint(name, data_format, present):
-    """How close a format comes to the columns: (columns it lacks with no likely mapping, text).
+    """How close a format comes to the columns: (columns it lacks with no likely mapping, minus the
+    columns it has, text): the smallest comes closest.
 
     A lacking column is mapped from a present column that other datasets use for it (Dolly's
     `response` for `output`), and so is a column the format reads when present.
@@ -198,7 +199,7 @@ def column_hint(name, data_format, present):
     pairs = ",".join(f"{field}={column}" for field, column in mapping.items() if column)
     if not unmapped and pairs:
         text += f": try --dataset_format {name} --dataset_columns {pairs}"
-    return len(unmapped), len(has), text
+    return len(unmapped), -len(has), text
 
 
 def no_fit_message(present):
@@ -207,9 +208,9 @@ def no_fit_message(present):
         return ("they are preference pairs; this trainer trains on examples, not pairs: pass "
                 "--dataset_format hh-rlhf to train on the chosen side (the rejected side is not used)")
     hints = sorted(column_hint(name, f, present) for name, f in FORMATS.items())
-    close = [text for unmapped, has, text in hints if has or not unmapped]
+    close = [text for unmapped, minus_has, text in hints if minus_has or not unmapped]
     if close:
-        best = [text for unmapped, has, text in hints if (unmapped, has) == hints[0][:2] and text in close]
+        best = [text for unmapped, minus_has, text in hints if (unmapped, minus_has) == hints[0][:2] and text in close]
         return f"they fit no format; closest: {'; '.join(best or close[:2])}"
     rules = "; ".join(f"{name}: {' or '.join(' + '.join(cols) for cols in f.needs)}" for name, f in FORMATS.items())
     return f"they fit no format and no format reads any of them (formats and the columns they need: {rules})"
@@ -219,6 +220,8 @@ def detect_format(columns, source):
     """The one detectable format whose columns the data has; none or several is an error that
     names the formats that come closest, or every format whose columns are there."""
     present = set(columns)
+    if set(PREFERENCE_COLUMNS) <= present:
+        raise DataError(f"{source}: columns ({', '.join(columns)}): {no_fit_message(present)}")
     fits = {name: format_fits(f, present) for name, f in FORMATS.items()}
     found = sorted(name for name, needs in fits.items() if needs and FORMATS[name].detected)
     if len(found) != 1:
