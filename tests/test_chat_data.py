@@ -297,7 +297,7 @@ def test_padding_free_loss_equals_the_padded_loss_on_conversations(tiny_model_di
     torch.testing.assert_close(flat, padded, atol=5e-6, rtol=0)
 
 
-@pytest.mark.parametrize("module", [chat_data, preview])
+@pytest.mark.parametrize("module", [chat_data, data, preview])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
