@@ -131,8 +131,8 @@ FORMATS = {
     "chip2": DataFormat(format_chip2, (("text",),), text=("text",), detected=False),
     "self-instruct": DataFormat(format_self_instruct, (("prompt", "completion"),), text=("prompt", "completion")),
     # Preference pairs train their chosen side only when asked: detection refuses them.
-    "hh-rlhf": DataFormat(format_hh_rlhf, (("chosen",),), ("rejected", "prompt", "conversations", "messages",
-                                                            "system", "tools"), detected=False),
+    "hh-rlhf": DataFormat(format_hh_rlhf, (("chosen",),), ("prompt", "conversations", "messages", "system", "tools"),
+                          detected=False),
     "oasst1": DataFormat(format_oasst1, (("text",),), text=("text",)),
     # Alpaca rows have input and output too; the instruction column tells them apart.
     "input-output": DataFormat(format_input_output, (("input", "output"),), text=("input", "output"),

@@ -68,6 +68,16 @@ class TestColumnMapping:
         assert trained_text(segments)[0].startswith("The Yangtze (长江).")
         assert "columns not used by format alpaca: category" in caplog.text
 
+    def test_a_yaml_config_maps_columns(self, tiny_model_dir, tmp_path, capsys):
+        path = write_jsonl(tmp_path / "dolly.jsonl", [DOLLY] * 2)
+        config = tmp_path / "run.yaml"
+        config.write_text(f"model_name_or_path: {tiny_model_dir}\ndataset: {path}\noutput_dir: {tmp_path}\n"
+                          "dataset_format: alpaca\ndataset_columns: {input: context, output: response}\n"
+                          "preview_data: 1\npreview_format: json\n", encoding="utf-8")
+        assert qlora.main([str(config)]) == 0
+        segments = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["segments"]
+        assert trained_text(segments)[0].startswith("The Yangtze (长江).")
+
     def test_yaml_mapping_and_bad_mappings(self):
         assert data.parse_column_mapping({"output": "response"}) == {"response": "output"}
         with pytest.raises(DataError, match="no format reads 'answer'"):
@@ -159,8 +169,10 @@ class TestPreferencePairs:
         with pytest.raises(DataError, match="preference pairs.*--dataset_format hh-rlhf to train on the chosen side"):
             data.resolve_format("pairs.jsonl", None, columns)
 
-    def test_sharegpt_pairs_train_the_chosen_reply(self):
-        messages = formatted([self.DPO_SHAREGPT], "hh-rlhf")[0]["messages"]
+    def test_sharegpt_pairs_train_the_chosen_reply(self, caplog):
+        with caplog.at_level(logging.INFO, logger="qlorakit.data"):
+            messages = formatted([self.DPO_SHAREGPT], "hh-rlhf")[0]["messages"]
+        assert "columns not used by format hh-rlhf: rejected" in caplog.text
         assert messages == [{"role": "user", "content": "推荐一本书。"}, {"role": "assistant", "content": "《红楼梦》。"}]
 
     def test_message_list_pairs_with_and_without_a_prompt_column(self):
