@@ -408,8 +408,10 @@ def keep_kto_desirable(split_data, source, split):
     return kept
 
 
-def unused_columns(split_data, data_format, needs):
-    reads = set(needs) | set(data_format.reads) | ({KTO_LABEL} if has_kto_label(split_data) else set())
+def unused_columns(split_data, data_format):
+    """The columns a format reads in no row (a chat file may mix messages and conversations rows)."""
+    reads = {column for alternative in data_format.needs for column in alternative} | set(data_format.reads)
+    reads |= {KTO_LABEL} if has_kto_label(split_data) else set()
     return [column for column in split_data.column_names if column not in reads]
 
 
@@ -420,7 +422,7 @@ def apply_format(dataset_dict, format_name, source):
     formatted = {}
     for split, split_data in dataset_dict.items():
         needs = check_columns(split_data.column_names, format_name, source)
-        unused = unused_columns(split_data, data_format, needs)
+        unused = unused_columns(split_data, data_format)
         if unused and split == "train":
             logger.info("%s: columns not used by format %s: %s", source, format_name, ", ".join(unused))
         split_data = keep_kto_desirable(split_data, source, split)
