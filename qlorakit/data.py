@@ -226,8 +226,13 @@ def detect_format(columns, source):
     found = sorted(name for name, needs in fits.items() if needs and FORMATS[name].detected)
     if len(found) != 1:
         candidates = sorted(name for name, needs in fits.items() if needs)
-        reason = (f"they fit {' and '.join(candidates)}; pass --dataset_format {' or '.join(candidates)}"
-                  if len(candidates) > 1 else no_fit_message(present))
+        if len(candidates) > 1:
+            reason = f"they fit {' and '.join(candidates)}; pass --dataset_format {' or '.join(candidates)}"
+        elif candidates:
+            reason = f"they fit only {candidates[0]}, which columns alone do not choose: pass --dataset_format " \
+                     f"{candidates[0]}"
+        else:
+            reason = no_fit_message(present)
         raise DataError(f"{source}: cannot tell the format from the columns ({', '.join(columns)}): {reason}")
     logger.info("%s: dataset format %s, detected from the columns (%s); --dataset_format overrides",
                 source, found[0], ", ".join(fits[found[0]]))

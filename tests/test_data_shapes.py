@@ -202,6 +202,11 @@ class TestHintsAndTemplateErrors:
             data.resolve_format("rows.jsonl", None, columns)
         assert "pass --dataset_format" not in str(error.value)
 
+    def test_a_format_never_detected_is_named_when_it_alone_fits(self):
+        with pytest.raises(DataError, match="they fit only hh-rlhf, which columns alone do not choose: pass "
+                                            "--dataset_format hh-rlhf"):
+            data.resolve_format("rows.jsonl", None, ["chosen", "score"])
+
     def test_ambiguous_columns_list_every_fitting_format(self):
         with pytest.raises(DataError, match="they fit chat and chip2 and hh-rlhf and oasst1; pass --dataset_format "
                                             "chat or chip2 or hh-rlhf or oasst1"):
