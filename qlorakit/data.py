@@ -204,9 +204,6 @@ def column_hint(name, data_format, present):
 
 def no_fit_message(present):
     """The formats that come closest to the columns, or each format's columns when none is close."""
-    if set(PREFERENCE_COLUMNS) <= present:
-        return ("they are preference pairs; this trainer trains on examples, not pairs: pass "
-                "--dataset_format hh-rlhf to train on the chosen side (the rejected side is not used)")
     hints = sorted(column_hint(name, f, present) for name, f in FORMATS.items())
     close = [text for unmapped, minus_has, text in hints if minus_has or not unmapped]
     if close:
@@ -221,7 +218,9 @@ def detect_format(columns, source):
     names the formats that come closest, or every format whose columns are there."""
     present = set(columns)
     if set(PREFERENCE_COLUMNS) <= present:
-        raise DataError(f"{source}: columns ({', '.join(columns)}): {no_fit_message(present)}")
+        raise DataError(f"{source}: columns ({', '.join(columns)}) are preference pairs; this trainer trains on "
+                        "examples, not pairs: pass --dataset_format hh-rlhf to train on the chosen side (the "
+                        "rejected side is not used)")
     fits = {name: format_fits(f, present) for name, f in FORMATS.items()}
     found = sorted(name for name, needs in fits.items() if needs and FORMATS[name].detected)
     if len(found) != 1:
@@ -229,8 +228,8 @@ def detect_format(columns, source):
         if len(candidates) > 1:
             reason = f"they fit {' and '.join(candidates)}; pass --dataset_format {' or '.join(candidates)}"
         elif candidates:
-            reason = f"they fit only {candidates[0]}, which columns alone do not choose: pass --dataset_format " \
-                     f"{candidates[0]}"
+            reason = (f"they fit only {candidates[0]}, which columns alone do not choose: "
+                      f"pass --dataset_format {candidates[0]}")
         else:
             reason = no_fit_message(present)
         raise DataError(f"{source}: cannot tell the format from the columns ({', '.join(columns)}): {reason}")
