@@ -50,6 +50,8 @@ def alpaca_conversation(row):
 
 
 def format_alpaca(row):
+    """The Alpaca prompt and its output; with a history or system column, a conversation (the
+    prompt layout has no place for either)."""
     if "history" in row or "system" in row:
         return {"messages": alpaca_conversation(row)}
     template = ALPACA_TEMPLATE_WITH_INPUT if row.get("input") else ALPACA_TEMPLATE_NO_INPUT
