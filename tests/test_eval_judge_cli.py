@@ -155,6 +155,49 @@ class TestReviewAgainstFaultyServer:
             assert len(read_rows(inputs["out"])) == 5
             assert stub.billed_total == 5 and stub.requests == 7
 
+    def test_malformed_replies_are_retried_and_paid_once(self, inputs, tmp_path):
+        inputs["out"] = tmp_path / "reviews.jsonl"
+        faults = ["notjson", "nochoices", "empty", "500", "429"]
+        with StubServer(faults=faults, retry_after=0.05) as stub:
+            result = run(review_command(inputs, "--concurrency", "1"), stub, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        rows = read_rows(inputs["out"])
+        assert len(rows) == 5 and len({order_key(r) for r in rows}) == 5
+        assert stub.billed_total == 5 and set(stub.billed.values()) == {1}  # one good reply each
+        assert stub.malformed == 3 and stub.requests == 5 + len(faults)
+        assert all(row["text"].strip() for row in rows)
+
+    def test_replies_that_never_come_right_fail_alone_and_leave_no_file(self, inputs, tmp_path):
+        inputs["out"] = tmp_path / "reviews.jsonl"
+        with StubServer(faults=["notjson", "nochoices", "empty"] * 4) as stub:
+            first = run(review_command(inputs, "--max-retries", "2", "--concurrency", "1"), stub, tmp_path)
+            assert first.returncode == 1 and "Traceback" not in first.stderr
+            # Four judgments got three malformed replies each (1 try + 2 retries): failed, not written.
+            assert "1 done, 4 failed" in first.stderr
+            assert len(read_rows(inputs["out"])) == 1
+            requests_before = stub.requests
+            second = run(review_command(inputs), stub, tmp_path)
+            assert second.returncode == 0
+            assert stub.requests - requests_before == 4  # only the failed ones are asked again
+            assert len(read_rows(inputs["out"])) == 5 and stub.billed_total == 5
+        with StubServer(faults=["notjson"] * 10) as broken:
+            inputs["out"] = tmp_path / "never.jsonl"
+            failed = run(review_command(inputs, "--max-retries", "1"), broken, tmp_path)
+        assert failed.returncode == 1 and "0 done, 5 failed" in failed.stderr
+        assert not inputs["out"].exists()  # no empty file that a later run could take as finished
+
+    def test_reply_without_verdict_is_kept_not_bought_again(self, inputs, tmp_path):
+        inputs["out"] = tmp_path / "reviews.jsonl"
+        with StubServer(reply=lambda messages: "Both answers are fine.") as stub:
+            first = run(review_command(inputs), stub, tmp_path)
+            again = run(review_command(inputs), stub, tmp_path)
+        assert first.returncode == 0 and again.returncode == 0
+        assert "5 replies hold no readable threeclass verdict" in first.stderr
+        rows = read_rows(inputs["out"])
+        assert len(rows) == 5 and {r["score"] for r in rows} == {-1}
+        assert stub.requests == 5  # recorded as unparsable, never paid for twice
+
     def test_api_key_never_printed_or_written(self, inputs, tmp_path):
         inputs["out"] = tmp_path / "reviews.jsonl"
         with StubServer(faults=["429", "500"], retry_after=0.05) as stub:

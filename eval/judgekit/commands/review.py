@@ -160,11 +160,20 @@ def main(argv=None):
     if not todo:
         return 0
 
-    def make_row(job, text):
-        return {"review_id": uuid.uuid4().hex[:22], **job.payload, "text": text,
-                "score": verdicts.parse_verdict(text, kind), "verdict": kind}
+    unreadable = []
 
-    return client.run_jobs_to_file(client.runner_from_args(args, args.model), todo, out, make_row, "judging")
+    def make_row(job, text):
+        score = verdicts.parse_verdict(text, kind)
+        if not verdicts.is_parsed(score):
+            unreadable.append(score)
+        return {"review_id": uuid.uuid4().hex[:22], **job.payload, "text": text, "score": score, "verdict": kind}
+
+    status = client.run_jobs_to_file(client.runner_from_args(args, args.model), todo, out, make_row, "judging")
+    if unreadable:
+        # Paid for and kept: asking again costs as much and the scorers count these as unparsable.
+        logger.warning("%d replies hold no readable %s verdict; written with score %s and not asked again",
+                       len(unreadable), kind, unreadable[0])
+    return status
 
 
 def console_main():
