@@ -5,6 +5,7 @@ without paying twice, and the API key never shows up in what we write or print."
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -142,6 +143,31 @@ class TestReviewAgainstFaultyServer:
             requests_after = stub.requests
             again = run(review_command(inputs, "--both-orders"), stub, tmp_path)
             assert again.returncode == 0 and stub.requests == requests_after  # nothing left to ask
+
+    def test_ctrl_c_stops_in_one_line_with_every_paid_reply_on_disk(self, inputs, tmp_path):
+        out = inputs["out"] = tmp_path / "reviews.jsonl"
+        with StubServer(latency=0.02, bill_limit=3) as stub:
+            process = subprocess.Popen(review_command(inputs, "--both-orders", "--concurrency", "2"),
+                                       env=environment(stub), cwd=tmp_path, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + 30
+                # 3 paid and written, 2 held in flight (a reply still on the wire at Ctrl-C is lost).
+                while time.monotonic() < deadline and (stub.requests < 5 or not out.exists()
+                                                       or len(read_rows(out)) < 3):
+                    time.sleep(0.05)
+                process.send_signal(signal.SIGINT)
+                _, stderr = process.communicate(timeout=30)
+            finally:
+                process.kill()
+            assert process.returncode == 130
+            assert "Traceback" not in stderr
+            assert stderr.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+            assert len(read_rows(out)) == stub.billed_total == 3  # every paid reply, and only those
+            stub.open_gate()
+            again = run(review_command(inputs, "--both-orders"), stub, tmp_path)
+            assert again.returncode == 0 and len(read_rows(out)) == 10
+            assert stub.billed_total == 10 and set(stub.billed.values()) == {1}
 
     def test_failed_requests_are_retried_by_the_next_run(self, inputs, tmp_path):
         inputs["out"] = tmp_path / "reviews.jsonl"
