@@ -309,6 +309,15 @@ class TestQaBaseline:
         assert all(r["model_id"] == "stub-model" and r["answer_id"] and r["text"] for r in rows)
         assert SECRET not in first.stderr + first.stdout + out.read_text()
 
+    def test_a_run_the_api_fails_throughout_leaves_no_answer_file(self, inputs, tmp_path):
+        out = tmp_path / "answers" / "answer_stub.jsonl"
+        command = [sys.executable, str(EVAL_DIR / "qa_baseline_gpt.py"), "-q", str(inputs["q"]), "-o", str(out),
+                   "--max-retries", "1", "--backoff-base", "0.01"]
+        with StubServer(faults=["500", "notjson"] * 5) as stub:
+            result = run(command, stub, tmp_path)
+        assert result.returncode == 1 and "0 done, 5 failed" in result.stderr
+        assert stub.requests == 10 and not out.exists()
+
 
 REFERENCE_EVAL = EVAL_DIR.parent.parent / "shared" / "reference" / "qlora-eval"
 
