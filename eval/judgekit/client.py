@@ -121,6 +121,13 @@ def reply_text(response):
     return text
 
 
+def describe_job(job):
+    """Which request this is, for a log line: the id fields of its payload (never the messages)."""
+    payload = job.payload if isinstance(job.payload, dict) else {}
+    ids = [f"{key}={value}" for key, value in payload.items() if key.endswith("_id")]
+    return " ".join(ids) if ids else "one request"
+
+
 def classify_error(err):
     """``"retry"``, ``"fatal"`` or ``"fail"`` (give up on this request only)."""
     if isinstance(err, (openai.APITimeoutError, openai.APIConnectionError, MalformedReply)):
@@ -178,7 +185,7 @@ class ChatRunner:
                     raise FatalAPIError(f"the server refused the request ({_describe(err)}): check "
                                         "OPENAI_BASE_URL, the model name and the key") from None
                 if kind == "fail" or retry == self.retry.max_retries:
-                    raise RequestFailed(_describe(err)) from None
+                    raise RequestFailed(f"{_describe(err)} at try {retry + 1}") from None
                 headers = getattr(getattr(err, "response", None), "headers", None)
                 wait = retry_after_seconds(headers)
                 wait = self.retry.backoff(retry) if wait is None else wait
@@ -206,7 +213,7 @@ class ChatRunner:
                     self.summary.succeeded += 1
                 else:
                     self.summary.failed += 1
-                    logger.warning("gave up on one request: %s", error)
+                    logger.warning("gave up on %s: %s", describe_job(job), error)
                 on_result(job, text, error)  # written before the next result is awaited
         finally:
             for task in tasks:
