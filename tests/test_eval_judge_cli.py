@@ -202,7 +202,7 @@ class TestReviewAgainstFaultyServer:
             # Four judgments got three malformed replies each (1 try + 2 retries): failed, not written.
             assert "1 done, 4 failed" in first.stderr
             assert "gave up on question_id=1 answer1_id=a1" in first.stderr  # which one, said once
-            assert "a reply with empty content at try 3" in first.stderr
+            assert "a reply with empty content at try 3" in first.stderr, first.stderr
             assert first.stderr.count("gave up on") == 4
             assert len(read_rows(inputs["out"])) == 1
             requests_before = stub.requests

@@ -100,7 +100,10 @@ def retry_after_seconds(headers):
 
 
 def _describe(err):
-    """A short, key-free description of an SDK error for logs."""
+    """A short, key-free description of an SDK error for logs (ours say what was wrong; the SDK's
+    messages may echo the request, so only their status or class is shown)."""
+    if isinstance(err, MalformedReply):
+        return str(err)
     status = getattr(err, "status_code", None)
     return f"HTTP {status}" if status else type(err).__name__
 
