@@ -5,6 +5,7 @@ without paying twice, and the API key never shows up in what we write or print."
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -143,6 +144,31 @@ class TestReviewAgainstFaultyServer:
             again = run(review_command(inputs, "--both-orders"), stub, tmp_path)
             assert again.returncode == 0 and stub.requests == requests_after  # nothing left to ask
 
+    def test_ctrl_c_stops_in_one_line_with_every_paid_reply_on_disk(self, inputs, tmp_path):
+        out = inputs["out"] = tmp_path / "reviews.jsonl"
+        with StubServer(latency=0.02, bill_limit=3) as stub:
+            process = subprocess.Popen(review_command(inputs, "--both-orders", "--concurrency", "2"),
+                                       env=environment(stub), cwd=tmp_path, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + 30
+                # 3 paid and written, 2 held in flight (a reply still on the wire at Ctrl-C is lost).
+                while time.monotonic() < deadline and (stub.requests < 5 or not out.exists()
+                                                       or len(read_rows(out)) < 3):
+                    time.sleep(0.05)
+                process.send_signal(signal.SIGINT)
+                _, stderr = process.communicate(timeout=30)
+            finally:
+                process.kill()
+            assert process.returncode == 130
+            assert "Traceback" not in stderr
+            assert stderr.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+            assert len(read_rows(out)) == stub.billed_total == 3  # every paid reply, and only those
+            stub.open_gate()
+            again = run(review_command(inputs, "--both-orders"), stub, tmp_path)
+            assert again.returncode == 0 and len(read_rows(out)) == 10
+            assert stub.billed_total == 10 and set(stub.billed.values()) == {1}
+
     def test_failed_requests_are_retried_by_the_next_run(self, inputs, tmp_path):
         inputs["out"] = tmp_path / "reviews.jsonl"
         with StubServer(faults=["500", "500"]) as stub:
@@ -154,6 +180,52 @@ class TestReviewAgainstFaultyServer:
             assert second.returncode == 0
             assert len(read_rows(inputs["out"])) == 5
             assert stub.billed_total == 5 and stub.requests == 7
+
+    def test_malformed_replies_are_retried_and_paid_once(self, inputs, tmp_path):
+        inputs["out"] = tmp_path / "reviews.jsonl"
+        faults = ["notjson", "nochoices", "empty", "500", "429"]
+        with StubServer(faults=faults, retry_after=0.05) as stub:
+            result = run(review_command(inputs, "--concurrency", "1"), stub, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        rows = read_rows(inputs["out"])
+        assert len(rows) == 5 and len({order_key(r) for r in rows}) == 5
+        assert stub.billed_total == 5 and set(stub.billed.values()) == {1}  # one good reply each
+        assert stub.malformed == 3 and stub.requests == 5 + len(faults)
+        assert all(row["text"].strip() for row in rows)
+
+    def test_replies_that_never_come_right_fail_alone_and_leave_no_file(self, inputs, tmp_path):
+        inputs["out"] = tmp_path / "reviews.jsonl"
+        with StubServer(faults=["notjson", "nochoices", "empty"] * 4) as stub:
+            first = run(review_command(inputs, "--max-retries", "2", "--concurrency", "1"), stub, tmp_path)
+            assert first.returncode == 1 and "Traceback" not in first.stderr
+            # Four judgments got three malformed replies each (1 try + 2 retries): failed, not written.
+            assert "1 done, 4 failed" in first.stderr
+            assert "gave up on question_id=1 answer1_id=a1" in first.stderr  # which one, said once
+            assert "a reply with empty content at try 3" in first.stderr, first.stderr
+            assert first.stderr.count("gave up on") == 4
+            assert len(read_rows(inputs["out"])) == 1
+            requests_before = stub.requests
+            second = run(review_command(inputs), stub, tmp_path)
+            assert second.returncode == 0
+            assert stub.requests - requests_before == 4  # only the failed ones are asked again
+            assert len(read_rows(inputs["out"])) == 5 and stub.billed_total == 5
+        with StubServer(faults=["notjson"] * 10) as broken:
+            inputs["out"] = tmp_path / "never.jsonl"
+            failed = run(review_command(inputs, "--max-retries", "1"), broken, tmp_path)
+        assert failed.returncode == 1 and "0 done, 5 failed" in failed.stderr
+        assert not inputs["out"].exists()  # no empty file that a later run could take as finished
+
+    def test_reply_without_verdict_is_kept_not_bought_again(self, inputs, tmp_path):
+        inputs["out"] = tmp_path / "reviews.jsonl"
+        with StubServer(reply=lambda messages: "Both answers are fine.") as stub:
+            first = run(review_command(inputs), stub, tmp_path)
+            again = run(review_command(inputs), stub, tmp_path)
+        assert first.returncode == 0 and again.returncode == 0
+        assert "5 replies hold no readable threeclass verdict" in first.stderr
+        rows = read_rows(inputs["out"])
+        assert len(rows) == 5 and {r["score"] for r in rows} == {-1}
+        assert stub.requests == 5  # recorded as unparsable, never paid for twice
 
     def test_api_key_never_printed_or_written(self, inputs, tmp_path):
         inputs["out"] = tmp_path / "reviews.jsonl"
@@ -239,6 +311,15 @@ class TestQaBaseline:
         assert sorted(r["question_id"] for r in rows) == [1, 2, 3, 4, 5]
         assert all(r["model_id"] == "stub-model" and r["answer_id"] and r["text"] for r in rows)
         assert SECRET not in first.stderr + first.stdout + out.read_text()
+
+    def test_a_run_the_api_fails_throughout_leaves_no_answer_file(self, inputs, tmp_path):
+        out = tmp_path / "answers" / "answer_stub.jsonl"
+        command = [sys.executable, str(EVAL_DIR / "qa_baseline_gpt.py"), "-q", str(inputs["q"]), "-o", str(out),
+                   "--max-retries", "1", "--backoff-base", "0.01"]
+        with StubServer(faults=["500", "notjson"] * 5) as stub:
+            result = run(command, stub, tmp_path)
+        assert result.returncode == 1 and "0 done, 5 failed" in result.stderr
+        assert stub.requests == 10 and not out.exists()
 
 
 REFERENCE_EVAL = EVAL_DIR.parent.parent / "shared" / "reference" / "qlora-eval"

@@ -67,9 +67,12 @@ def expand_reference_abbreviations(argv, reference_flags, parser):
     return expanded
 
 
+ID_KEY_FLAG = "-id/--id-key"
+
+
 def add_id_key_argument(parser):
     """``-id/--id-key``: the field that identifies a question in every file (the reference's flag)."""
-    parser.add_argument("-id", "--id-key", default=None, metavar="FIELD",
+    parser.add_argument(*ID_KEY_FLAG.split("/"), default=None, metavar="FIELD",
                         help="field that identifies a question, e.g. question_id (Vicuna) or message_id "
                              "(OpenAssistant); default: found in the files, and said which")
 
@@ -101,5 +104,6 @@ def load_review_judgments(args):
 
     configure_logging()
     files = expand_review_paths(args.files)
-    owners = reviews.parse_answer_owner_specs(args.answers, args.id_key)
-    return files, reviews.load_judgments(files, judge=args.judge, owners=owners, id_key=args.id_key)
+    owners = reviews.parse_answer_owner_specs(args.answers, args.id_key, ID_KEY_FLAG)
+    return files, reviews.load_judgments(files, judge=args.judge, owners=owners, id_key=args.id_key,
+                                         id_flag=ID_KEY_FLAG)

@@ -65,6 +65,11 @@ class RequestFailed(Exception):
     """A request that did not succeed within its retries (or was refused for good)."""
 
 
+class MalformedReply(Exception):
+    """A 200 reply with nothing to use: a body that is not JSON, no ``choices``, empty content,
+    or text the caller cannot read (``ChatJob``'s ``accept`` says so)."""
+
+
 class FatalAPIError(Exception):
     """The server refuses every request (bad key, unknown model, wrong URL): stop at once."""
 
@@ -95,14 +100,40 @@ def retry_after_seconds(headers):
 
 
 def _describe(err):
-    """A short, key-free description of an SDK error for logs."""
+    """A short, key-free description of an SDK error for logs (ours say what was wrong; the SDK's
+    messages may echo the request, so only their status or class is shown)."""
+    if isinstance(err, MalformedReply):
+        return str(err)
     status = getattr(err, "status_code", None)
     return f"HTTP {status}" if status else type(err).__name__
 
 
+def reply_text(response):
+    """The text of a chat completion; ``MalformedReply`` when the reply has none.
+
+    With a non-JSON body the SDK hands back the body as a string, and with a JSON body missing
+    fields it hands back a model whose fields are None: both are checked here, not trusted.
+    """
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise MalformedReply("a reply that is not JSON" if isinstance(response, str) else "a reply without choices")
+    message = getattr(choices[0], "message", None)
+    text = getattr(message, "content", None)
+    if not isinstance(text, str) or not text.strip():
+        raise MalformedReply("a reply with empty content")
+    return text
+
+
+def describe_job(job):
+    """Which request this is, for a log line: the id fields of its payload (never the messages)."""
+    payload = job.payload if isinstance(job.payload, dict) else {}
+    ids = [f"{key}={value}" for key, value in payload.items() if key.endswith("_id")]
+    return " ".join(ids) if ids else "one request"
+
+
 def classify_error(err):
     """``"retry"``, ``"fatal"`` or ``"fail"`` (give up on this request only)."""
-    if isinstance(err, (openai.APITimeoutError, openai.APIConnectionError)):
+    if isinstance(err, (openai.APITimeoutError, openai.APIConnectionError, MalformedReply)):
         return "retry"
     if isinstance(err, openai.APIStatusError):
         if err.status_code in RETRYABLE_STATUS or err.status_code >= 500:
@@ -132,6 +163,12 @@ class ChatRunner:
                 "OPENAI_API_KEY is not set (for a local server without keys, set it to any value)"
             ) from None
 
+    def _count_tokens(self, response):
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            self.summary.prompt_tokens += usage.prompt_tokens or 0
+            self.summary.completion_tokens += usage.completion_tokens or 0
+
     async def _complete(self, client, job):
         """The reply text of one job, retrying what is worth retrying."""
         for retry in range(self.retry.max_retries + 1):
@@ -143,24 +180,21 @@ class ChatRunner:
                     temperature=job.temperature,
                     max_tokens=job.max_tokens,
                 )
-            except openai.OpenAIError as err:
+                self._count_tokens(response)
+                return reply_text(response)
+            except (openai.OpenAIError, MalformedReply) as err:
                 kind = classify_error(err)
                 if kind == "fatal":
                     raise FatalAPIError(f"the server refused the request ({_describe(err)}): check "
                                         "OPENAI_BASE_URL, the model name and the key") from None
                 if kind == "fail" or retry == self.retry.max_retries:
-                    raise RequestFailed(_describe(err)) from None
+                    raise RequestFailed(f"{_describe(err)} at try {retry + 1}") from None
                 headers = getattr(getattr(err, "response", None), "headers", None)
                 wait = retry_after_seconds(headers)
                 wait = self.retry.backoff(retry) if wait is None else wait
                 logger.debug("%s; retry %d in %.2fs", _describe(err), retry + 1, wait)
                 self.summary.retries += 1
                 await asyncio.sleep(wait)
-                continue
-            if response.usage is not None:
-                self.summary.prompt_tokens += response.usage.prompt_tokens or 0
-                self.summary.completion_tokens += response.usage.completion_tokens or 0
-            return response.choices[0].message.content or ""
         raise AssertionError("unreachable")
 
     async def _run(self, jobs, on_result):
@@ -182,7 +216,7 @@ class ChatRunner:
                     self.summary.succeeded += 1
                 else:
                     self.summary.failed += 1
-                    logger.warning("gave up on one request: %s", error)
+                    logger.warning("gave up on %s: %s", describe_job(job), error)
                 on_result(job, text, error)  # written before the next result is awaited
         finally:
             for task in tasks:
@@ -224,16 +258,36 @@ def format_summary(summary, seconds):
             f"{summary.completion_tokens} completion")
 
 
+class LazyAppender:
+    """A ``JsonlAppender`` opened at the first row: a run in which nothing succeeds leaves no
+    file behind (an empty output file would look like a finished run with nothing to say)."""
+
+    def __init__(self, path):
+        self.path = path
+        self._writer = None
+
+    def write(self, row):
+        from qlorakit.jsonl import JsonlAppender
+
+        if self._writer is None:
+            self._writer = JsonlAppender(self.path)
+        self._writer.write(row)
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
+
+
 def run_jobs_to_file(runner, jobs, path, make_row, desc):
-    """Run ``jobs`` and append ``make_row(job, text)`` to ``path`` as each succeeds; failures are
-    not written, so the next run of the same command asks them again. Returns the exit status:
-    0 when all succeeded, 1 when some failed."""
+    """Run ``jobs`` and append ``make_row(job, text)`` to ``path`` as each succeeds (flushed and
+    fsynced before the next result is taken, so a paid reply is on disk before anything else
+    happens); failures are not written, so the next run of the same command asks them again.
+    Returns the exit status: 0 when all succeeded, 1 when some failed."""
     from tqdm import tqdm
 
-    from qlorakit.jsonl import JsonlAppender
-
     started = time.perf_counter()
-    with JsonlAppender(path) as writer, tqdm(total=len(jobs), desc=desc) as bar:
+    writer = LazyAppender(path)
+    with tqdm(total=len(jobs), desc=desc) as bar:
         def on_result(job, text, error):
             bar.update(1)
             if error is None:
@@ -243,6 +297,8 @@ def run_jobs_to_file(runner, jobs, path, make_row, desc):
             summary = runner.run(jobs, on_result)
         except FatalAPIError as err:
             raise InputError(str(err)) from None
+        finally:
+            writer.close()
     logger.info(format_summary(summary, time.perf_counter() - started))
     if summary.failed:
         logger.error("%d requests failed; rerun the same command to ask them again", summary.failed)

@@ -43,14 +43,17 @@ class Answer:
     model: str
 
 
-def detect_id_key(rows_by_path, id_key=None):
+def detect_id_key(rows_by_path, id_key=None, id_flag=None):
     """The id field every row of every file has: ``id_key`` when given (checked), else the first
     of ``ID_KEYS`` they all carry. ``rows_by_path`` maps a path to its ``(number, row)`` list.
+    ``id_flag``: the calling command's flag that names the field, suggested in errors; None for
+    a command without one (an error may only suggest flags its command accepts).
 
     >>> detect_id_key({"q.jsonl": [(1, {"question_id": 1, "message_id": "a"})], "a.jsonl": [(1, {"message_id": "a"})]})
     'message_id'
     """
     candidates = [id_key] if id_key else ID_KEYS
+    how = f"name the field with {id_flag}" if id_flag else "see the question-file format in eval/README.md"
     for key in candidates:
         if all(isinstance(row, dict) and key in row for rows in rows_by_path.values() for _, row in rows):
             return key
@@ -58,9 +61,9 @@ def detect_id_key(rows_by_path, id_key=None):
         for number, row in rows:
             if not isinstance(row, dict) or not any(key in row for key in candidates):
                 raise InputError(f"{path}:{number}: no {' or '.join(candidates)} field to identify the question"
-                                 + ("" if id_key else "; name the field with -id/--id-key"))
+                                 + ("" if id_key else f"; {how}"))
     raise InputError(f"no id field is shared by {', '.join(rows_by_path)}: these files key their rows by "
-                     f"different fields; name one they all have with -id/--id-key")
+                     f"different fields; {how}")
 
 
 def _require(row, keys, path, number):
@@ -86,11 +89,11 @@ def parse_question(row, path="<row>", number=0, id_key="question_id"):
     return Question(row[id_key], text, row.get("category") or "general", ids)
 
 
-def load_questions(path, id_key=None):
+def load_questions(path, id_key=None, id_flag=None):
     """All questions of ``path`` in file order, identified by ``id_key`` (default: found in the
-    file); duplicate ids are an error."""
+    file); duplicate ids are an error. ``id_flag``: see ``detect_id_key``."""
     rows = list(read_jsonl(path))
-    id_key = id_key or detect_id_key({path: rows})
+    id_key = id_key or detect_id_key({path: rows}, id_flag=id_flag)
     questions, seen = [], set()
     for number, row in rows:
         question = parse_question(row, path, number, id_key)
@@ -135,12 +138,12 @@ def model_name_from_path(path):
     return stem.replace("_", "-")
 
 
-def load_keyed_answers(path, model=None, id_key=None):
+def load_keyed_answers(path, model=None, id_key=None, id_flag=None):
     """``(id_key, {id: Answer})`` for an answer file, keyed by ``id_key`` (default: found in the
-    file); the model name defaults to the file stem."""
+    file); the model name defaults to the file stem. ``id_flag``: see ``detect_id_key``."""
     model = model or model_name_from_path(path)
     rows = list(read_jsonl(path))
-    id_key = id_key or detect_id_key({path: rows})
+    id_key = id_key or detect_id_key({path: rows}, id_flag=id_flag)
     answers = {}
     for number, row in rows:
         answer = parse_answer(row, model, path, number, id_key)
@@ -150,9 +153,9 @@ def load_keyed_answers(path, model=None, id_key=None):
     return id_key, answers
 
 
-def load_answers(path, model=None, id_key=None):
+def load_answers(path, model=None, id_key=None, id_flag=None):
     """``{id: Answer}`` for an answer file (see ``load_keyed_answers``)."""
-    return load_keyed_answers(path, model, id_key)[1]
+    return load_keyed_answers(path, model, id_key, id_flag)[1]
 
 
 def load_done_keys(path, key_of):

@@ -38,14 +38,14 @@ class LoadStats:
     files_by_id_key: dict = dataclasses.field(default_factory=dict)  # {"message_id": 1, ...}
 
 
-def parse_answer_owner_specs(specs, id_key=None):
+def parse_answer_owner_specs(specs, id_key=None, id_flag=None):
     """``["gpt-3.5=path/answer_gpt35.jsonl", ...]`` -> ``{answer_id: "gpt-3.5"}``."""
     owners = {}
     for spec in specs or []:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise InputError(f"--answers expects NAME=FILE, got {spec!r}")
-        for answer in load_answers(path, model=name, id_key=id_key).values():
+        for answer in load_answers(path, model=name, id_key=id_key, id_flag=id_flag).values():
             owners[answer.answer_id] = name
     return owners
 
@@ -59,15 +59,15 @@ def _orient(row, file_pair, owners):
     return model1, model2, False
 
 
-def load_judgments(paths, judge=DEFAULT_JUDGE, owners=None, stats=None, id_key=None):
-    """All judgments of the review files, in file order."""
+def load_judgments(paths, judge=DEFAULT_JUDGE, owners=None, stats=None, id_key=None, id_flag=None):
+    """All judgments of the review files, in file order (``id_flag``: see ``records.detect_id_key``)."""
     owners = owners or {}
     stats = stats if stats is not None else LoadStats()
     judgments = []
     for path in paths:
         file_pair = None
         rows = list(read_jsonl(path, tolerate_torn_tail=True))
-        file_key = detect_id_key({path: rows}, id_key)
+        file_key = detect_id_key({path: rows}, id_key, id_flag)
         stats.files_by_id_key[file_key] = stats.files_by_id_key.get(file_key, 0) + 1
         for number, row in rows:
             if "score" not in row:

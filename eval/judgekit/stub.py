@@ -13,6 +13,10 @@ Fault actions, consumed in arrival order, one per request:
   "slow" a normal reply after ``slow_latency`` seconds
   "hang" no reply: wait ``hang_seconds`` and close the connection (never billed)
   "ok"   a normal reply
+  "notjson"    a 200 reply whose body is not JSON (a proxy's HTML page)
+  "nochoices"  a 200 JSON reply without ``choices``
+  "empty"      a 200 reply whose message content is null
+Malformed 200 replies are counted in ``malformed``, not in ``billed``.
 With ``bill_limit`` set, requests after that many billed replies are held (unbilled) until
 ``open_gate()`` drops them: a test can kill its client knowing exactly what was paid for.
 """
@@ -56,6 +60,7 @@ class StubServer:
         self.requests = 0
         self.statuses = collections.Counter()
         self.billed = collections.Counter()  # request digest -> 200 replies sent
+        self.malformed = 0  # malformed 200 replies sent
         self.authorizations = set()
         self.bodies = []  # every request body received, in arrival order
         self._server = None
@@ -121,6 +126,26 @@ def _completion(body, text, number):
     }
 
 
+def _without_choices(body):
+    reply = _completion(body, "", 0)
+    del reply["choices"]
+    return (reply,)
+
+
+def _null_content(body):
+    reply = _completion(body, "", 0)
+    reply["choices"][0]["message"]["content"] = None
+    return (reply,)
+
+
+# Fault action -> (payload, headers, content type) of a 200 reply a judge cannot use.
+MALFORMED_REPLIES = {
+    "notjson": lambda body: ("<html><body>502 Bad Gateway</body></html>", (), "text/html"),
+    "nochoices": _without_choices,
+    "empty": _null_content,
+}
+
+
 def _make_handler(stub):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -128,10 +153,10 @@ def _make_handler(stub):
         def log_message(self, *args):  # keep test and benchmark output clean
             pass
 
-        def _send(self, status, payload, headers=()):
-            data = json.dumps(payload).encode()
+        def _send(self, status, payload, headers=(), content_type="application/json"):
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for name, value in headers:
                 self.send_header(name, value)
@@ -158,6 +183,10 @@ def _make_handler(stub):
                 echoed = self.headers.get("Authorization", "")
                 return self._send(401, {"error": {"message": f"Incorrect API key provided: {echoed}",
                                                   "type": "invalid_request_error"}})
+            if action in MALFORMED_REPLIES:
+                with stub._lock:
+                    stub.malformed += 1
+                return self._send(200, *MALFORMED_REPLIES[action](body))
             if action == "hang":
                 time.sleep(stub.hang_seconds)
                 self.close_connection = True

@@ -47,7 +47,7 @@ def answer_key(row, id_keys):
 def main(argv=None):
     args = parse_args(argv)
     cli.configure_logging(args.verbose)
-    questions = records.load_questions(args.question, args.id_key)
+    questions = records.load_questions(args.question, args.id_key, cli.ID_KEY_FLAG)
     key_of = functools.partial(answer_key, id_keys=tuple(questions[0].ids) if questions else ())
     done = records.load_done_keys(args.output, key_of)
     payloads = [{**q.ids, "model_id": args.model} for q in questions]  # rows keyed like the questions

@@ -125,9 +125,9 @@ def build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args):
 def load_inputs(args):
     """Questions, both answer files as ``(id_key, answers)``, reviewers and prompts; logs the
     fields the files were joined on."""
-    questions = records.load_questions(args.question_file, args.id_key)
+    questions = records.load_questions(args.question_file, args.id_key, cli.ID_KEY_FLAG)
     names = args.model_names or [None, None]
-    answers = [records.load_keyed_answers(path, name, args.id_key) for path, name in zip(args.answer_file_list, names)]
+    answers = [records.load_keyed_answers(path, name, args.id_key, cli.ID_KEY_FLAG) for path, name in zip(args.answer_file_list, names)]
     logger.info("joining answers to questions on %s", " and ".join(dict.fromkeys(key for key, _ in answers)))
     logger.info("prompts from %s, reviewers from %s", args.prompt_file, args.reviewer_file)
     prompt_table = prompts.load_prompts(args.prompt_file)
@@ -160,11 +160,20 @@ def main(argv=None):
     if not todo:
         return 0
 
-    def make_row(job, text):
-        return {"review_id": uuid.uuid4().hex[:22], **job.payload, "text": text,
-                "score": verdicts.parse_verdict(text, kind), "verdict": kind}
+    unreadable = []
 
-    return client.run_jobs_to_file(client.runner_from_args(args, args.model), todo, out, make_row, "judging")
+    def make_row(job, text):
+        score = verdicts.parse_verdict(text, kind)
+        if not verdicts.is_parsed(score):
+            unreadable.append(score)
+        return {"review_id": uuid.uuid4().hex[:22], **job.payload, "text": text, "score": score, "verdict": kind}
+
+    status = client.run_jobs_to_file(client.runner_from_args(args, args.model), todo, out, make_row, "judging")
+    if unreadable:
+        # Paid for and kept: asking again costs as much and the scorers count these as unparsable.
+        logger.warning("%d replies hold no readable %s verdict; written with score %s and not asked again",
+                       len(unreadable), kind, unreadable[0])
+    return status
 
 
 def console_main():
