@@ -402,6 +402,8 @@ def parse_arguments(argv=None, environment_defaults=None):
     given = set(values)
     values = {**(environment_defaults or {}), **values}
     notices = translate_reference_flags(values, given)
+    if "use_cpu" in (environment_defaults or {}) and "use_cpu" not in given:
+        notices.append("no GPU or other accelerator found: training on the CPU (--use_cpu True)")
     args = RunArguments(*(build_arguments(cls, values) for cls in ARGUMENT_CLASSES if cls is not ReferenceFlags))
     validate_arguments(args)
     if args.training.process_index == 0:  # once per run, not once per data-parallel rank

@@ -11,7 +11,7 @@ import transformers
 from accelerate.utils import gather_object
 from transformers import GenerationConfig, set_seed
 
-from . import checkpoints, jsonl
+from . import checkpoints, jsonl, launcher
 from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
@@ -108,10 +108,14 @@ def find_callback(trainer, callback_type):
 
 
 def check_replicas(trainer):
-    """Data parallel must leave the same adapter on every rank; a mismatch means broken gradient sync."""
+    """Data parallel must leave the same adapter on every rank the launcher started; a mismatch
+    means broken gradient sync, fewer checksums than ranks means ranks that trained alone."""
     trained = [p.detach().double() for p in trainer.model.parameters() if p.requires_grad]
     checksum = torch.stack([sum(t.sum() for t in trained), sum((t * t).sum() for t in trained)])
     checksums = gather_object([tuple(checksum.tolist())])
+    if len(checksums) != launcher.world_size():
+        raise TrainingStopped(f"{len(checksums)} of the launcher's {launcher.world_size()} ranks took part in "
+                              "training: the ranks trained alone, not data parallel")
     if len(set(checksums)) != 1:
         raise TrainingStopped(f"trained weights differ between ranks (checksums {checksums}): gradient sync failed")
     logger.info("trained weights identical on all %d ranks (checksum %.10g)", len(checksums), checksums[0][0])
@@ -177,6 +181,7 @@ def run(args):
     setup_logging(training_args)
     if args.data.preview_data:
         return preview_training_data(args.model, args.data)
+    launcher.check_world_size(training_args.world_size)
     resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
     if training_args.resume_from_checkpoint:
         resume_from, completed = checkpoints.check_explicit_checkpoint(training_args.resume_from_checkpoint), False
@@ -199,7 +204,7 @@ def run(args):
                 f"stopped at step {trainer.state.global_step}: {guard.in_a_row} steps in a row had NaN/inf "
                 f"gradients (updates skipped, weights unchanged, saved as checkpoint-{trainer.state.global_step}); "
                 "try --bf16 instead of --fp16 or a lower --learning_rate")
-        if training_args.world_size > 1:
+        if launcher.world_size() > 1:
             check_replicas(trainer)
         result.metrics["train_peak_memory_mb"] = peak_memory_mb(training_args)
         trainer.log_metrics("train", result.metrics)
