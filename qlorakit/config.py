@@ -194,6 +194,11 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
         default=10,
         metadata={"help": "Stop after this many steps in a row with NaN/inf gradients (each is skipped)."},
     )
+    resume_with_changed_args: bool = field(
+        default=False,
+        metadata={"help": "Resume even though settings that change training (learning rate, batch sizes, data, "
+                          "model, LoRA, seed) differ from the checkpoint's run; without it such a resume is refused."},
+    )
     # Not flags: --use_cache is the reference's generation switch (GenerationArguments), training
     # runs without the cache, and --gradient_checkpointing is a reference flag (ReferenceFlags).
     use_cache: bool = field(default=False, init=False)
