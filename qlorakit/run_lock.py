@@ -2,8 +2,8 @@
 files and the later one would resume the earlier one's state; the lock file lets the second one
 refuse in one line instead. Torch-free: it only needs the folder.
 
-The lock is a file created with O_EXCL (atomic on local and NFSv3+ file systems) that holds the
-holder's pid, host and start time. A lock whose holder is a dead process on this host is stale
+The lock is a file, linked into place only if none exists (atomic on local and NFS file systems),
+that holds the holder's pid, host and start time. A lock whose holder is a dead process on this host is stale
 (left by a SIGKILL or a crash) and is taken over with a notice; a lock held from another host
 is always respected, since its pid cannot be checked from here.
 """
@@ -41,8 +41,8 @@ def process_alive(pid):
 
 
 def is_stale(holder):
-    """Only a holder on this host can be seen to be dead; an unreadable lock file counts as stale
-    (a crash between creating and writing it)."""
+    """Only a holder on this host can be seen to be dead; a lock file that is not a holder's record
+    (damaged by hand or by the disk) counts as stale."""
     if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
         return True
     return holder.get("host") == socket.gethostname() and not process_alive(holder["pid"])
@@ -57,13 +57,17 @@ def read_holder(path):
 
 
 def create_lock(path):
-    """Create the lock file if none exists; False if one does."""
+    """Create the lock file, complete with its holder, if none exists; False if one does. Written
+    aside and hard-linked into place, so a second run never reads a lock that is still empty."""
+    draft = f"{path}.{socket.gethostname()}.{os.getpid()}"
+    with open(draft, "w") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(draft, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+    finally:
+        os.remove(draft)
     return True
 
 
