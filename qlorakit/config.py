@@ -200,6 +200,11 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
         default=10,
         metadata={"help": "Stop after this many steps in a row with NaN/inf gradients (each is skipped)."},
     )
+    resume_with_changed_args: bool = field(
+        default=False,
+        metadata={"help": "Resume even though settings that change training (learning rate, batch sizes, data, "
+                          "model, LoRA, seed) differ from the checkpoint's run; without it such a resume is refused."},
+    )
     # Not flags: --use_cache is the reference's generation switch (GenerationArguments), training
     # runs without the cache, and --gradient_checkpointing is a reference flag (ReferenceFlags).
     use_cache: bool = field(default=False, init=False)
@@ -408,6 +413,8 @@ def parse_arguments(argv=None, environment_defaults=None):
     given = set(values)
     values = {**(environment_defaults or {}), **values}
     notices = translate_reference_flags(values, given)
+    if "use_cpu" in (environment_defaults or {}) and "use_cpu" not in given:
+        notices.append("no GPU or other accelerator found: training on the CPU (--use_cpu True)")
     args = RunArguments(*(build_arguments(cls, values) for cls in ARGUMENT_CLASSES if cls is not ReferenceFlags))
     validate_arguments(args)
     if args.training.process_index == 0:  # once per run, not once per data-parallel rank

@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import torch
 import transformers
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from transformers import GenerationConfig, set_seed
 
-from . import checkpoints, jsonl
+from . import checkpoints, jsonl, launcher, run_lock, run_settings
 from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
-from .errors import TrainingStopped
+from .errors import ArgumentError, TrainingStopped
 from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
                     model_task)
@@ -108,10 +108,14 @@ def find_callback(trainer, callback_type):
 
 
 def check_replicas(trainer):
-    """Data parallel must leave the same adapter on every rank; a mismatch means broken gradient sync."""
+    """Data parallel must leave the same adapter on every rank the launcher started; a mismatch
+    means broken gradient sync, fewer checksums than ranks means ranks that trained alone."""
     trained = [p.detach().double() for p in trainer.model.parameters() if p.requires_grad]
     checksum = torch.stack([sum(t.sum() for t in trained), sum((t * t).sum() for t in trained)])
     checksums = gather_object([tuple(checksum.tolist())])
+    if len(checksums) != launcher.world_size():
+        raise TrainingStopped(f"{len(checksums)} of the launcher's {launcher.world_size()} ranks took part in "
+                              "training: the ranks trained alone, not data parallel")
     if len(set(checksums)) != 1:
         raise TrainingStopped(f"trained weights differ between ranks (checksums {checksums}): gradient sync failed")
     logger.info("trained weights identical on all %d ranks (checksum %.10g)", len(checksums), checksums[0][0])
@@ -171,15 +175,62 @@ def preview_training_data(model_args, data_args):
     return {}
 
 
+def lock_output_dir(training_args):
+    """The first rank takes the output folder's lock for the whole run (its ranks share the
+    folder); if it is refused, every rank learns so and refuses too, none waits on the others."""
+    refusal, lock = None, None
+    if training_args.process_index == 0:
+        try:
+            lock = run_lock.acquire(training_args.output_dir)
+        except run_lock.RunLocked as locked:
+            refusal = str(locked)
+    if launcher.world_size() > 1:
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise run_lock.RunLocked(refusal)
+    return lock
+
+
+def check_resume_settings(args, resume_from):
+    """A resume continues the saved run: settings that change training must match it unless
+    --resume_with_changed_args says the change is meant. Records this run's settings."""
+    run_dir = os.path.dirname(os.path.abspath(resume_from)) if resume_from else args.training.output_dir
+    current = run_settings.training_settings(args)
+    saved = run_settings.read_settings(run_dir) if resume_from else None
+    changed = run_settings.changed_settings(saved or {}, current)
+    if changed and not args.training.resume_with_changed_args:
+        raise ArgumentError(f"resuming {resume_from} with other settings than it was trained with "
+                            f"({', '.join(changed)}): pass --resume_with_changed_args True to continue anyway, "
+                            "or use another --output_dir")
+    if changed:
+        logger.warning("resuming %s with changed settings: %s (the optimizer and learning-rate schedule continue "
+                       "from the checkpoint: a changed learning_rate does not take effect)", resume_from, ", ".join(changed))
+    if args.training.process_index == 0:
+        run_settings.save_settings(args.training.output_dir, current)
+
+
 def run(args):
-    """Train, evaluate and predict as the flags (RunArguments) say; returns the metrics."""
-    training_args = args.training
-    setup_logging(training_args)
+    """Train, evaluate and predict as the flags (RunArguments) say, holding the output folder's
+    lock; returns the metrics."""
+    setup_logging(args.training)
     if args.data.preview_data:
         return preview_training_data(args.model, args.data)
+    launcher.check_world_size(args.training.world_size)
+    lock = lock_output_dir(args.training)
+    try:
+        return train_evaluate_predict(args)
+    finally:
+        if lock:
+            run_lock.release(lock)
+
+
+def train_evaluate_predict(args):
+    training_args = args.training
     resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
     if training_args.resume_from_checkpoint:
         resume_from, completed = checkpoints.check_explicit_checkpoint(training_args.resume_from_checkpoint), False
+    if training_args.do_train and not completed:
+        check_resume_settings(args, resume_from)
     trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from)
     if completed and resume_from:
         logger.info("%s holds a completed run: skipping training, evaluating %s", training_args.output_dir, resume_from)
@@ -199,7 +250,7 @@ def run(args):
                 f"stopped at step {trainer.state.global_step}: {guard.in_a_row} steps in a row had NaN/inf "
                 f"gradients (updates skipped, weights unchanged, saved as checkpoint-{trainer.state.global_step}); "
                 "try --bf16 instead of --fp16 or a lower --learning_rate")
-        if training_args.world_size > 1:
+        if launcher.world_size() > 1:
             check_replicas(trainer)
         result.metrics["train_peak_memory_mb"] = peak_memory_mb(training_args)
         trainer.log_metrics("train", result.metrics)

@@ -2,10 +2,31 @@
 
 import os
 
+import torch
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .checkpoints import ADAPTER_DIR
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from (seed, epoch) alone. The stock sampler draws from the global
+    RNG, whose state at the start of a later epoch a resumed run cannot recreate (dropout and the
+    earlier epochs used it), so resuming in the second epoch or later trained other rows. The
+    Trainer calls set_epoch before each epoch, also on resume, and on every data-parallel rank."""
+
+    def __init__(self, batch_size, lengths, seed):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
 
 
 class QLoRATrainer(Seq2SeqTrainer):
@@ -15,6 +36,13 @@ class QLoRATrainer(Seq2SeqTrainer):
     The stock Trainer would load that folder as a second, frozen adapter named 'adapter_model'
     and leave the trained one at its initial weights.
     """
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
 
     def _get_eval_sampler(self, eval_dataset):
         """Rows in dataset order, also under group_by_length: predictions.jsonl pairs each generation

@@ -5,6 +5,7 @@ import math
 import os
 import socket
 
+import pytest
 from conftest import run_python
 from test_qlora_cli import quick_flags
 
@@ -34,3 +35,30 @@ def test_two_process_data_parallel_run(tiny_model_dir, tmp_path):
     metrics = json.load(open(tmp_path / "metrics.json"))
     assert metrics["eval_loss"] == metrics["eval_loss"]
     assert os.path.exists(tmp_path / "completed")
+
+
+def readme_flags(*args, **kwargs):
+    """quick_flags as the README writes them: no --use_cpu, the machine decides."""
+    return [flag for flag in quick_flags(*args, **kwargs) if flag != "--use_cpu"]
+
+
+def logged_losses(output_dir):
+    state = json.load(open(os.path.join(output_dir, "trainer_state.json")))
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_readme_command_without_a_gpu_is_data_parallel(tiny_model_dir, tmp_path):
+    """Two ranks of batch 4 take the same steps as one process of batch 8: the same rows (the
+    random sampler's order, sharded batch by batch), the same mean loss and the same update."""
+    parallel, single = tmp_path / "parallel", tmp_path / "single"
+    result = run_python(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+                         *readme_flags(tiny_model_dir, str(parallel), "--max_steps", "3")])
+    log = result.stdout + result.stderr
+    assert log.count("no GPU or other accelerator found: training on the CPU") == 1
+    assert "trained weights identical on all 2 ranks" in log
+    alone = run_python(readme_flags(tiny_model_dir, str(single), "--max_steps", "3",
+                                    "--per_device_train_batch_size", "8"))
+    assert "trained weights identical" not in alone.stdout + alone.stderr
+    parallel_losses, single_losses = logged_losses(parallel), logged_losses(single)
+    assert len(parallel_losses) == 3
+    assert parallel_losses == pytest.approx(single_losses, rel=1e-4)  # bf16: 2e-5 apart after two updates

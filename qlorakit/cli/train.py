@@ -12,13 +12,14 @@ import torch
 
 from qlorakit.config import parse_arguments
 from qlorakit.errors import TrainingStopped, run_main
-from qlorakit.launcher import distributed_defaults
+from qlorakit.launcher import environment_defaults
 from qlorakit.train import release_process_group, run
 
 
 def train(argv=None):
     """Parse the flags (or a config file) and train; bad input raises an ``InputError``."""
-    run(parse_arguments(argv, distributed_defaults(torch.cuda.is_available())))
+    defaults = environment_defaults(torch.accelerator.is_available(), torch.cuda.is_available())
+    run(parse_arguments(argv, defaults))
     return 0
 
 
