@@ -93,8 +93,13 @@ def generate_batch(model, tokenizer, prompts, args):
     inputs = tokenizer.pad(encoded, return_tensors="pt").to(model.device)
     with torch.no_grad():
         output = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(args))
-    new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new) after the padded prompts
-    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return tokenizer.batch_decode(new_tokens_of(model, output, inputs["input_ids"].shape[1]), skip_special_tokens=True)
+
+
+def new_tokens_of(model, output, prompt_length):
+    """The generated tokens alone: a decoder-only model returns (B, prompt + new) after the padded
+    prompts; an encoder-decoder model's output holds only the decoder's tokens, all of them new."""
+    return output if model.config.is_encoder_decoder else output[:, prompt_length:]
 
 
 def main(argv=None):
