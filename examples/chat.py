@@ -23,7 +23,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from qlorakit import chat_data
-from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
+from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
 from qlorakit.chat_format import ASSISTANT, HUMAN, cut_at_next_turn, held_back_marker_start
 from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
@@ -144,7 +144,7 @@ def chat(model, tokenizer, template, args):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", required=True, help="hub id or directory of the base model")
-    parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model); none: the base alone")
+    add_adapter_argument(parser, absent="none: the base alone")
     add_sampling_arguments(parser, max_new_tokens=256)
     parser.add_argument("--show_prompt", action="store_true", help="print each full prompt to stderr (one JSON string a line)")
     parser.add_argument("--chat_template", help="guanaco, tokenizer or a .jinja file, as given to qlora.py "

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
+from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
 from qlorakit.chat_format import cut_at_next_turn, format_guanaco_prompt
 from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
@@ -34,7 +34,7 @@ def generate_answer(model, tokenizer, question, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model)")
+    add_adapter_argument(parser, absent="none: the base alone")
     parser.add_argument("--question", default="What is a good way to start learning to cook?")
     add_sampling_arguments(parser, max_new_tokens=128)
     add_base_loading_arguments(parser)

@@ -23,7 +23,7 @@ import logging
 import os
 
 from judgekit import cli, records
-from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
+from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
 from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
 from qlorakit.jsonl import JsonlAppender
@@ -43,7 +43,7 @@ def prompt_format(value):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", "--model", dest="model_name_or_path", required=True)
-    parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model)")
+    add_adapter_argument(parser, absent="none: the base alone")
     parser.add_argument("-q", "--question-file", required=True)
     parser.add_argument("-o", "--output", required=True, help="generations file (JSONL, appended)")
     parser.add_argument("--prompt-format", type=prompt_format, default="guanaco",
