@@ -11,7 +11,7 @@ model, ~40 GB for 65B) plus activations for --batch-size prompts. Launch from an
         -q vicuna_questions.jsonl -o generations/7b-guanaco-vicuna-generations-topp0.9-temp0.7.jsonl
 
 Prompts are rendered by the chat template qlora.py trains chat data with (qlorakit.chat_data):
-the Guanaco markers ("### Human: ...### Assistant:", the default), --prompt-format chat-template
+the Guanaco markers ("### Human: ...### Assistant:", the default), --prompt-format tokenizer
 for the tokenizer's own, or --prompt-format PATH.jinja; tokens are counted as in training. Sampling defaults to the paper's
 top_p 0.9 / temperature 0.7. Rows are written in the reference's generation format (question_id,
 text, category, prompt, generation, generation_truncated), appended batch by batch; a rerun
@@ -21,8 +21,10 @@ skips questions already answered.
 import argparse
 import logging
 import os
+import sys
 
 from judgekit import cli, records
+from qlorakit import chat_data
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
 from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
@@ -30,11 +32,17 @@ from qlorakit.jsonl import JsonlAppender
 
 logger = logging.getLogger("generate")
 
-PROMPT_FORMATS = ("guanaco", "chat-template")  # or a .jinja file
+PROMPT_FORMATS = chat_data.TEMPLATE_CHOICES  # or a .jinja file, as qlora.py --chat_template takes them
+OLD_SPELLINGS = {"chat-template": "tokenizer"}
 
 
 def prompt_format(value):
-    """A named format, or a .jinja chat template file that exists."""
+    """A named format, or a .jinja chat template file that exists; the old spelling chat-template is
+    taken as tokenizer, said in one line."""
+    if value in OLD_SPELLINGS:
+        print(f"note: --prompt-format {value} is spelt {OLD_SPELLINGS[value]} now (as qlora.py --chat_template)",
+              file=sys.stderr)
+        return OLD_SPELLINGS[value]
     if value in PROMPT_FORMATS or (value.endswith(".jinja") and os.path.isfile(value)):
         return value
     raise argparse.ArgumentTypeError(f"{value!r} is not {' or '.join(PROMPT_FORMATS)} or an existing .jinja file")
@@ -47,7 +55,7 @@ def parse_args(argv):
     parser.add_argument("-q", "--question-file", required=True)
     parser.add_argument("-o", "--output", required=True, help="generations file (JSONL, appended)")
     parser.add_argument("--prompt-format", type=prompt_format, default="guanaco",
-                        help="guanaco, chat-template (the tokenizer's) or a .jinja file")
+                        help="guanaco, tokenizer (the tokenizer's own template) or a .jinja file")
     parser.add_argument("--system-prompt", default="", help="text put before the first turn (guanaco format)")
     parser.add_argument("--batch-size", type=int, default=8)
     add_sampling_arguments(parser, max_new_tokens=1024)
@@ -62,17 +70,13 @@ def parse_args(argv):
 
 def prompt_template(tokenizer, prompt_format):
     """The chat template of --prompt-format (a bad template file is a ConversationError: one line)."""
-    from qlorakit import chat_data
-
-    choice = {"guanaco": "guanaco", "chat-template": "tokenizer"}.get(prompt_format, prompt_format)
-    return chat_data.resolve_chat_template(choice, tokenizer)[0]
+    return chat_data.resolve_chat_template(prompt_format, tokenizer)[0]
 
 
 def build_prompt(question_text, tokenizer, prompt_format, system_prompt="", template=None):
     """The model input for one question. OA questions already hold a whole "### Human: ...
     ### Assistant:" conversation and are used as they are in the Guanaco format. template: the
     resolved --prompt-format, when the caller builds many prompts."""
-    from qlorakit import chat_data
     from qlorakit.chat_format import HUMAN
 
     if prompt_format == "guanaco" and question_text.lstrip().startswith(HUMAN):
