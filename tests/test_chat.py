@@ -1,6 +1,5 @@
-"""examples/chat.py: the multi-turn prompt, streaming up to the next turn, and piped chats that end cleanly."""
+"""qlora-chat (examples/chat.py): the multi-turn prompt, streaming up to the next turn, and piped chats that end cleanly."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,17 +10,9 @@ import pytest
 from conftest import REPO_ROOT
 from qlorakit.chat_data import GUANACO_TEMPLATE, encode_conversation, encode_text, resolve_chat_template
 
+from qlorakit.cli import chat
+
 CHAT = os.path.join(REPO_ROOT, "examples", "chat.py")
-
-
-def load_chat_module():
-    spec = importlib.util.spec_from_file_location("chat_example", CHAT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-chat = load_chat_module()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from qlorakit.chat_format import format_guanaco_prompt
+from qlorakit.chat_data import GUANACO_TEMPLATE, render
 from qlorakit.collate import CausalLMCollator
 from qlorakit.data import tokenize_rows
 from qlorakit.model import load_for_inference
@@ -34,7 +34,8 @@ def model_and_tokenizer(tiny_model_dir, random_adapter_dir):
 
 def prompt_ids(tokenizer):
     """bos + prompt token ids, as qlora.py tokenizes the sources it predicts for."""
-    prompts = [format_guanaco_prompt([(question, None)]) for question in QUESTIONS]
+    prompts = [render(tokenizer, GUANACO_TEMPLATE, [{"role": "user", "content": question}], add_generation_prompt=True)
+               for question in QUESTIONS]
     return tokenize_rows({"input": prompts, "output": [""] * len(prompts)}, tokenizer, 256, 1)["source_ids"]
 
 

@@ -20,19 +20,18 @@ skips questions already answered.
 
 import argparse
 import logging
-import os
 import sys
 
 from judgekit import cli, records
 from qlorakit import chat_data
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
+from qlorakit.chat_format import template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
 from qlorakit.jsonl import JsonlAppender
 
 logger = logging.getLogger("generate")
 
-PROMPT_FORMATS = chat_data.TEMPLATE_CHOICES  # or a .jinja file, as qlora.py --chat_template takes them
 OLD_SPELLINGS = {"chat-template": "tokenizer"}
 
 
@@ -43,9 +42,7 @@ def prompt_format(value):
         print(f"note: --prompt-format {value} is spelt {OLD_SPELLINGS[value]} now (as qlora.py --chat_template)",
               file=sys.stderr)
         return OLD_SPELLINGS[value]
-    if value in PROMPT_FORMATS or (value.endswith(".jinja") and os.path.isfile(value)):
-        return value
-    raise argparse.ArgumentTypeError(f"{value!r} is not {' or '.join(PROMPT_FORMATS)} or an existing .jinja file")
+    return template_choice(value)
 
 
 def parse_args(argv):
