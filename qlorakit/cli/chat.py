@@ -89,8 +89,20 @@ def stream_reply(pieces, write):
     return reply
 
 
-def generate_pieces(model, tokenizer, prompt, args):
-    """Yield the decoded text of a reply while model.generate runs in a background thread."""
+def next_turn_marker(tokenizer, template):
+    """What the template writes between the end of a reply and the next user message, without the
+    eos (generation stops at eos anyway): the text that means the model is writing the user's turn.
+    Empty for templates that put nothing there."""
+    placeholders = ("\x01", "\x02", "\x03")
+    messages = [{"role": role, "content": text} for role, text in zip(("user", "assistant", "user"), placeholders)]
+    rendered = chat_data.render(tokenizer, template, messages)
+    between = rendered[rendered.find(placeholders[1]) + 1:rendered.find(placeholders[2])]
+    return (between.replace(tokenizer.eos_token, "") if tokenizer.eos_token else between).strip()
+
+
+def generate_pieces(model, tokenizer, prompt, args, stop_strings=()):
+    """Yield the decoded text of a reply while model.generate runs in a background thread; it stops
+    at eos or at any of stop_strings."""
     input_ids = torch.tensor([chat_data.encode_text(tokenizer, prompt)], device=model.device)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -100,7 +112,8 @@ def generate_pieces(model, tokenizer, prompt, args):
         try:
             with torch.no_grad():
                 model.generate(**inputs, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
-                               stop_strings=[HUMAN], tokenizer=tokenizer, **sampling_kwargs(args))
+                               stop_strings=list(stop_strings) or None, tokenizer=tokenizer,
+                               **sampling_kwargs(args))
         except Exception as error:  # re-raised below, after the streamer is released
             errors.append(error)
             streamer.end()
@@ -126,6 +139,7 @@ def chat(model, tokenizer, template, args):
     budget = getattr(model.config, "max_position_embeddings", 2048) - args.max_new_tokens
     prompt_length = lambda messages: len(chat_data.encode_text(  # noqa: E731
         tokenizer, chat_data.render(tokenizer, template, messages, add_generation_prompt=True)))
+    stop_strings = [marker] if (marker := next_turn_marker(tokenizer, template)) else []
     history = []
     while (message := read_message(interactive)) is not None and message.lower() not in EXIT_WORDS:
         history = fit_history(history, message, prompt_length, budget)
@@ -135,7 +149,7 @@ def chat(model, tokenizer, template, args):
         if interactive:
             print(f"{ASSISTANT} ", end="", flush=True)
         write = lambda text: print(text, end="", flush=True)  # noqa: E731
-        reply = stream_reply(generate_pieces(model, tokenizer, prompt, args), write)
+        reply = stream_reply(generate_pieces(model, tokenizer, prompt, args, stop_strings), write)
         print(flush=True)
         history.append((message, reply))
 
