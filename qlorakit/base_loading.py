@@ -7,9 +7,11 @@ inference path rebuilds that base unless a flag says otherwise. Light on purpose
 so that command lines can parse their flags before anything heavy loads.
 """
 
+import argparse
 import dataclasses
 import json
 import os
+import sys
 
 from .errors import ModelError
 
@@ -59,6 +61,44 @@ def check_adapter(adapter):
             not os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE)):
         raise ModelError(f"{adapter}: no {ADAPTER_CONFIG_FILE} there (pass a checkpoint-N/adapter_model directory "
                          "or a hub id)")
+
+
+def resolve_adapter(adapter):
+    """The adapter directory an --adapter value names: an adapter directory or hub id as it is; a
+    checkpoint-N directory's adapter_model/; a run folder (qlora.py's output_dir) its newest complete
+    checkpoint's adapter_model/, said in one line on stderr. A run folder without a complete
+    checkpoint is a ModelError."""
+    from .checkpoints import ADAPTER_DIR, find_resume_checkpoint, list_checkpoints
+
+    path = os.path.expanduser(adapter)
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE)):
+        return adapter
+    if os.path.isfile(os.path.join(path, ADAPTER_DIR, ADAPTER_CONFIG_FILE)):
+        return os.path.join(adapter, ADAPTER_DIR)
+    if not list_checkpoints(path):
+        return adapter  # check_adapter says what is missing
+    checkpoint, _ = find_resume_checkpoint(path)
+    if checkpoint is None:
+        raise ModelError(f"{adapter}: no complete checkpoint in this run folder (every checkpoint-N was torn "
+                         "while saving)")
+    chosen = os.path.join(checkpoint, ADAPTER_DIR)
+    print(f"adapter: {chosen} (the newest complete checkpoint of {adapter})", file=sys.stderr)
+    return chosen
+
+
+def parse_adapter(value):
+    """resolve_adapter for argparse: a bad value is a usage error (one line, exit 2)."""
+    try:
+        return resolve_adapter(value)
+    except ModelError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def add_adapter_argument(parser, required=False, absent="none"):
+    """--adapter: an adapter directory, a checkpoint-N directory, a run folder or a hub id."""
+    parser.add_argument("--adapter", type=parse_adapter, required=required,
+                        help="adapter directory (checkpoint-N/adapter_model), a checkpoint-N directory, a run "
+                             f"folder (its newest complete checkpoint) or a hub id; {absent}")
 
 
 def read_base_loading(adapter_dir):

@@ -1,9 +1,12 @@
 """The Guanaco conversation format: "### Human: ...### Assistant: ..." turns.
 
-Guanaco was trained on OpenAssistant conversations written this way (the oasst1 format), so
-prompts at inference use the same markers, and a generation is cut where the model starts to
-write the next human turn.
+Guanaco was trained on OpenAssistant conversations written this way (the oasst1 format). Prompts
+are rendered by qlorakit.chat_data's templates (one renderer for training and inference); this
+module holds the markers, where a generation is cut, and the template flag's check.
 """
+
+import argparse
+import os
 
 HUMAN = "### Human:"
 ASSISTANT = "### Assistant:"
@@ -12,17 +15,14 @@ ASSISTANT = "### Assistant:"
 NEXT_TURN_MARKERS = (HUMAN, ASSISTANT, "A chat between a curious human")
 
 
-def format_guanaco_prompt(turns):
-    """Prompt for the next assistant reply; turns are (human, assistant or None) pairs, oldest first.
+def template_choice(value):
+    """argparse type of the inference commands' template flag: a named template of training's
+    --chat_template (guanaco, tokenizer, ...) or a .jinja file that exists, checked before the model loads."""
+    from .chat_data import TEMPLATE_CHOICES
 
-    >>> format_guanaco_prompt([("Hi", "Hello!"), ("How are you?", None)])
-    '### Human: Hi### Assistant: Hello!### Human: How are you?### Assistant:'
-    """
-    parts = []
-    for human, assistant in turns:
-        parts.append(f"{HUMAN} {human}")
-        parts.append(f"{ASSISTANT} {assistant}" if assistant is not None else ASSISTANT)
-    return "".join(parts)
+    if value in TEMPLATE_CHOICES or (value.endswith(".jinja") and os.path.isfile(value)):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not {' or '.join(TEMPLATE_CHOICES)} or an existing .jinja file")
 
 
 def cut_at_next_turn(generation):

@@ -147,3 +147,43 @@ class TestMissingAdapter:
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         with pytest.raises(ModelError, match="some-org/no-such-adapter: cannot load the adapter"):
             load_adapter(model, "some-org/no-such-adapter")
+
+
+class TestRunFolderAsAdapter:
+    """--adapter output_dir takes the newest complete checkpoint's adapter and says which."""
+
+    @staticmethod
+    def make_run(tmp_path, adapter_dir, complete_steps, torn_steps=()):
+        import shutil
+
+        from qlorakit.checkpoints import COMPLETE_MARKER
+
+        for step in (*complete_steps, *torn_steps):
+            shutil.copytree(adapter_dir, tmp_path / f"checkpoint-{step}" / "adapter_model")
+            if step in complete_steps:
+                (tmp_path / f"checkpoint-{step}" / COMPLETE_MARKER).write_text("")
+        return str(tmp_path)
+
+    def test_the_newest_complete_checkpoint_is_taken_and_named(self, tmp_path, random_adapter_dir, capsys):
+        run = self.make_run(tmp_path, random_adapter_dir, complete_steps=(2, 4), torn_steps=(6,))
+        assert base_loading.resolve_adapter(run) == os.path.join(run, "checkpoint-4", "adapter_model")
+        assert f"adapter: {run}/checkpoint-4/adapter_model" in capsys.readouterr().err
+
+    def test_a_checkpoint_directory_gives_its_adapter(self, tmp_path, random_adapter_dir):
+        run = self.make_run(tmp_path, random_adapter_dir, complete_steps=(3,))
+        checkpoint = os.path.join(run, "checkpoint-3")
+        assert base_loading.resolve_adapter(checkpoint) == os.path.join(checkpoint, "adapter_model")
+
+    def test_adapter_directories_and_hub_ids_stay_as_they_are(self, random_adapter_dir):
+        assert base_loading.resolve_adapter(random_adapter_dir) == random_adapter_dir
+        assert base_loading.resolve_adapter("some-org/some-adapter") == "some-org/some-adapter"
+
+    @pytest.mark.parametrize("script", ["eval/generate.py", "examples/guanaco_generate.py", "examples/chat.py",
+                                        "scripts/merge_adapter.py"])
+    def test_a_run_without_a_complete_checkpoint_is_one_line(self, script, tmp_path, random_adapter_dir):
+        run = self.make_run(tmp_path / "run", random_adapter_dir, complete_steps=(), torn_steps=(5,))
+        model_flag = "--base_model" if "merge" in script else "--model_name_or_path"
+        result = run_python([script, model_flag, "unused", "--adapter", run, "-q", "q", "-o", "o", "--output", "o"],
+                            check=False)
+        assert result.returncode == 2
+        assert f"{run}: no complete checkpoint in this run folder" in result.stderr.strip().splitlines()[-1]

@@ -1,27 +1,20 @@
-"""examples/chat.py: the multi-turn prompt, streaming up to the next turn, and piped chats that end cleanly."""
+"""qlora-chat (examples/chat.py): the multi-turn prompt, streaming up to the next turn, and piped chats that end cleanly."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import REPO_ROOT
 from qlorakit.chat_data import GUANACO_TEMPLATE, encode_conversation, encode_text, resolve_chat_template
 
+from qlorakit.cli import chat
+
 CHAT = os.path.join(REPO_ROOT, "examples", "chat.py")
-
-
-def load_chat_module():
-    spec = importlib.util.spec_from_file_location("chat_example", CHAT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-chat = load_chat_module()
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +121,39 @@ def test_docstring_examples():
 
     result = doctest.testmod(chat)
     assert result.attempted > 0 and result.failed == 0
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+class RecordingModel:
+    """Stands in for the model: records generate's stop strings and streams nothing."""
+
+    def __init__(self):
+        import torch
+
+        self.config = SimpleNamespace(max_position_embeddings=512)
+        self.device = torch.device("cpu")
+        self.stop_strings = []
+
+    def generate(self, streamer=None, stop_strings=None, **kwargs):
+        self.stop_strings.append(stop_strings)
+        streamer.end()
+
+
+class TestStopsAtTheActiveTemplatesTurn:
+    def test_the_marker_is_what_opens_the_next_user_turn(self, tokenizer):
+        assert chat.next_turn_marker(tokenizer, GUANACO_TEMPLATE) == "### Human:"
+        assert chat.next_turn_marker(tokenizer, CHATML) == "<|im_end|>\n<|im_start|>user"
+
+    @pytest.mark.parametrize("template, marker", [(GUANACO_TEMPLATE, "### Human:"),
+                                                  (CHATML, "<|im_end|>\n<|im_start|>user")])
+    def test_generation_stops_there_and_not_at_another_templates_marker(self, tokenizer, monkeypatch, template, marker):
+        import io
+
+        monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
+        model = RecordingModel()
+        args = SimpleNamespace(max_new_tokens=4, temperature=0, top_p=0.9, show_prompt=False)
+        chat.chat(model, tokenizer, template, args)
+        assert model.stop_strings == [[marker]]

@@ -55,7 +55,7 @@ def test_prompt_formats(tiny_model):
     assert generate.build_prompt("Hi?", tokenizer, "guanaco") == "### Human: Hi?### Assistant:"
     assert generate.build_prompt("Hi?", tokenizer, "guanaco", "Be kind.") == "Be kind. ### Human: Hi?### Assistant:"
     # The tiny tokenizer's chat template is Guanaco's, so both routes agree.
-    assert generate.build_prompt("Hi?", tokenizer, "chat-template") == "### Human: Hi?### Assistant:"
+    assert generate.build_prompt("Hi?", tokenizer, "tokenizer") == "### Human: Hi?### Assistant:"
 
 
 def test_a_jinja_template_file_renders_prompts_as_training_does(tiny_model, tmp_path, capsys):
@@ -73,4 +73,15 @@ def test_a_jinja_template_file_renders_prompts_as_training_does(tiny_model, tmp_
     assert generate.build_prompt("Hi?", tokenizer, "guanaco", "Be kind.") == render(tokenizer, template, question, True)
     with pytest.raises(SystemExit) as exit_info:
         generate.parse_args(["--model", "m", "-q", "q.jsonl", "-o", "o.jsonl", "--prompt-format", "vicuna"])
-    assert exit_info.value.code == 2 and "'vicuna' is not guanaco or chat-template" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'vicuna' is not guanaco or tokenizer" in capsys.readouterr().err
+
+
+def test_prompt_format_is_spelt_as_training_spells_it_and_the_old_spelling_is_announced(capsys):
+    from qlorakit.cli import generate
+
+    args = generate.parse_args(["--model", "m", "-q", "q.jsonl", "-o", "o.jsonl", "--prompt-format", "tokenizer"])
+    assert args.prompt_format == "tokenizer" and capsys.readouterr().err == ""
+    args = generate.parse_args(["--model", "m", "-q", "q.jsonl", "-o", "o.jsonl", "--prompt-format", "chat-template"])
+    assert args.prompt_format == "tokenizer"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "note: --prompt-format chat-template is spelt tokenizer now (as qlora.py --chat_template)"]

@@ -1,9 +1,11 @@
 """Greedy generation of a left-padded batch gives each prompt the tokens it gets alone."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from qlorakit.chat_format import format_guanaco_prompt
+from qlorakit.chat_data import GUANACO_TEMPLATE, render
 from qlorakit.collate import CausalLMCollator
 from qlorakit.data import tokenize_rows
 from qlorakit.model import load_for_inference
@@ -32,7 +34,8 @@ def model_and_tokenizer(tiny_model_dir, random_adapter_dir):
 
 def prompt_ids(tokenizer):
     """bos + prompt token ids, as qlora.py tokenizes the sources it predicts for."""
-    prompts = [format_guanaco_prompt([(question, None)]) for question in QUESTIONS]
+    prompts = [render(tokenizer, GUANACO_TEMPLATE, [{"role": "user", "content": question}], add_generation_prompt=True)
+               for question in QUESTIONS]
     return tokenize_rows({"input": prompts, "output": [""] * len(prompts)}, tokenizer, 256, 1)["source_ids"]
 
 
@@ -68,3 +71,28 @@ def test_batched_left_padded_generation_equals_one_by_one(model_and_tokenizer, m
     alone = [generate_greedy(model, tokenizer, make_batch(tokenizer, [source]))[0] for source in sources]
     assert together == alone
     assert all(len(row) > 0 for row in alone)
+
+
+class FixedDecoderModel:
+    """Stands in for an encoder-decoder model: generate returns decoder tokens only, never the prompt."""
+
+    def __init__(self, decoder_ids):
+        self.config = SimpleNamespace(is_encoder_decoder=True)
+        self.device = torch.device("cpu")
+        self.decoder_ids = decoder_ids
+
+    def generate(self, input_ids, **kwargs):
+        return torch.tensor([self.decoder_ids] * input_ids.shape[0])
+
+
+def test_seq2seq_generations_keep_every_decoder_token(model_and_tokenizer):
+    from argparse import Namespace
+
+    from qlorakit.cli.generate import generate_batch
+
+    _, tokenizer = model_and_tokenizer
+    answer = tokenizer.encode("one two three four five six seven eight nine ten", add_special_tokens=False)
+    args = Namespace(max_new_tokens=16, temperature=0, top_p=0.9)
+    prompts = ["A long question with many words in it, longer than the answer's first tokens?"]
+    generations = generate_batch(FixedDecoderModel(answer), tokenizer, prompts, args)
+    assert generations == [tokenizer.decode(answer, skip_special_tokens=True)]

@@ -128,3 +128,16 @@ def test_installed_commands_default_to_the_packaged_files(installed_site, tmp_pa
     assert all(os.path.commonpath([path, installed_site]) == str(installed_site) and os.path.exists(path)
                for path in paths)
     assert (tmp_path / "model" / "tokenizer.json").is_file() and (tmp_path / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("command, module, example", [
+    ("qlora-chat", "qlorakit.cli.chat", "examples/chat.py"),
+    ("qlora-guanaco-generate", "qlorakit.cli.guanaco_generate", "examples/guanaco_generate.py"),
+])
+def test_the_examples_are_installed_commands_and_thin_callers(command, module, example):
+    assert SCRIPTS[command] == f"{module}:console_main"
+    with open(os.path.join(REPO_ROOT, example), encoding="utf-8") as handle:
+        assert f"from {module} import console_main" in handle.read()
+    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as handle:
+        assert f"`{command}`" in handle.read()
+    assert "usage:" in run_python([example, "--help"]).stdout

@@ -11,7 +11,7 @@ model, ~40 GB for 65B) plus activations for --batch-size prompts. Launch from an
         -q vicuna_questions.jsonl -o generations/7b-guanaco-vicuna-generations-topp0.9-temp0.7.jsonl
 
 Prompts are rendered by the chat template qlora.py trains chat data with (qlorakit.chat_data):
-the Guanaco markers ("### Human: ...### Assistant:", the default), --prompt-format chat-template
+the Guanaco markers ("### Human: ...### Assistant:", the default), --prompt-format tokenizer
 for the tokenizer's own, or --prompt-format PATH.jinja; tokens are counted as in training. Sampling defaults to the paper's
 top_p 0.9 / temperature 0.7. Rows are written in the reference's generation format (question_id,
 text, category, prompt, generation, generation_truncated), appended batch by batch; a rerun
@@ -20,34 +20,39 @@ skips questions already answered.
 
 import argparse
 import logging
-import os
+import sys
 
 from judgekit import cli, records
-from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
+from qlorakit import chat_data
+from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
+from qlorakit.chat_format import template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
 from qlorakit.jsonl import JsonlAppender
 
 logger = logging.getLogger("generate")
 
-PROMPT_FORMATS = ("guanaco", "chat-template")  # or a .jinja file
+OLD_SPELLINGS = {"chat-template": "tokenizer"}
 
 
 def prompt_format(value):
-    """A named format, or a .jinja chat template file that exists."""
-    if value in PROMPT_FORMATS or (value.endswith(".jinja") and os.path.isfile(value)):
-        return value
-    raise argparse.ArgumentTypeError(f"{value!r} is not {' or '.join(PROMPT_FORMATS)} or an existing .jinja file")
+    """A named format, or a .jinja chat template file that exists; the old spelling chat-template is
+    taken as tokenizer, said in one line."""
+    if value in OLD_SPELLINGS:
+        print(f"note: --prompt-format {value} is spelt {OLD_SPELLINGS[value]} now (as qlora.py --chat_template)",
+              file=sys.stderr)
+        return OLD_SPELLINGS[value]
+    return template_choice(value)
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", "--model", dest="model_name_or_path", required=True)
-    parser.add_argument("--adapter", help="adapter directory (checkpoint-N/adapter_model)")
+    add_adapter_argument(parser, absent="none: the base alone")
     parser.add_argument("-q", "--question-file", required=True)
     parser.add_argument("-o", "--output", required=True, help="generations file (JSONL, appended)")
     parser.add_argument("--prompt-format", type=prompt_format, default="guanaco",
-                        help="guanaco, chat-template (the tokenizer's) or a .jinja file")
+                        help="guanaco, tokenizer (the tokenizer's own template) or a .jinja file")
     parser.add_argument("--system-prompt", default="", help="text put before the first turn (guanaco format)")
     parser.add_argument("--batch-size", type=int, default=8)
     add_sampling_arguments(parser, max_new_tokens=1024)
@@ -62,17 +67,13 @@ def parse_args(argv):
 
 def prompt_template(tokenizer, prompt_format):
     """The chat template of --prompt-format (a bad template file is a ConversationError: one line)."""
-    from qlorakit import chat_data
-
-    choice = {"guanaco": "guanaco", "chat-template": "tokenizer"}.get(prompt_format, prompt_format)
-    return chat_data.resolve_chat_template(choice, tokenizer)[0]
+    return chat_data.resolve_chat_template(prompt_format, tokenizer)[0]
 
 
 def build_prompt(question_text, tokenizer, prompt_format, system_prompt="", template=None):
     """The model input for one question. OA questions already hold a whole "### Human: ...
     ### Assistant:" conversation and are used as they are in the Guanaco format. template: the
     resolved --prompt-format, when the caller builds many prompts."""
-    from qlorakit import chat_data
     from qlorakit.chat_format import HUMAN
 
     if prompt_format == "guanaco" and question_text.lstrip().startswith(HUMAN):
@@ -93,8 +94,13 @@ def generate_batch(model, tokenizer, prompts, args):
     inputs = tokenizer.pad(encoded, return_tensors="pt").to(model.device)
     with torch.no_grad():
         output = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(args))
-    new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new) after the padded prompts
-    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return tokenizer.batch_decode(new_tokens_of(model, output, inputs["input_ids"].shape[1]), skip_special_tokens=True)
+
+
+def new_tokens_of(model, output, prompt_length):
+    """The generated tokens alone: a decoder-only model returns (B, prompt + new) after the padded
+    prompts; an encoder-decoder model's output holds only the decoder's tokens, all of them new."""
+    return output if model.config.is_encoder_decoder else output[:, prompt_length:]
 
 
 def main(argv=None):

@@ -25,7 +25,7 @@ Weights are written as safetensors only.
 
 import argparse
 
-from qlorakit.base_loading import add_base_loading_arguments, check_adapter, loading_overrides
+from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, check_adapter, loading_overrides
 from qlorakit.errors import run_main
 
 # torch, peft and qlorakit.model are imported where they are used: --help and bad paths answer at once.
@@ -79,7 +79,7 @@ def parse_args(argv=None):
                "adapter up to dtype rounding).",
     )
     parser.add_argument("--base_model", required=True, help="hub id or directory of the base the adapter was trained on")
-    parser.add_argument("--adapter", required=True, help="adapter directory (checkpoint-N/adapter_model)")
+    add_adapter_argument(parser, required=True, absent="required")
     parser.add_argument("--output", required=True, help="directory for the merged model and its tokenizer")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the saved weights (default bf16)")
     parser.add_argument("--dequantize", action="store_true",

@@ -1,0 +1,58 @@
+"""Answer one question with a 4-bit base model plus a trained QLoRA adapter (CPU or GPU).
+
+The base is loaded as the adapter was trained (its base_loading.json); --bits, --quant_type,
+--double_quant and --compute_dtype override that.
+
+    qlora-guanaco-generate --model_name_or_path huggyllama/llama-7b \
+        --adapter output/guanaco-7b/checkpoint-1875/adapter_model \
+        --question "How do I keep basil alive indoors?"
+"""
+
+import argparse
+
+import torch
+
+from qlorakit import chat_data
+from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
+from qlorakit.chat_format import cut_at_next_turn, template_choice
+from qlorakit.errors import run_main
+from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
+from qlorakit.model import load_for_inference
+
+
+def build_question_prompt(tokenizer, template, question):
+    """The prompt for a reply to ``question``, rendered by the chat template training used."""
+    return chat_data.render(tokenizer, template, [{"role": "user", "content": question}], add_generation_prompt=True)
+
+
+def generate_answer(model, tokenizer, prompt, args):
+    """One sampled reply to ``prompt`` (sampling flags in ``args``), tokenized as training tokenized it."""
+    input_ids = torch.tensor([chat_data.encode_text(tokenizer, prompt)], device=model.device)
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        output = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(args))
+    reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return cut_at_next_turn(reply)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_name_or_path", required=True)
+    add_adapter_argument(parser, absent="none: the base alone")
+    parser.add_argument("--question", default="What is a good way to start learning to cook?")
+    parser.add_argument("--chat_template", type=template_choice, default="guanaco",
+                        help="guanaco (default), tokenizer or a .jinja file, as given to qlora.py")
+    add_sampling_arguments(parser, max_new_tokens=128)
+    add_base_loading_arguments(parser)
+    args = parser.parse_args(argv)
+    check_sampling_arguments(parser, args)
+    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
+    template, _ = chat_data.resolve_chat_template(args.chat_template, tokenizer)
+    prompt = build_question_prompt(tokenizer, template, args.question)
+    print(f"{prompt}{generate_answer(model, tokenizer, prompt, args)}")
+
+
+def console_main():
+    """The ``qlora-guanaco-generate`` command."""
+    return run_main(main)
