@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-TEMPLATE_CHOICES = ("guanaco", "tokenizer")
+
 
 # The Guanaco markers as a chat template. A system message is written before the first turn; each
 # assistant reply ends with eos, which is what teaches the model to stop after its turn.
@@ -34,6 +34,17 @@ GUANACO_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}### Assistant:{% endif %}"
 )
+
+# Firefly's layout, <s>q1</s>a1</s>q2</s>a2</s>, with the tokenizer's own bos and eos: every
+# message (a system message too) is closed by eos, and a reply follows its question directly.
+FIREFLY_TEMPLATE = "{{ bos_token }}{% for message in messages %}{{ message['content'] }}{{ eos_token }}{% endfor %}"
+
+# --chat_template names: (Jinja source, description for the log).
+NAMED_TEMPLATES = {
+    "guanaco": (GUANACO_TEMPLATE, "guanaco (### Human: / ### Assistant:, eos after each reply)"),
+    "firefly": (FIREFLY_TEMPLATE, "firefly (bos, then each message closed by eos: <s>q</s>a</s>...)"),
+}
+TEMPLATE_CHOICES = (*NAMED_TEMPLATES, "tokenizer")
 
 
 def normalize_conversation(row):
@@ -73,11 +84,11 @@ def tokenizer_template(tokenizer):
 
 def resolve_chat_template(choice, tokenizer):
     """(Jinja source, description): the tokenizer's own template if it has one, else Guanaco's,
-    unless `choice` names guanaco, tokenizer or a .jinja file."""
+    unless `choice` names a template of NAMED_TEMPLATES, tokenizer or a .jinja file."""
     if choice is None:
         choice = "tokenizer" if tokenizer_template(tokenizer) else "guanaco"
-    if choice == "guanaco":
-        return GUANACO_TEMPLATE, "guanaco (### Human: / ### Assistant:, eos after each reply)"
+    if choice in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[choice]
     if choice == "tokenizer":
         if not tokenizer_template(tokenizer):
             raise ConversationError("--chat_template tokenizer: the tokenizer has no chat template; "

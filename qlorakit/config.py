@@ -138,6 +138,12 @@ class DataArguments:
         metadata={"help": "text (trained text in colour on a terminal, in [[ ]] otherwise) or json (one "
                           '{"segments": [{"text", "trained"}]} object per row).'},
     )
+    max_truncated_share: float = field(
+        default=0.1,
+        metadata={"help": "Share of rows (0-1) that may lose tokens to --source_max_len/--target_max_len before "
+                          "the cut is logged as a warning instead of an info line. Every cut is counted either "
+                          "way; --preview_data prints the length percentiles to choose the limits from."},
+    )
     train_on_source: bool = field(
         default=False, metadata={"help": "Also compute the loss on the source (prompt) tokens."}
     )

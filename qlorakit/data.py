@@ -63,6 +63,16 @@ def format_chat(row):
     return {"messages": chat_data.normalize_conversation(row)}
 
 
+def format_firefly(row):
+    """Firefly's rows: a list of {"human", "assistant"} exchanges under 'conversation'."""
+    exchanges = row["conversation"]
+    if not isinstance(exchanges, list) or not all(isinstance(e, dict) for e in exchanges):
+        raise chat_data.ConversationError("'conversation' is not a list of {\"human\", \"assistant\"} objects")
+    messages = [{"role": role, "content": exchange.get(key)} for exchange in exchanges
+                for role, key in (("user", "human"), ("assistant", "assistant"))]
+    return {"messages": chat_data.normalize_conversation({"messages": messages})}
+
+
 FORMATS = {
     "alpaca": (format_alpaca, ("instruction", "output")),
     "chip2": (format_chip2, ("text",)),
@@ -71,7 +81,9 @@ FORMATS = {
     "oasst1": (format_oasst1, ("text",)),
     "input-output": (format_input_output, ("input", "output")),
     "chat": (format_chat, ()),  # messages or conversations: checked row by row
+    "firefly": (format_firefly, ("conversation",)),
 }
+CONVERSATION_FORMATS = ("chat", "firefly")  # rows of messages, tokenized by qlorakit.chat_data
 FORMATTED_COLUMNS = ("input", "output", "messages")
 
 # How a local file's columns name its format: (format, columns it needs, columns it must lack).
@@ -79,6 +91,7 @@ FORMATTED_COLUMNS = ("input", "output", "messages")
 DETECTION_RULES = (
     ("chat", {"messages"}, set()),
     ("chat", {"conversations"}, set()),
+    ("firefly", {"conversation"}, set()),
     ("alpaca", {"instruction", "output"}, set()),
     ("self-instruct", {"prompt", "completion"}, set()),
     ("oasst1", {"text"}, set()),
@@ -234,25 +247,82 @@ def apply_format(dataset_dict, format_name, source):
 
 
 def tokenize_rows(batch, tokenizer, source_max_len, target_max_len):
-    """bos + source and target + eos, each truncated to its own budget (the reference's recipe)."""
+    """bos + source and target + eos, each cut to its own budget (the reference's recipe).
+
+    A cut source keeps its start (the instruction), as the reference's did. A cut target keeps no
+    eos: it stops mid-sentence, and an eos there would teach the model to stop mid-sentence (TRL's
+    SFT truncation likewise cuts the tail). The tokens each side lost are kept for the log.
+    """
     sources = [f"{tokenizer.bos_token or ''}{text}" for text in batch["input"]]
     targets = [f"{text}{tokenizer.eos_token}" for text in batch["output"]]
-    source_ids = tokenizer(sources, max_length=source_max_len, truncation=True, add_special_tokens=False)
-    target_ids = tokenizer(targets, max_length=target_max_len, truncation=True, add_special_tokens=False)
+    full_sources = tokenizer(sources, add_special_tokens=False)["input_ids"]
+    full_targets = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    source_ids = [ids[:source_max_len] for ids in full_sources]
+    target_ids = [ids[:target_max_len] for ids in full_targets]
     return {
-        "source_ids": source_ids["input_ids"],
-        "target_ids": target_ids["input_ids"],
-        "length": [len(s) + len(t) for s, t in zip(source_ids["input_ids"], target_ids["input_ids"])],
+        "source_ids": source_ids,
+        "target_ids": target_ids,
+        "length": [len(s) + len(t) for s, t in zip(source_ids, target_ids)],
+        "source_dropped": [len(full) - len(kept) for full, kept in zip(full_sources, source_ids)],
+        "target_dropped": [len(full) - len(kept) for full, kept in zip(full_targets, target_ids)],
     }
 
 
-def tokenize_dataset(dataset, tokenizer, source_max_len, target_max_len):
-    return dataset.map(
+@dataclass(frozen=True)
+class TruncationCount:
+    """How many rows lost tokens, and how many tokens each side lost."""
+    rows: int
+    cut_rows: int
+    source_rows: int
+    source_tokens: int
+    target_rows: int
+    target_tokens: int
+
+    @property
+    def cut_share(self):
+        return self.cut_rows / self.rows if self.rows else 0.0
+
+
+def count_truncation(source_dropped, target_dropped):
+    """>>> count_truncation([0, 2, 0], [5, 0, 0])
+    TruncationCount(rows=3, cut_rows=2, source_rows=1, source_tokens=2, target_rows=1, target_tokens=5)
+    """
+    return TruncationCount(
+        rows=len(source_dropped),
+        cut_rows=sum(1 for s, t in zip(source_dropped, target_dropped) if s or t),
+        source_rows=sum(1 for s in source_dropped if s), source_tokens=sum(source_dropped),
+        target_rows=sum(1 for t in target_dropped if t), target_tokens=sum(target_dropped),
+    )
+
+
+def report_truncation(count, source_max_len, target_max_len, max_truncated_share, split):
+    """One log line with the cuts; a warning when more rows than --max_truncated_share were cut."""
+    if not count.cut_rows:
+        logger.info("%s: no row cut (--source_max_len %d, --target_max_len %d)", split, source_max_len, target_max_len)
+        return
+    line = (f"{split}: {count.cut_rows} of {count.rows} rows cut: {count.source_rows} sources lost "
+            f"{count.source_tokens} tokens beyond --source_max_len {source_max_len} (their start is kept), "
+            f"{count.target_rows} targets lost {count.target_tokens} tokens beyond --target_max_len "
+            f"{target_max_len} (a cut target has no eos)")
+    if count.cut_share > max_truncated_share:
+        logger.warning("%s; that is %.0f%% of the rows, above --max_truncated_share %g: raise the limits "
+                       "(--preview_data prints the lengths) or --max_truncated_share", line, 100 * count.cut_share,
+                       max_truncated_share)
+    else:
+        logger.info(line)
+
+
+def tokenize_dataset(dataset, tokenizer, source_max_len, target_max_len, max_truncated_share=1.0, split="train"):
+    """Tokenized rows (source_ids, target_ids, length and the tokens each side lost), cuts logged."""
+    tokenized = dataset.map(
         tokenize_rows,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "source_max_len": source_max_len, "target_max_len": target_max_len},
         desc="Tokenizing",
     )
+    count = count_truncation(tokenized["source_dropped"], tokenized["target_dropped"])
+    report_truncation(count, source_max_len, target_max_len, max_truncated_share, split)
+    return tokenized
 
 
 def split_train_eval(dataset_dict, data_args, hold_out_eval):
@@ -283,7 +353,7 @@ def chat_tokenizer(data_args, tokenizer):
         raise DataError(str(error)) from error
     max_len = data_args.max_seq_len or data_args.source_max_len + data_args.target_max_len
     logger.info("chat template: %s; conversations up to %d tokens", description, max_len)
-    return lambda ds: chat_data.tokenize_chat_dataset(ds, tokenizer, template, max_len)
+    return lambda ds, split: chat_data.tokenize_chat_dataset(ds, tokenizer, template, max_len)
 
 
 def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
@@ -292,8 +362,9 @@ def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
     format_name = resolve_format(data_args.dataset, data_args.dataset_format, raw["train"].column_names)
     formatted = apply_format(raw, format_name, data_args.dataset)
     train, evaluation = split_train_eval(formatted, data_args, hold_out_eval)
-    if format_name == "chat":
+    if format_name in CONVERSATION_FORMATS:
         tokenize = chat_tokenizer(data_args, tokenizer)
     else:
-        tokenize = lambda ds: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len)
-    return tokenize(train), (tokenize(evaluation) if evaluation is not None else None)
+        tokenize = lambda ds, split: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len,
+                                                      data_args.max_truncated_share, split)
+    return tokenize(train, "train"), (tokenize(evaluation, "eval") if evaluation is not None else None)

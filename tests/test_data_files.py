@@ -1,0 +1,105 @@
+"""Truncation counting, length summaries and Firefly's conversations (detection, the firefly template)."""
+
+import json
+import logging
+import os
+
+import pytest
+from datasets import Dataset
+
+from conftest import run_python
+from qlorakit import chat_data, data
+from qlorakit.preview import length_summary
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+class TestTruncation:
+    def test_each_side_records_the_tokens_it_lost(self, tokenizer):
+        text = "one two three four five six seven eight nine ten"
+        full = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # bos or eos
+        rows = data.tokenize_rows({"input": [text, "hi"], "output": [text, "ok"]}, tokenizer, 7, 5)
+        assert rows["source_dropped"] == [full - 7, 0]
+        assert rows["target_dropped"] == [full - 5, 0]
+        assert rows["target_ids"][0][-1] != tokenizer.eos_token_id  # a cut target keeps no eos
+        assert rows["target_ids"][1][-1] == tokenizer.eos_token_id
+
+    def test_cuts_are_counted_in_the_log_and_warned_above_the_share(self, tokenizer, caplog):
+        rows = Dataset.from_dict({"input": ["a b c d e f g h i j k l", "hi", "yo", "hey"],
+                                  "output": ["ok", "fine", "x y z w v u t s r q p o n m", "sure"]})
+        with caplog.at_level(logging.INFO, logger="qlorakit.data"):
+            data.tokenize_dataset(rows, tokenizer, 6, 6, max_truncated_share=0.9)
+        info = [r for r in caplog.records if "rows cut" in r.getMessage()]
+        assert len(info) == 1 and info[0].levelno == logging.INFO
+        assert "2 of 4 rows cut: 1 sources lost" in info[0].getMessage()
+        assert "1 targets lost" in info[0].getMessage()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="qlorakit.data"):
+            data.tokenize_dataset(rows, tokenizer, 6, 6, max_truncated_share=0.2)
+        warned = [r for r in caplog.records if "rows cut" in r.getMessage()]
+        assert warned[0].levelno == logging.WARNING and "above --max_truncated_share 0.2" in warned[0].getMessage()
+
+    def test_length_summary_shows_lengths_before_the_cut(self, tokenizer):
+        rows = Dataset.from_dict({"input": ["a b c d e f g h i j k l"] + ["hi"] * 9, "output": ["ok"] * 10})
+        tokenized = data.tokenize_dataset(rows, tokenizer, 4, 64)
+        length = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        short, longest = str(length("<s>hi")), str(length("<s>a b c d e f g h i j k l"))
+        summary = length_summary(tokenized, {"source": 4, "target": 64, "total": 68})
+        source_line = next(line for line in summary.splitlines() if line.startswith("source"))
+        assert source_line.split()[1:] == [short, short, longest, longest, "4", "1"]
+
+
+def firefly_oracle(tokenizer, exchanges):
+    """<s>q1</s>a1</s>q2</s>a2</s> built piece by piece, answers and their eos trained."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ids, mask = [tokenizer.bos_token_id], [0]
+    for question, answer in exchanges:
+        ids += encode(question) + [tokenizer.eos_token_id]
+        mask += [0] * (len(encode(question)) + 1)
+        ids += encode(answer) + [tokenizer.eos_token_id]
+        mask += [1] * (len(encode(answer)) + 1)
+    return ids, mask
+
+
+EXCHANGES = [("你好，请介绍一下你自己。", "我是一个人工智能助手，很高兴为你服务。"),
+             ("天空为什么是蓝色的？", "因为瑞利散射：短波长的蓝光被大气散射得更多。"),
+             ("谢谢", "不客气！")]
+
+
+class TestFirefly:
+    def row(self):
+        return {"conversation_id": 7, "category": "Brainstorming",
+                "conversation": [{"human": q, "assistant": a} for q, a in EXCHANGES]}
+
+    def test_rows_are_detected_and_read_as_conversations(self):
+        assert data.detect_format(["conversation_id", "category", "conversation"], "f.jsonl") == "firefly"
+        messages = data.format_firefly(self.row())["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 3
+        assert messages[3]["content"] == EXCHANGES[1][1]
+
+    def test_a_broken_exchange_is_named(self):
+        with pytest.raises(chat_data.ConversationError, match="message 2"):
+            data.format_firefly({"conversation": [{"human": "q"}]})
+
+    @pytest.mark.parametrize("turns", [1, 3])
+    def test_firefly_template_matches_the_hand_built_layout(self, tokenizer, turns):
+        template, _ = chat_data.resolve_chat_template("firefly", tokenizer)
+        messages = data.format_firefly({"conversation": [{"human": q, "assistant": a}
+                                                         for q, a in EXCHANGES[:turns]]})["messages"]
+        ids, mask = chat_data.encode_conversation(tokenizer, template, messages)
+        assert (ids, mask) == firefly_oracle(tokenizer, EXCHANGES[:turns])
+
+    def test_preview_of_a_firefly_file(self, tiny_model_dir, tmp_path):
+        path = tmp_path / "firefly.jsonl"
+        path.write_text(json.dumps(self.row(), ensure_ascii=False) + "\n", encoding="utf-8")
+        result = run_python(["qlora.py", "--model_name_or_path", tiny_model_dir, "--dataset", str(path),
+                             "--chat_template", "firefly", "--preview_data", "1",
+                             "--output_dir", str(tmp_path / "out")])
+        assert "dataset format firefly" in result.stderr
+        expected = "".join(f"{q}</s>[[{a}</s>]]" for q, a in EXCHANGES)
+        assert f"<s>{expected}" in result.stdout
+        assert "=== lengths of 1 training rows, in tokens ===" in result.stdout
