@@ -166,11 +166,12 @@ def preview_training_data(model_args, data_args):
     """--preview_data: the first training rows as tokenized, without loading the model."""
     tokenizer = load_tokenizer(model_args.model_name_or_path, **hub_kwargs(model_args))
     train_dataset, _ = build_datasets(data_args, tokenizer, model_args.cache_dir)
-    total = data_args.max_seq_len or data_args.source_max_len + data_args.target_max_len
-    sys.stdout.write(length_summary(train_dataset, {"source": data_args.source_max_len,
-                                                    "target": data_args.target_max_len, "total": total}))
     preview_rows(train_dataset, tokenizer, data_args.preview_data, data_args.train_on_source,
                  data_args.preview_format, colour=sys.stdout.isatty(), write=sys.stdout.write)
+    total = data_args.max_seq_len or data_args.source_max_len + data_args.target_max_len
+    summary = length_summary(train_dataset, {"source": data_args.source_max_len,
+                                             "target": data_args.target_max_len, "total": total})
+    (sys.stderr if data_args.preview_format == "json" else sys.stdout).write(summary)  # JSON lines stay rows only
     return {}
 
 
