@@ -108,7 +108,8 @@ class DataArguments:
     dataset: str = field(
         default="alpaca",
         metadata={"help": "Built-in name (alpaca, alpaca-clean, chip2, self-instruct, hh-rlhf, longform, "
-                          "oasst1), a hub dataset id (owner/name) or a local .json/.jsonl/.csv/.tsv file."},
+                          "oasst1), a hub dataset id (owner/name) or a local .json/.jsonl (also .gz), .csv/.tsv or "
+                          ".parquet file."},
     )
     dataset_format: str | None = field(
         default=None,
@@ -116,6 +117,11 @@ class DataArguments:
                           "to the built-in dataset's own format; for other data the columns decide (messages "
                           "or conversations: chat, instruction + output: alpaca, prompt + completion: "
                           "self-instruct, text: oasst1, input + output: input-output)."},
+    )
+    dataset_field: str | None = field(
+        default=None,
+        metadata={"help": "For a JSON file that is one object holding its rows under a key "
+                          '(e.g. {"version": ..., "data": [...]}): that key (datasets\' json field).'},
     )
     chat_template: str | None = field(
         default=None,

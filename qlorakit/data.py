@@ -8,19 +8,22 @@ tokenized every micro-batch again inside its collator. Batching the tokenized ro
 qlorakit.collate's job.
 """
 
+import gzip
 import json
 import logging
 import os
 from dataclasses import dataclass
 
-from datasets import DatasetDict, load_dataset
+from datasets import DatasetDict, concatenate_datasets, load_dataset
 
 from . import chat_data
 from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
-LOCAL_EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}
+# Local file types and the datasets builder that reads each (gzip-compressed JSON is unpacked by datasets).
+LOCAL_EXTENSIONS = {".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json", ".csv": "csv",
+                    ".tsv": "csv", ".parquet": "parquet"}
 
 # Our own wording of the instruction/input/response layout used by Alpaca-style data.
 ALPACA_TEMPLATE_WITH_INPUT = (
@@ -147,11 +150,21 @@ def resolve_format(dataset, dataset_format, columns=()):
     return detect_format(columns, dataset)
 
 
+def local_extension(path):
+    """The file type a path names, compression included.
+
+    >>> local_extension("data/train.JSONL.gz"), local_extension("rows.parquet"), local_extension("owner/name")
+    ('.jsonl.gz', '.parquet', '')
+    """
+    stem, extension = os.path.splitext(path.lower())
+    return os.path.splitext(stem)[1] + extension if extension == ".gz" else extension
+
+
 def check_dataset_name(dataset):
     """Fail fast on a dataset that is neither built in nor a readable local file."""
     if dataset in HUB_DATASETS:
         return
-    extension = os.path.splitext(dataset)[1].lower()
+    extension = local_extension(dataset)
     if extension and extension not in LOCAL_EXTENSIONS:
         raise DataError(f"{dataset}: unsupported file type {extension!r}; use one of {', '.join(LOCAL_EXTENSIONS)}")
     if extension and not os.path.isfile(dataset):
@@ -169,7 +182,7 @@ def is_hub_id(dataset):
 
 def find_json_error(path):
     """The first line of a JSON or JSON-lines file that does not parse, as 'path:line: reason'."""
-    with open(path, encoding="utf-8") as handle:
+    with (gzip.open if path.lower().endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
         text = handle.read()
     try:
         json.loads(text)
@@ -187,15 +200,35 @@ def find_json_error(path):
     return None
 
 
-def load_local_dataset(path):
-    extension = os.path.splitext(path)[1].lower()
+def rows_under_a_key(split_data):
+    """The key of a JSON object read as one row whose value is the list of rows, else None.
+
+    A file such as ``{"version": "1", "data": [{...}, ...]}`` reads as a single row whose columns
+    fit no format; its rows are under one key, which --dataset_field names.
+    """
+    if len(split_data) != 1:
+        return None
+    row = split_data[0]
+    return next((key for key, value in row.items()
+                 if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)), None)
+
+
+def load_local_dataset(path, field=None):
+    extension = local_extension(path)
     builder = LOCAL_EXTENSIONS[extension]
     kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
+    if field is not None:
+        if builder != "json":
+            raise DataError(f"{path}: --dataset_field reads a key of a JSON object; this is a {extension} file")
+        kwargs["field"] = field
     try:
-        return load_dataset(builder, data_files={"train": path}, **kwargs)
+        loaded = load_dataset(builder, data_files={"train": path}, **kwargs)
     except Exception as error:
         reason = find_json_error(path) if builder == "json" else None
+        if reason is None and field is not None:
+            reason = f"{path}: no list of rows under the key {field!r} (--dataset_field)"
         raise DataError(reason or f"{path}: could not be read ({error})") from error
+    return loaded
 
 
 def load_hub_dataset(entry, cache_dir=None):
@@ -206,7 +239,7 @@ def load_hub_dataset(entry, cache_dir=None):
                         "pass a local file with --dataset to work offline") from error
 
 
-def load_raw_dataset(dataset, cache_dir=None):
+def load_raw_dataset(dataset, cache_dir=None, field=None):
     check_dataset_name(dataset)
     if dataset in HUB_DATASETS:
         return load_hub_dataset(HUB_DATASETS[dataset], cache_dir)
@@ -215,7 +248,7 @@ def load_raw_dataset(dataset, cache_dir=None):
         if "train" not in loaded:
             raise DataError(f"{dataset}: no 'train' split (splits: {', '.join(loaded)})")
         return loaded
-    return load_local_dataset(dataset)
+    return load_local_dataset(dataset, field)
 
 
 def format_checked_row(row, index, formatter, required, source, split):
@@ -356,11 +389,49 @@ def chat_tokenizer(data_args, tokenizer):
     return lambda ds, split: chat_data.tokenize_chat_dataset(ds, tokenizer, template, max_len)
 
 
+MIX_SEED = 42  # the seed of the eval hold-out too
+
+
+def load_formatted(dataset, data_args, cache_dir):
+    """(formatted DatasetDict, format name) of one source of --dataset."""
+    raw = load_raw_dataset(dataset, cache_dir, data_args.dataset_field)
+    try:
+        format_name = resolve_format(dataset, data_args.dataset_format, raw["train"].column_names)
+    except DataError as error:
+        key = rows_under_a_key(raw["train"]) if data_args.dataset_field is None else None
+        if key is None:
+            raise
+        raise DataError(f"{dataset}: one JSON object holding its rows under {key!r}; pass --dataset_field {key}") \
+            from error
+    return apply_format(raw, format_name, dataset), format_name
+
+
+def mix_sources(sources):
+    """One DatasetDict of several formatted sources [(name, DatasetDict, format)], shuffled with a
+    fixed seed, its rows counted per source in the log. An 'eval' split is kept only when every
+    source has one; otherwise the eval rows are held out of the mix, so every source may give some."""
+    kinds = {name: format_name in CONVERSATION_FORMATS for name, _, format_name in sources}
+    if len(set(kinds.values())) > 1:
+        conversations = ", ".join(name for name, is_chat in kinds.items() if is_chat)
+        raise DataError(f"--dataset mixes conversations ({conversations}) with input/output rows "
+                        f"({', '.join(name for name, is_chat in kinds.items() if not is_chat)}); train them apart")
+    logger.info("--dataset mixes %d sources: %s", len(sources),
+                ", ".join(f"{name} ({format_name}, {len(d['train'])} rows)" for name, d, format_name in sources))
+    splits = ["train"] + (["eval"] if all("eval" in d for _, d, _ in sources) else [])
+    return DatasetDict({split: concatenate_datasets([d[split] for _, d, _ in sources]).shuffle(seed=MIX_SEED)
+                        for split in splits})
+
+
 def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
-    """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or predicting)."""
-    raw = load_raw_dataset(data_args.dataset, cache_dir)
-    format_name = resolve_format(data_args.dataset, data_args.dataset_format, raw["train"].column_names)
-    formatted = apply_format(raw, format_name, data_args.dataset)
+    """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or predicting).
+
+    --dataset may name several sources separated by commas, each read in its own format."""
+    names = [name.strip() for name in data_args.dataset.split(",") if name.strip()]
+    sources = [(name, *load_formatted(name, data_args, cache_dir)) for name in names]
+    if len(sources) == 1:
+        _, formatted, format_name = sources[0]
+    else:
+        formatted, format_name = mix_sources(sources), sources[0][2]
     train, evaluation = split_train_eval(formatted, data_args, hold_out_eval)
     if format_name in CONVERSATION_FORMATS:
         tokenize = chat_tokenizer(data_args, tokenizer)

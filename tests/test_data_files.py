@@ -103,3 +103,58 @@ class TestFirefly:
         expected = "".join(f"{q}</s>[[{a}</s>]]" for q, a in EXCHANGES)
         assert f"<s>{expected}" in result.stdout
         assert "=== lengths of 1 training rows, in tokens ===" in result.stdout
+
+
+ALPACA_ROWS = [{"instruction": f"Say {n}.", "input": "", "output": f"{n}"} for n in range(6)]
+
+
+class TestFiles:
+    def args(self, dataset, **values):
+        from qlorakit.config import DataArguments
+        return DataArguments(dataset=dataset, **values)
+
+    def formatted(self, dataset, **values):
+        names = dataset.split(",")
+        return [data.load_formatted(name, self.args(dataset, **values), None) for name in names]
+
+    def test_parquet_and_gzipped_json_lines(self, tmp_path):
+        import gzip
+
+        import pandas as pd
+        pd.DataFrame(ALPACA_ROWS).to_parquet(tmp_path / "rows.parquet")
+        with gzip.open(tmp_path / "rows.jsonl.gz", "wt", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in ALPACA_ROWS)
+        for name in ("rows.parquet", "rows.jsonl.gz"):
+            [(formatted, format_name)] = self.formatted(str(tmp_path / name))
+            assert format_name == "alpaca" and formatted["train"]["output"] == [str(n) for n in range(6)]
+
+    def test_rows_under_a_key_are_suggested_then_read(self, tmp_path):
+        path = tmp_path / "squad_like.json"
+        path.write_text(json.dumps({"version": "1.0", "data": ALPACA_ROWS}))
+        with pytest.raises(data.DataError, match="pass --dataset_field data"):
+            self.formatted(str(path))
+        [(formatted, _)] = self.formatted(str(path), dataset_field="data")
+        assert len(formatted["train"]) == 6
+        with pytest.raises(data.DataError, match="no list of rows under the key 'rows'"):
+            self.formatted(str(path), dataset_field="rows")
+
+    def test_several_sources_are_mixed_with_their_own_formats(self, tmp_path, caplog):
+        first, second = tmp_path / "a.json", tmp_path / "b.jsonl"
+        first.write_text(json.dumps(ALPACA_ROWS))
+        second.write_text("".join(json.dumps({"input": f"q{n}", "output": f"a{n}"}) + "\n" for n in range(4)))
+        dataset = f"{first},{second}"
+        with caplog.at_level(logging.INFO, logger="qlorakit.data"):
+            mixed = data.mix_sources([(name, *pair) for name, pair in zip(dataset.split(","), self.formatted(dataset))])
+        assert sorted(mixed["train"]["output"]) == sorted([str(n) for n in range(6)] + [f"a{n}" for n in range(4)])
+        assert mixed["train"]["output"][:6] != [str(n) for n in range(6)]  # shuffled
+        assert f"{first} (alpaca, 6 rows), {second} (input-output, 4 rows)" in caplog.text
+
+    def test_conversations_and_input_output_rows_do_not_mix(self, tmp_path):
+        chat = tmp_path / "chat.jsonl"
+        chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                 {"role": "assistant", "content": "Hello"}]}) + "\n")
+        alpaca = tmp_path / "a.json"
+        alpaca.write_text(json.dumps(ALPACA_ROWS))
+        dataset = f"{chat},{alpaca}"
+        with pytest.raises(data.DataError, match="mixes conversations"):
+            data.mix_sources([(name, *pair) for name, pair in zip(dataset.split(","), self.formatted(dataset))])
