@@ -158,3 +158,20 @@ class TestFiles:
         dataset = f"{chat},{alpaca}"
         with pytest.raises(data.DataError, match="mixes conversations"):
             data.mix_sources([(name, *pair) for name, pair in zip(dataset.split(","), self.formatted(dataset))])
+
+
+def test_the_bloom_firefly_recipe_previews_on_the_tiny_model(tiny_model_dir, tmp_path):
+    """The recipe's flags parse and render Firefly rows with the firefly layout (preview: no model load)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    path = tmp_path / "firefly.jsonl"
+    path.write_text(json.dumps({"conversation": [{"human": "你好", "assistant": "你好！"}]}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    result = subprocess.run([os.path.join(REPO_ROOT, "scripts", "finetune_bloom_firefly.sh"),
+                             "--model_name_or_path", tiny_model_dir, "--preview_data", "1", "--bf16", "False"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHON": sys.executable, "DATASET": str(path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "<s>你好</s>[[你好！</s>]]" in result.stdout
