@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from conftest import run_python
 from qlorakit import chat_data, data
-from qlorakit.preview import length_summary
+from qlorakit import preview
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ class TestTruncation:
         tokenized = data.tokenize_dataset(rows, tokenizer, 4, 64)
         length = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         short, longest = str(length("<s>hi")), str(length("<s>a b c d e f g h i j k l"))
-        summary = length_summary(tokenized, {"source": 4, "target": 64, "total": 68})
+        summary = preview.length_summary(tokenized, {"source": 4, "target": 64, "total": 68})
         source_line = next(line for line in summary.splitlines() if line.startswith("source"))
         assert source_line.split()[1:] == [short, short, longest, longest, "4", "1"]
 
