@@ -109,14 +109,14 @@ class DataArguments:
         default="alpaca",
         metadata={"help": "Built-in name (alpaca, alpaca-clean, chip2, self-instruct, hh-rlhf, longform, "
                           "oasst1), a hub dataset id (owner/name) or a local .json/.jsonl (also .gz), .csv/.tsv or "
-                          ".parquet file."},
+                          ".parquet file; several, separated by commas, are mixed."},
     )
     dataset_format: str | None = field(
         default=None,
-        metadata={"help": "alpaca | chip2 | self-instruct | hh-rlhf | oasst1 | input-output | chat. Defaults "
+        metadata={"help": "alpaca | chip2 | self-instruct | hh-rlhf | oasst1 | input-output | chat | firefly. Defaults "
                           "to the built-in dataset's own format; for other data the columns decide (messages "
                           "or conversations: chat, instruction + output: alpaca, prompt + completion: "
-                          "self-instruct, text: oasst1, input + output: input-output)."},
+                          "self-instruct, text: oasst1, input + output: input-output, conversation: firefly)."},
     )
     dataset_field: str | None = field(
         default=None,
@@ -125,7 +125,8 @@ class DataArguments:
     )
     chat_template: str | None = field(
         default=None,
-        metadata={"help": "How chat rows are rendered: guanaco (### Human: / ### Assistant:), tokenizer (its "
+        metadata={"help": "How chat rows are rendered: guanaco (### Human: / ### Assistant:), firefly "
+                          "(<s>q</s>a</s>...), tokenizer (its "
                           "own chat template) or a .jinja file. Default: the tokenizer's if it has one, else "
                           "guanaco."},
     )
