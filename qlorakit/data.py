@@ -317,7 +317,9 @@ class TruncationCount:
 
 
 def count_truncation(source_dropped, target_dropped):
-    """>>> count_truncation([0, 2, 0], [5, 0, 0])
+    """Rows and tokens cut, from the tokens each row's source and target lost.
+
+    >>> count_truncation([0, 2, 0], [5, 0, 0])
     TruncationCount(rows=3, cut_rows=2, source_rows=1, source_tokens=2, target_rows=1, target_tokens=5)
     """
     return TruncationCount(
