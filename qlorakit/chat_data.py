@@ -26,7 +26,6 @@ ROLE_NAMES = {"system": "system", "human": "user", "user": "user", "gpt": "assis
 TOOL_ROLES = ("function_call", "observation", "tool", "function", "ipython")
 TEXT_PART_TYPES = ("text", "input_text", "output_text")
 MEDIA_TAGS = ("<image>", "<video>", "<audio>")
-TEMPLATE_CHOICES = ("guanaco", "tokenizer")
 # The row number a conversation carries from formatting to tokenization, so errors can name it.
 ROW_COLUMN = "row_number"
 
@@ -40,6 +39,17 @@ GUANACO_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}### Assistant:{% endif %}"
 )
+
+# Firefly's layout, <s>q1</s>a1</s>q2</s>a2</s>, with the tokenizer's own bos and eos: every
+# message (a system message too) is closed by eos, and a reply follows its question directly.
+FIREFLY_TEMPLATE = "{{ bos_token }}{% for message in messages %}{{ message['content'] }}{{ eos_token }}{% endfor %}"
+
+# --chat_template names: (Jinja source, description for the log).
+NAMED_TEMPLATES = {
+    "guanaco": (GUANACO_TEMPLATE, "guanaco (### Human: / ### Assistant:, eos after each reply)"),
+    "firefly": (FIREFLY_TEMPLATE, "firefly (bos, then each message closed by eos: <s>q</s>a</s>...)"),
+}
+TEMPLATE_CHOICES = (*NAMED_TEMPLATES, "tokenizer")
 
 
 def message_text(content, number):
@@ -157,11 +167,11 @@ def tokenizer_template(tokenizer):
 
 def resolve_chat_template(choice, tokenizer):
     """(Jinja source, description): the tokenizer's own template if it has one, else Guanaco's,
-    unless `choice` names guanaco, tokenizer or a .jinja file."""
+    unless `choice` names a template of NAMED_TEMPLATES, tokenizer or a .jinja file."""
     if choice is None:
         choice = "tokenizer" if tokenizer_template(tokenizer) else "guanaco"
-    if choice == "guanaco":
-        return GUANACO_TEMPLATE, "guanaco (### Human: / ### Assistant:, eos after each reply)"
+    if choice in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[choice]
     if choice == "tokenizer":
         if not tokenizer_template(tokenizer):
             raise ConversationError("--chat_template tokenizer: the tokenizer has no chat template; "

@@ -108,14 +108,20 @@ class DataArguments:
     dataset: str = field(
         default="alpaca",
         metadata={"help": "Built-in name (alpaca, alpaca-clean, chip2, self-instruct, hh-rlhf, longform, "
-                          "oasst1), a hub dataset id (owner/name) or a local .json/.jsonl/.csv/.tsv file."},
+                          "oasst1), a hub dataset id (owner/name) or a local .json/.jsonl (also .gz), .csv/.tsv or "
+                          ".parquet file; several, separated by commas, are mixed."},
     )
     dataset_format: str | None = field(
         default=None,
-        metadata={"help": "alpaca | chip2 | self-instruct | hh-rlhf | oasst1 | input-output | chat. Defaults "
+        metadata={"help": "alpaca | chip2 | self-instruct | hh-rlhf | oasst1 | input-output | chat | firefly. Defaults "
                           "to the built-in dataset's own format; for other data the columns decide (messages "
                           "or conversations: chat, instruction + output: alpaca, prompt + completion: "
-                          "self-instruct, text: oasst1, input + output: input-output)."},
+                          "self-instruct, text: oasst1, input + output: input-output, conversation: firefly)."},
+    )
+    dataset_field: str | None = field(
+        default=None,
+        metadata={"help": "For a JSON file that is one object holding its rows under a key "
+                          '(e.g. {"version": ..., "data": [...]}): that key (datasets\' json field).'},
     )
     dataset_columns: str | None = field(
         default=None,
@@ -125,7 +131,8 @@ class DataArguments:
     )
     chat_template: str | None = field(
         default=None,
-        metadata={"help": "How chat rows are rendered: guanaco (### Human: / ### Assistant:), tokenizer (its "
+        metadata={"help": "How chat rows are rendered: guanaco (### Human: / ### Assistant:), firefly "
+                          "(<s>q</s>a</s>...), tokenizer (its "
                           "own chat template) or a .jinja file. Default: the tokenizer's if it has one, else "
                           "guanaco."},
     )
@@ -143,6 +150,12 @@ class DataArguments:
         default="text",
         metadata={"help": "text (trained text in colour on a terminal, in [[ ]] otherwise) or json (one "
                           '{"segments": [{"text", "trained"}]} object per row).'},
+    )
+    max_truncated_share: float = field(
+        default=0.1,
+        metadata={"help": "Share of rows (0-1) that may lose tokens to --source_max_len/--target_max_len before "
+                          "the cut is logged as a warning instead of an info line. Every cut is counted either "
+                          "way; --preview_data prints the length percentiles to choose the limits from."},
     )
     train_on_source: bool = field(
         default=False, metadata={"help": "Also compute the loss on the source (prompt) tokens."}

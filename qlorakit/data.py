@@ -8,20 +8,23 @@ tokenized every micro-batch again inside its collator. Batching the tokenized ro
 qlorakit.collate's job.
 """
 
+import gzip
 import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from datasets import DatasetDict, load_dataset
+from datasets import DatasetDict, concatenate_datasets, load_dataset
 
 from . import chat_data
 from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
-LOCAL_EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}
+# Local file types and the datasets builder that reads each (gzip-compressed JSON is unpacked by datasets).
+LOCAL_EXTENSIONS = {".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json", ".csv": "csv",
+                    ".tsv": "csv", ".parquet": "parquet"}
 
 # Our own wording of the instruction/input/response layout used by Alpaca-style data.
 ALPACA_TEMPLATE_WITH_INPUT = (
@@ -110,6 +113,16 @@ def format_chat(row):
     return {"messages": chat_data.normalize_conversation(row)}
 
 
+def format_firefly(row):
+    """Firefly's rows: a list of {"human", "assistant"} exchanges under 'conversation'."""
+    exchanges = row["conversation"]
+    if not isinstance(exchanges, list) or not all(isinstance(e, dict) for e in exchanges):
+        raise chat_data.ConversationError("'conversation' is not a list of {\"human\", \"assistant\"} objects")
+    messages = [{"role": role, "content": exchange.get(key)} for exchange in exchanges
+                for role, key in (("user", "human"), ("assistant", "assistant"))]
+    return {"messages": chat_data.normalize_conversation({"messages": messages})}
+
+
 @dataclass(frozen=True)
 class DataFormat:
     """A row format: how its rows become input/output text or messages, and which columns it reads.
@@ -140,6 +153,7 @@ FORMATS = {
     "input-output": DataFormat(format_input_output, (("input", "output"),), text=("input", "output"),
                                unless=("instruction",)),
     "chat": DataFormat(format_chat, (("messages",), ("conversations",)), ("system", "tools")),
+    "firefly": DataFormat(format_firefly, (("conversation",),)),
 }
 FORMATTED_COLUMNS = ("input", "output", "messages")
 PREFERENCE_COLUMNS = ("chosen", "rejected")
@@ -287,11 +301,21 @@ def map_columns(dataset_dict, mapping, source):
     return dataset_dict.rename_columns(mapping) if mapping else dataset_dict
 
 
+def local_extension(path):
+    """The file type a path names, compression included.
+
+    >>> local_extension("data/train.JSONL.gz"), local_extension("rows.parquet"), local_extension("owner/name")
+    ('.jsonl.gz', '.parquet', '')
+    """
+    stem, extension = os.path.splitext(path.lower())
+    return os.path.splitext(stem)[1] + extension if extension == ".gz" else extension
+
+
 def check_dataset_name(dataset):
     """Fail fast on a dataset that is neither built in nor a readable local file."""
     if dataset in HUB_DATASETS:
         return
-    extension = os.path.splitext(dataset)[1].lower()
+    extension = local_extension(dataset)
     if extension and extension not in LOCAL_EXTENSIONS:
         raise DataError(f"{dataset}: unsupported file type {extension!r}; use one of {', '.join(LOCAL_EXTENSIONS)}")
     if extension and not os.path.isfile(dataset):
@@ -309,7 +333,7 @@ def is_hub_id(dataset):
 
 def find_json_error(path):
     """The first line of a JSON or JSON-lines file that does not parse, as 'path:line: reason'."""
-    with open(path, encoding="utf-8") as handle:
+    with (gzip.open if path.lower().endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
         text = handle.read()
     try:
         json.loads(text)
@@ -327,15 +351,35 @@ def find_json_error(path):
     return None
 
 
-def load_local_dataset(path):
-    extension = os.path.splitext(path)[1].lower()
+def rows_under_a_key(split_data):
+    """The key of a JSON object read as one row whose value is the list of rows, else None.
+
+    A file such as ``{"version": "1", "data": [{...}, ...]}`` reads as a single row whose columns
+    fit no format; its rows are under one key, which --dataset_field names.
+    """
+    if len(split_data) != 1:
+        return None
+    row = split_data[0]
+    return next((key for key, value in row.items()
+                 if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)), None)
+
+
+def load_local_dataset(path, field=None):
+    extension = local_extension(path)
     builder = LOCAL_EXTENSIONS[extension]
     kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
+    if field is not None:
+        if builder != "json":
+            raise DataError(f"{path}: --dataset_field reads a key of a JSON object; this is a {extension} file")
+        kwargs["field"] = field
     try:
-        return load_dataset(builder, data_files={"train": path}, **kwargs)
+        loaded = load_dataset(builder, data_files={"train": path}, **kwargs)
     except Exception as error:
         reason = find_json_error(path) if builder == "json" else None
+        if reason is None and field is not None:
+            reason = f"{path}: no list of rows under the key {field!r} (--dataset_field)"
         raise DataError(reason or f"{path}: could not be read ({error})") from error
+    return loaded
 
 
 def load_hub_dataset(entry, cache_dir=None):
@@ -346,7 +390,7 @@ def load_hub_dataset(entry, cache_dir=None):
                         "pass a local file with --dataset to work offline") from error
 
 
-def load_raw_dataset(dataset, cache_dir=None):
+def load_raw_dataset(dataset, cache_dir=None, field=None):
     check_dataset_name(dataset)
     if dataset in HUB_DATASETS:
         return load_hub_dataset(HUB_DATASETS[dataset], cache_dir)
@@ -355,7 +399,7 @@ def load_raw_dataset(dataset, cache_dir=None):
         if "train" not in loaded:
             raise DataError(f"{dataset}: no 'train' split (splits: {', '.join(loaded)})")
         return loaded
-    return load_local_dataset(dataset)
+    return load_local_dataset(dataset, field)
 
 
 def check_row(row, data_format, needs):
@@ -441,25 +485,84 @@ def apply_format(dataset_dict, format_name, source):
 
 
 def tokenize_rows(batch, tokenizer, source_max_len, target_max_len):
-    """bos + source and target + eos, each truncated to its own budget (the reference's recipe)."""
+    """bos + source and target + eos, each cut to its own budget (the reference's recipe).
+
+    A cut source keeps its start (the instruction), as the reference's did. A cut target keeps no
+    eos: it stops mid-sentence, and an eos there would teach the model to stop mid-sentence (TRL's
+    SFT truncation likewise cuts the tail). The tokens each side lost are kept for the log.
+    """
     sources = [f"{tokenizer.bos_token or ''}{text}" for text in batch["input"]]
     targets = [f"{text}{tokenizer.eos_token}" for text in batch["output"]]
-    source_ids = tokenizer(sources, max_length=source_max_len, truncation=True, add_special_tokens=False)
-    target_ids = tokenizer(targets, max_length=target_max_len, truncation=True, add_special_tokens=False)
+    full_sources = tokenizer(sources, add_special_tokens=False)["input_ids"]
+    full_targets = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    source_ids = [ids[:source_max_len] for ids in full_sources]
+    target_ids = [ids[:target_max_len] for ids in full_targets]
     return {
-        "source_ids": source_ids["input_ids"],
-        "target_ids": target_ids["input_ids"],
-        "length": [len(s) + len(t) for s, t in zip(source_ids["input_ids"], target_ids["input_ids"])],
+        "source_ids": source_ids,
+        "target_ids": target_ids,
+        "length": [len(s) + len(t) for s, t in zip(source_ids, target_ids)],
+        "source_dropped": [len(full) - len(kept) for full, kept in zip(full_sources, source_ids)],
+        "target_dropped": [len(full) - len(kept) for full, kept in zip(full_targets, target_ids)],
     }
 
 
-def tokenize_dataset(dataset, tokenizer, source_max_len, target_max_len):
-    return dataset.map(
+@dataclass(frozen=True)
+class TruncationCount:
+    """How many rows lost tokens, and how many tokens each side lost."""
+    rows: int
+    cut_rows: int
+    source_rows: int
+    source_tokens: int
+    target_rows: int
+    target_tokens: int
+
+    @property
+    def cut_share(self):
+        return self.cut_rows / self.rows if self.rows else 0.0
+
+
+def count_truncation(source_dropped, target_dropped):
+    """Rows and tokens cut, from the tokens each row's source and target lost.
+
+    >>> count_truncation([0, 2, 0], [5, 0, 0])
+    TruncationCount(rows=3, cut_rows=2, source_rows=1, source_tokens=2, target_rows=1, target_tokens=5)
+    """
+    return TruncationCount(
+        rows=len(source_dropped),
+        cut_rows=sum(1 for s, t in zip(source_dropped, target_dropped) if s or t),
+        source_rows=sum(1 for s in source_dropped if s), source_tokens=sum(source_dropped),
+        target_rows=sum(1 for t in target_dropped if t), target_tokens=sum(target_dropped),
+    )
+
+
+def report_truncation(count, source_max_len, target_max_len, max_truncated_share, split):
+    """One log line with the cuts; a warning when more rows than --max_truncated_share were cut."""
+    if not count.cut_rows:
+        logger.info("%s: no row cut (--source_max_len %d, --target_max_len %d)", split, source_max_len, target_max_len)
+        return
+    line = (f"{split}: {count.cut_rows} of {count.rows} rows cut: {count.source_rows} sources lost "
+            f"{count.source_tokens} tokens beyond --source_max_len {source_max_len} (their start is kept), "
+            f"{count.target_rows} targets lost {count.target_tokens} tokens beyond --target_max_len "
+            f"{target_max_len} (a cut target has no eos)")
+    if count.cut_share > max_truncated_share:
+        logger.warning("%s; that is %.0f%% of the rows, above --max_truncated_share %g: raise the limits "
+                       "(--preview_data prints the lengths) or --max_truncated_share", line, 100 * count.cut_share,
+                       max_truncated_share)
+    else:
+        logger.info(line)
+
+
+def tokenize_dataset(dataset, tokenizer, source_max_len, target_max_len, max_truncated_share=1.0, split="train"):
+    """Tokenized rows (source_ids, target_ids, length and the tokens each side lost), cuts logged."""
+    tokenized = dataset.map(
         tokenize_rows,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "source_max_len": source_max_len, "target_max_len": target_max_len},
         desc="Tokenizing",
     )
+    count = count_truncation(tokenized["source_dropped"], tokenized["target_dropped"])
+    report_truncation(count, source_max_len, target_max_len, max_truncated_share, split)
+    return tokenized
 
 
 def split_train_eval(dataset_dict, data_args, hold_out_eval):
@@ -490,18 +593,57 @@ def chat_tokenizer(data_args, tokenizer, source):
         raise DataError(str(error)) from error
     max_len = data_args.max_seq_len or data_args.source_max_len + data_args.target_max_len
     logger.info("chat template: %s; conversations up to %d tokens", description, max_len)
-    return lambda ds: chat_data.tokenize_chat_dataset(ds, tokenizer, template, max_len, source)
+    return lambda ds, split: chat_data.tokenize_chat_dataset(ds, tokenizer, template, max_len, source)
+
+
+MIX_SEED = 42  # the seed of the eval hold-out too
+
+
+def load_formatted(dataset, data_args, cache_dir):
+    """(formatted DatasetDict, format name) of one source of --dataset."""
+    raw = load_raw_dataset(dataset, cache_dir, data_args.dataset_field)
+    raw = map_columns(raw, parse_column_mapping(data_args.dataset_columns), dataset)
+    try:
+        format_name = resolve_format(dataset, data_args.dataset_format, raw["train"].column_names)
+    except DataError as error:
+        key = rows_under_a_key(raw["train"]) if data_args.dataset_field is None else None
+        if key is None:
+            raise
+        raise DataError(f"{dataset}: one JSON object holding its rows under {key!r}; pass --dataset_field {key}") \
+            from error
+    return apply_format(raw, format_name, dataset), format_name
+
+
+def mix_sources(sources):
+    """One DatasetDict of several formatted sources [(name, DatasetDict, format)], shuffled with a
+    fixed seed, its rows counted per source in the log. An 'eval' split is kept only when every
+    source has one; otherwise the eval rows are held out of the mix, so every source may give some."""
+    kinds = {name: "messages" in d["train"].column_names for name, d, _ in sources}
+    if len(set(kinds.values())) > 1:
+        conversations = ", ".join(name for name, is_chat in kinds.items() if is_chat)
+        raise DataError(f"--dataset mixes conversations ({conversations}) with input/output rows "
+                        f"({', '.join(name for name, is_chat in kinds.items() if not is_chat)}); train them apart")
+    logger.info("--dataset mixes %d sources: %s", len(sources),
+                ", ".join(f"{name} ({format_name}, {len(d['train'])} rows)" for name, d, format_name in sources))
+    splits = ["train"] + (["eval"] if all("eval" in d for _, d, _ in sources) else [])
+    return DatasetDict({split: concatenate_datasets([d[split] for _, d, _ in sources]).shuffle(seed=MIX_SEED)
+                        for split in splits})
 
 
 def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
-    """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or predicting)."""
-    raw = load_raw_dataset(data_args.dataset, cache_dir)
-    raw = map_columns(raw, parse_column_mapping(data_args.dataset_columns), data_args.dataset)
-    format_name = resolve_format(data_args.dataset, data_args.dataset_format, raw["train"].column_names)
-    formatted = apply_format(raw, format_name, data_args.dataset)
+    """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or predicting).
+
+    --dataset may name several sources separated by commas, each read in its own format."""
+    names = [name.strip() for name in data_args.dataset.split(",") if name.strip()]
+    sources = [(name, *load_formatted(name, data_args, cache_dir)) for name in names]
+    if len(sources) == 1:
+        _, formatted, format_name = sources[0]
+    else:
+        formatted, format_name = mix_sources(sources), sources[0][2]
     train, evaluation = split_train_eval(formatted, data_args, hold_out_eval)
     if "messages" in train.column_names:
         tokenize = chat_tokenizer(data_args, tokenizer, data_args.dataset)
     else:
-        tokenize = lambda ds: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len)
-    return tokenize(train), (tokenize(evaluation) if evaluation is not None else None)
+        tokenize = lambda ds, split: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len,
+                                                      data_args.max_truncated_share, split)
+    return tokenize(train, "train"), (tokenize(evaluation, "eval") if evaluation is not None else None)

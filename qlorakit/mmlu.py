@@ -38,7 +38,7 @@ def load_mmlu(mmlu_args, tokenizer):
     dataset = load_dataset("json", data_files={"eval": path})["eval"]
     if mmlu_args.max_mmlu_samples is not None and len(dataset) > mmlu_args.max_mmlu_samples:
         dataset = dataset.select(range(mmlu_args.max_mmlu_samples))
-    return tokenize_dataset(dataset, tokenizer, mmlu_args.mmlu_source_max_len, target_max_len=2)
+    return tokenize_dataset(dataset, tokenizer, mmlu_args.mmlu_source_max_len, target_max_len=2, split="MMLU")
 
 
 def choice_token_ids(tokenizer):

@@ -7,6 +7,7 @@ texts concatenate to the decoded row.
 """
 
 import json
+import math
 
 from .chat_data import common_prefix_length
 from .collate import IGNORE_INDEX, CausalLMCollator
@@ -66,3 +67,33 @@ def preview_rows(dataset, tokenizer, count, train_on_source, output_format, colo
         else:
             write(f"=== row {number + 1}: {len(flags)} tokens, {sum(flags)} trained ===\n"
                   f"{mark_segments(segments, colour)}\n")
+
+
+def percentile(sorted_values, share):
+    """The nearest-rank percentile of already sorted values.
+
+    >>> percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.9)
+    9
+    """
+    return sorted_values[max(0, math.ceil(len(sorted_values) * share) - 1)] if sorted_values else 0
+
+
+def length_rows(dataset, limits):
+    """[(name, sorted lengths before any cut, limit)] of the sides a tokenized dataset records."""
+    if "source_dropped" not in dataset.column_names:  # conversations: only their length as kept
+        return [("conversation (as kept)", sorted(dataset["length"]), limits["total"])]
+    sources = [len(ids) + dropped for ids, dropped in zip(dataset["source_ids"], dataset["source_dropped"])]
+    targets = [len(ids) + dropped for ids, dropped in zip(dataset["target_ids"], dataset["target_dropped"])]
+    return [("source", sorted(sources), limits["source"]), ("target", sorted(targets), limits["target"]),
+            ("total", sorted(s + t for s, t in zip(sources, targets)), limits["total"])]
+
+
+def length_summary(dataset, limits):
+    """Token-length percentiles of every row against the limits, to choose the limits from the data."""
+    lines = [f"=== lengths of {len(dataset)} training rows, in tokens ===",
+             f"{'':24}{'p50':>7}{'p90':>7}{'p99':>7}{'max':>7}{'limit':>7}{'over':>7}"]
+    for name, lengths, limit in length_rows(dataset, limits):
+        cells = "".join(f"{percentile(lengths, share):>7}" for share in (0.5, 0.9, 0.99, 1.0))
+        over = sum(1 for length in lengths if length > limit)
+        lines.append(f"{name:24}{cells}{limit:>7}{over:>7}")
+    return "\n".join(lines) + "\n"

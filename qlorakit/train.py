@@ -19,7 +19,7 @@ from .errors import ArgumentError, TrainingStopped
 from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
                     model_task)
-from .preview import preview_rows
+from .preview import length_summary, preview_rows
 from .trainer import QLoRATrainer
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,10 @@ def preview_training_data(model_args, data_args):
     train_dataset, _ = build_datasets(data_args, tokenizer, model_args.cache_dir)
     preview_rows(train_dataset, tokenizer, data_args.preview_data, data_args.train_on_source,
                  data_args.preview_format, colour=sys.stdout.isatty(), write=sys.stdout.write)
+    total = data_args.max_seq_len or data_args.source_max_len + data_args.target_max_len
+    summary = length_summary(train_dataset, {"source": data_args.source_max_len,
+                                             "target": data_args.target_max_len, "total": total})
+    (sys.stderr if data_args.preview_format == "json" else sys.stdout).write(summary)  # JSON lines stay rows only
     return {}
 
 

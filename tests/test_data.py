@@ -72,8 +72,8 @@ class TestBadInput:
     def test_missing_file_and_bad_extension(self, tmp_path):
         with pytest.raises(DataError, match="no such file"):
             data.check_dataset_name(str(tmp_path / "missing.jsonl"))
-        with pytest.raises(DataError, match="unsupported file type '.parquet'"):
-            data.check_dataset_name(str(tmp_path / "rows.parquet"))
+        with pytest.raises(DataError, match="unsupported file type '.xlsx'"):
+            data.check_dataset_name(str(tmp_path / "rows.xlsx"))
 
     def test_malformed_jsonl_names_file_and_line(self, tmp_path):
         path = tmp_path / "rows.jsonl"

@@ -193,7 +193,6 @@ class TestPreferencePairs:
 
 class TestHintsAndTemplateErrors:
     @pytest.mark.parametrize("columns", [
-        ["conversation_id", "category", "conversation", "dataset"],  # conversation: [{human, assistant}]
         ["conversation_id", "meta_instruction", "num_turns", "chat"],  # chat: {turn_1: {Human, MOSS}}
         ["version", "data"],
     ])

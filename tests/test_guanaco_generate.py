@@ -2,6 +2,8 @@
 
 from conftest import run_python
 
+from qlorakit.chat_data import TEMPLATE_CHOICES
+
 
 def test_the_prompt_is_rendered_by_the_chosen_training_template(tiny_model_dir, random_adapter_dir, tmp_path):
     template = tmp_path / "plain.jinja"
@@ -18,4 +20,5 @@ def test_the_prompt_is_rendered_by_the_chosen_training_template(tiny_model_dir, 
 def test_a_template_that_is_no_choice_is_refused_before_loading(tmp_path):
     result = run_python(["examples/guanaco_generate.py", "--model_name_or_path", str(tmp_path / "no-model"),
                          "--chat_template", "missing.jinja"], check=False)
-    assert result.returncode == 2 and "'missing.jinja' is not guanaco or tokenizer" in result.stderr.splitlines()[-1]
+    assert result.returncode == 2 and (f"'missing.jinja' is not {' or '.join(TEMPLATE_CHOICES)}"
+                                          in result.stderr.splitlines()[-1])
