@@ -192,7 +192,7 @@ def test_model_name_or_path_reads_a_local_config(tmp_path, capsys):
 def test_unknown_flag_is_one_line_exit_2():
     result = run_python([SCRIPT, "--config", "llama-7b", "--lora_rank", "8"], check=False)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: unrecognized arguments: --lora_rank 8"]
+    assert result.stderr.strip().splitlines() == ["error: unrecognized arguments: --lora_rank 8 (did you mean '--lora_r'?)"]
 
 
 @pytest.mark.parametrize("argv, words", [

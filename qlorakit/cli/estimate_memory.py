@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from qlorakit.config import ARGUMENT_CLASSES, check_config_keys, given_flags, read_config_file, translate_reference_flags
+from qlorakit.config import ARGUMENT_CLASSES, read_settings, translate_reference_flags
 from qlorakit.errors import ArgumentError, InputError, run_main
 from qlorakit.memory import DEFAULT_OVERHEAD_MB, LLAMA_CONFIGS, estimate, load_shape, longest_row, summarize
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 # qlora.py's settings that estimate() takes, under the same names but one.
 ESTIMATE_FLAGS = ("bits", "double_quant", "lora_r", "lora_modules", "lora_dropout", "source_max_len",
@@ -65,12 +64,7 @@ def parse_flags(argv):
     """
     parser = OneLineErrorParser((EstimatorArguments, *ARGUMENT_CLASSES), description=__doc__.splitlines()[0])
     parser.set_defaults(model_name_or_path=None)  # qlora.py's default is a hub id: read only one given
-    given = {}
-    if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES):
-        given = read_config_file(argv[0])
-        check_config_keys(argv[0], given)
-        argv = argv[1:]
-    given.update(given_flags(parser, argv))
+    given, _ = read_settings(parser, argv)
     for notice in translate_reference_flags(given, set(given)):
         logger.warning(notice)
     return {**vars(parser.parse_args([])), **given}
