@@ -17,6 +17,7 @@ DQ_BLOCK = 256
 ADAM8_BLOCK = 256
 DEFAULT_OVERHEAD_MB = 768
 ALL_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+OUTPUT_HEAD = "lm_head"  # not in 'all', as in qlora.py; adaptable when named
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_torch")
 PAGED_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit")
 BITS = (4, 8, 16, 32)
@@ -169,20 +170,23 @@ def parse_lora_modules(lora_modules):
     if lora_modules == "all":
         return ALL_LORA_MODULES
     names = tuple(name.strip() for name in lora_modules.split(",") if name.strip())
-    unknown = [name for name in names if name not in ALL_LORA_MODULES]
+    unknown = [name for name in names if name not in (*ALL_LORA_MODULES, OUTPUT_HEAD)]
     if unknown or not names:
-        raise ValueError(f"--lora_modules: 'all' or a comma list of {', '.join(ALL_LORA_MODULES)}; got {lora_modules!r}")
+        raise ValueError(f"--lora_modules: 'all' or a comma list of {', '.join(ALL_LORA_MODULES)} "
+                         f"(and {OUTPUT_HEAD}); got {lora_modules!r}")
     return names
 
 
 def lora_params_per_layer(shape, lora_r, modules=ALL_LORA_MODULES):
     """r * (in + out) for each adapted linear layer of one decoder layer (A is r x in, B out x r)."""
     shapes = linear_layer_shapes(shape)
-    return sum(lora_r * (shapes[name][0] + shapes[name][1]) for name in modules)
+    return sum(lora_r * (shapes[name][0] + shapes[name][1]) for name in modules if name != OUTPUT_HEAD)
 
 
 def lora_params(shape, lora_r, modules=ALL_LORA_MODULES):
-    return shape.num_layers * lora_params_per_layer(shape, lora_r, modules)
+    """Over all decoder layers, plus the output head's adapter (hidden -> vocab) when it is adapted."""
+    head = lora_r * (shape.hidden_size + shape.vocab_size) if OUTPUT_HEAD in modules else 0
+    return shape.num_layers * lora_params_per_layer(shape, lora_r, modules) + head
 
 
 def lora_weight_bytes(n_params, dtype_bytes=BF16):

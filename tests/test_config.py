@@ -253,7 +253,7 @@ class TestConfigFiles:
         from conftest import REPO_ROOT
 
         args = parse_arguments([f"{REPO_ROOT}/examples/configs/tiny_demo.yaml"])
-        assert (args.lora.lora_r, args.training.max_steps, args.data.dataset_format) == (16, 30, "oasst1")
+        assert (args.lora.lora_r, args.training.max_steps, args.data.dataset_format) == (16, 40, "chat")
 
 
 class TestConfigFilePlusFlags:

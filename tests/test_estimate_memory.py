@@ -82,8 +82,10 @@ def test_demo_config_file_is_read_and_its_model_shape_used(tmp_path, monkeypatch
     report = estimate_json(capsys, DEMO_CONFIG)
     shape = em.load_shape(str(model_dir))
     assert report["model"] == "demo/tiny-llama"
-    assert (report["seq_len"], report["per_device_train_batch_size"], report["bf16"]) == (16 + 256, 4, True)
-    assert report["components_mb"]["lora_weights"] == pytest.approx(em.lora_params(shape, 16) * 2 / MB, abs=0.05)
+    assert (report["seq_len"], report["per_device_train_batch_size"], report["bf16"]) == (32 + 32, 4, True)
+    head_adapter = 16 * (96 + 500)  # the demo adapts the output head too
+    assert report["components_mb"]["lora_weights"] == pytest.approx(
+        (em.lora_params(shape, 16) + head_adapter) * 2 / MB, abs=0.05)
     assert report["components_mb"]["embeddings_and_lm_head"] == pytest.approx(2 * 500 * 96 * 2 / MB, abs=0.05)
     # flags after the file override it
     halved = estimate_json(capsys, DEMO_CONFIG, "--per_device_train_batch_size", "2")
