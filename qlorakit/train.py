@@ -16,7 +16,7 @@ from . import checkpoints, jsonl
 from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
-from .errors import TrainingStopped
+from .errors import TrainingInterrupted, TrainingStopped
 from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
                     model_task)
@@ -233,8 +233,9 @@ def run(args):
         result = trainer.train(resume_from_checkpoint=resume_from)
         preemption = find_callback(trainer, PreemptionCallback)
         if preemption.stopped_at is not None:
-            raise TrainingStopped(f"stopped by SIGTERM at step {preemption.stopped_at}; checkpoint-"
-                                  f"{preemption.stopped_at} saved: run the same command to resume")
+            stopped = TrainingInterrupted if preemption.signal_name == "SIGINT" else TrainingStopped
+            raise stopped(f"stopped by {preemption.signal_name} at step {preemption.stopped_at}; checkpoint-"
+                          f"{preemption.stopped_at} saved: run the same command to resume")
         guard = find_callback(trainer, NonFiniteGuardCallback)
         if guard.gave_up:
             raise TrainingStopped(

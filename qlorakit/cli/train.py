@@ -11,7 +11,7 @@ import sys
 import torch
 
 from qlorakit.config import parse_arguments
-from qlorakit.errors import TrainingStopped, run_main
+from qlorakit.errors import INTERRUPTED_STATUS, TrainingInterrupted, TrainingStopped, run_main
 from qlorakit.launcher import distributed_defaults
 from qlorakit.train import release_process_group, run
 
@@ -23,12 +23,13 @@ def train(argv=None):
 
 
 def main(argv=None):
-    """Exit status: 0 done, 2 bad input (one line), 1 training stopped (one line)."""
+    """Exit status: 0 done, 2 bad input (one line), 1 training stopped (one line), 130 stopped by
+    Ctrl-C (one line, after saving a checkpoint)."""
     try:
         return run_main(train, argv)
     except TrainingStopped as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return INTERRUPTED_STATUS if isinstance(error, TrainingInterrupted) else 1
     finally:
         release_process_group()
 
