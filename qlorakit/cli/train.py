@@ -1,7 +1,7 @@
 """Finetune a causal or seq2seq language model with QLoRA: a frozen 4-bit base plus trained LoRA adapters.
 
     python qlora.py --model_name_or_path M --dataset oasst1 --output_dir out --bf16 ...
-    python qlora.py config.yaml
+    python qlora.py config.yaml [--flag value ...]     # flags after the file override it
 
 Every flag of the QLoRA reference keeps its name and default; `python qlora.py --help` lists them.
 """
