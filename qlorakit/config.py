@@ -467,7 +467,7 @@ def parse_arguments(argv=None, environment_defaults=None):
     args = RunArguments(*(build_arguments(cls, values) for cls in ARGUMENT_CLASSES if cls is not ReferenceFlags))
     validate_arguments(args)
     if args.training.process_index == 0:  # once per run, not once per data-parallel rank
-        print(sources)
+        print(sources, file=sys.stderr)  # stderr: --preview_format json keeps stdout to its rows
         for notice in notices:
             logger.warning(notice)
     return args

@@ -267,7 +267,7 @@ class TestConfigFilePlusFlags:
         path = self.write_config(tmp_path)
         args = parse_arguments([str(path), "--max_steps", "25", "--lora_r", "8"])
         assert (args.training.max_steps, args.lora.lora_r, args.training.learning_rate) == (25, 8, 0.001)
-        assert f"settings: 4 from {path}, 2 from the command line (lora_r, max_steps)" in capsys.readouterr().out
+        assert f"settings: 4 from {path}, 2 from the command line (lora_r, max_steps)" in capsys.readouterr().err
 
     def test_reference_flags_are_translated_from_either_source(self, tmp_path):
         path = self.write_config(tmp_path)
