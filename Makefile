@@ -19,12 +19,19 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 $(DEMO)/tiny-llama/config.json: $(VENV)/.installed scripts/make_tiny_model.py
 	$(PY) scripts/make_tiny_model.py $(DEMO)/tiny-llama
 
+# The demo proves that training through the 4-bit base + LoRA learns: the same question, greedy
+# decoding, answered before training (gibberish) and after (the reply in demo_facts.jsonl).
+DEMO_QUESTION := Who feeds the cat on Sundays?
+DEMO_ANSWER := $(PY) examples/guanaco_generate.py --model_name_or_path $(DEMO)/tiny-llama \
+	--temperature 0 --max_new_tokens 16 --question "$(DEMO_QUESTION)"
+
 demo: $(DEMO)/tiny-llama/config.json
 	rm -rf $(DEMO)/output
+	@echo "== before training (base model alone):"
+	$(DEMO_ANSWER)
 	$(PY) qlora.py examples/configs/tiny_demo.yaml
-	$(PY) examples/guanaco_generate.py --model_name_or_path $(DEMO)/tiny-llama \
-		--adapter $(DEMO)/output/checkpoint-30/adapter_model --max_new_tokens 40 \
-		--question "How can I make my houseplants last longer?"
+	@echo "== after training (base + the trained adapter; demo_facts.jsonl says: Aunt Mira feeds the cat.):"
+	$(DEMO_ANSWER) --adapter $(DEMO)/output/checkpoint-40/adapter_model
 	$(PY) scripts/plot_training.py $(DEMO)/output
 
 test: setup

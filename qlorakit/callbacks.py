@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import sys
 
 import torch
 from accelerate.utils import gather_object
@@ -74,22 +75,35 @@ class NonFiniteGuardCallback(TrainerCallback):
 
 
 class PreemptionCallback(TrainerCallback):
-    """On SIGTERM (how clusters and spot instances preempt), checkpoint at the end of the current
-    step and stop, instead of losing everything since the last scheduled checkpoint.
+    """On SIGTERM (how clusters and spot instances preempt) or a first Ctrl-C (SIGINT),
+    checkpoint at the end of the current step and stop, instead of losing everything since the
+    last scheduled checkpoint.
+
+    A second Ctrl-C aborts at once (KeyboardInterrupt): a checkpoint it tears lacks its
+    completion marker, so a resume skips it and goes back to the one before.
 
     Under data parallel the ranks agree through an all-reduce each step, so that they all save
     at the same step even if the signal reaches them at different times.
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
         self.requested = False
+        self.signal_name = None
         self.stopped_at = None
+        self.previous_handlers = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGTERM, self.request_stop)
+        self.previous_handlers = {signum: signal.signal(signum, self.request_stop) for signum in self.SIGNALS}
 
     def request_stop(self, signum, frame):
         self.requested = True
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print("\nCtrl-C: finishing the current step, then saving a checkpoint and stopping "
+                  "(Ctrl-C again aborts at once, without it)", file=sys.stderr, flush=True)
 
     def anyone_requested(self, args):
         if args.world_size == 1:
@@ -101,11 +115,13 @@ class PreemptionCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.stopped_at is None and self.anyone_requested(args):
             self.stopped_at = state.global_step
+            self.signal_name = self.signal_name or "a signal on another rank"
             control.should_save = True
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler)
 
 
 class MMLUEvalCallback(TrainerCallback):

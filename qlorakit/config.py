@@ -363,14 +363,28 @@ def flag_names():
     return [f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init]
 
 
-def check_config_keys(path, config):
+def closest_name_hint(name, known, spelling="{}"):
+    """' (did you mean ...?)' naming the known name closest to a misspelt one, or ''.
+
+    >>> closest_name_hint("lora_rnk", ["lora_r", "lora_alpha"])
+    " (did you mean 'lora_r'?)"
+    >>> closest_name_hint("lora-rank", ["local_rank", "lora_r"], spelling="--{}")
+    " (did you mean '--lora_r'?)"
+    """
+    name = name.replace("-", "_")
+    close = difflib.get_close_matches(name, known, n=3)
+    # Among close names, one of the same group (lora_..., max_...) is the likelier intent.
+    same_group = [known_name for known_name in close if known_name.split("_")[0] == name.split("_")[0]]
+    best = (same_group or close)[:1]
+    return f" (did you mean {spelling.format(best[0])!r}?)" if best else ""
+
+
+def check_config_keys(path, config, known=None):
     """A misspelt key is an error, as a misspelt flag is, named with the closest known key."""
-    known = flag_names()
+    known = flag_names() if known is None else known
     unknown = sorted(set(config) - set(known))
     if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ArgumentError(f"{path}: unknown key {unknown[0]!r}{hint}")
+        raise ArgumentError(f"{path}: unknown key {unknown[0]!r}{closest_name_hint(unknown[0], known)}")
 
 
 def translate_reference_flags(values, given):
@@ -403,8 +417,59 @@ def given_flags(parser, argv):
     namespace = argparse.Namespace(**dict.fromkeys(flag_names(), unset))
     namespace, unknown = parser.parse_known_args(argv, namespace=namespace)
     if unknown:
-        raise ArgumentError(f"unrecognized arguments: {' '.join(unknown)}")
+        raise ArgumentError(unknown_arguments_message(unknown, [action.dest for action in parser._actions]))
     return {name: value for name, value in vars(namespace).items() if value is not unset}
+
+
+def unknown_arguments_message(unknown, known):
+    """'unrecognized arguments: ...', with the closest flag for a misspelt one and where a config
+    file goes for a misplaced one."""
+    first = unknown[0]
+    if first.startswith("--"):
+        hint = closest_name_hint(first[2:].split("=", 1)[0], known, spelling="--{}")
+    elif first.endswith(CONFIG_FILE_SUFFIXES):
+        hint = f" (a config file goes first: {first} --flag value ...)"
+    else:
+        hint = ""
+    return f"unrecognized arguments: {' '.join(unknown)}{hint}"
+
+
+CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def split_config_file(argv):
+    """(the config file that opens argv, or None; the flags after it)."""
+    if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
+        return argv[0], argv[1:]
+    return None, argv
+
+
+def read_settings(parser, argv, known=None):
+    """The settings given by name: a config file's values (if argv opens with one), then the
+    flags after it, which win. Returns (values, sources): sources is the one-line account of
+    where they came from, for the log."""
+    path, flags = split_config_file(argv)
+    from_file = read_config_file(path) if path else {}
+    if path:
+        check_config_keys(path, from_file, known)
+    from_flags = given_flags(parser, flags)
+    return {**from_file, **from_flags}, describe_sources(path, from_file, from_flags)
+
+
+def describe_sources(path, from_file, from_flags):
+    """'settings: 12 from run.yaml, 1 from the command line (max_steps)': a setting in both
+    counts for the command line, which wins.
+
+    >>> describe_sources("run.yaml", {"lr": 1, "max_steps": 9}, {"max_steps": 25})
+    'settings: 1 from run.yaml, 1 from the command line (max_steps)'
+    >>> describe_sources(None, {}, {"max_steps": 25, "bf16": True})
+    'settings: 2 from the command line'
+    """
+    parts = [f"{len(set(from_file) - set(from_flags))} from {path}"] if path else []
+    if from_flags or not path:
+        names = f" ({', '.join(from_flags)})" if path else ""
+        parts.append(f"{len(from_flags)} from the command line{names}")
+    return "settings: " + ", ".join(parts)
 
 
 def build_arguments(cls, values):
@@ -412,17 +477,14 @@ def build_arguments(cls, values):
 
 
 def parse_arguments(argv=None, environment_defaults=None):
-    """Parse flags (or a single .yaml/.json config file) into RunArguments.
+    """Parse flags, or a .yaml/.json config file followed by flags that override it, into
+    RunArguments.
 
     environment_defaults: settings the launcher's environment suggests (qlorakit.launcher); the
     user's own values win over them.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
-        values = read_config_file(argv[0])
-        check_config_keys(argv[0], values)
-    else:
-        values = given_flags(HfArgumentParser(ARGUMENT_CLASSES), argv)
+    values, sources = read_settings(HfArgumentParser(ARGUMENT_CLASSES), argv)
     given = set(values)
     values = {**(environment_defaults or {}), **values}
     notices = translate_reference_flags(values, given)
@@ -431,6 +493,7 @@ def parse_arguments(argv=None, environment_defaults=None):
     args = RunArguments(*(build_arguments(cls, values) for cls in ARGUMENT_CLASSES if cls is not ReferenceFlags))
     validate_arguments(args)
     if args.training.process_index == 0:  # once per run, not once per data-parallel rank
+        print(sources, file=sys.stderr)  # stderr: --preview_format json keeps stdout to its rows
         for notice in notices:
             logger.warning(notice)
     return args

@@ -39,6 +39,10 @@ class TrainingStopped(RuntimeError):
     """Training gave up (too many non-finite steps): not bad input; qlora.py exits with 1."""
 
 
+class TrainingInterrupted(TrainingStopped):
+    """Ctrl-C stopped training after saving a checkpoint; qlora.py exits with 130, as for SIGINT."""
+
+
 def run_main(main, argv=None):
     """Call ``main(argv)``; bad input (``InputError``, a missing file) becomes ``error: ...`` and
     exit status 2, no traceback. Anything else is a bug and keeps its traceback.

@@ -17,6 +17,7 @@ DQ_BLOCK = 256
 ADAM8_BLOCK = 256
 DEFAULT_OVERHEAD_MB = 768
 ALL_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+OUTPUT_HEAD = "lm_head"  # not in 'all', as in qlora.py; adaptable when named
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_torch")
 PAGED_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit")
 BITS = (4, 8, 16, 32)
@@ -169,20 +170,23 @@ def parse_lora_modules(lora_modules):
     if lora_modules == "all":
         return ALL_LORA_MODULES
     names = tuple(name.strip() for name in lora_modules.split(",") if name.strip())
-    unknown = [name for name in names if name not in ALL_LORA_MODULES]
+    unknown = [name for name in names if name not in (*ALL_LORA_MODULES, OUTPUT_HEAD)]
     if unknown or not names:
-        raise ValueError(f"--lora_modules: 'all' or a comma list of {', '.join(ALL_LORA_MODULES)}; got {lora_modules!r}")
+        raise ValueError(f"--lora_modules: 'all' or a comma list of {', '.join(ALL_LORA_MODULES)} "
+                         f"(and {OUTPUT_HEAD}); got {lora_modules!r}")
     return names
 
 
 def lora_params_per_layer(shape, lora_r, modules=ALL_LORA_MODULES):
     """r * (in + out) for each adapted linear layer of one decoder layer (A is r x in, B out x r)."""
     shapes = linear_layer_shapes(shape)
-    return sum(lora_r * (shapes[name][0] + shapes[name][1]) for name in modules)
+    return sum(lora_r * (shapes[name][0] + shapes[name][1]) for name in modules if name != OUTPUT_HEAD)
 
 
 def lora_params(shape, lora_r, modules=ALL_LORA_MODULES):
-    return shape.num_layers * lora_params_per_layer(shape, lora_r, modules)
+    """Over all decoder layers, plus the output head's adapter (hidden -> vocab) when it is adapted."""
+    head = lora_r * (shape.hidden_size + shape.vocab_size) if OUTPUT_HEAD in modules else 0
+    return shape.num_layers * lora_params_per_layer(shape, lora_r, modules) + head
 
 
 def lora_weight_bytes(n_params, dtype_bytes=BF16):
@@ -315,3 +319,76 @@ def summarize(components, gpu_memory_gb, optim):
         "fits": total <= capacity,
         "fits_with_paging": total <= capacity or (paged and without_states <= capacity),
     }
+
+
+# What FSDP full sharding divides over the GPUs: the weights, their gradients and the optimizer
+# states. Activations, logits and the gathered layer stay whole on every GPU.
+SHARDED_COMPONENTS = ("quantized_base_weights", "embeddings_and_lm_head", "norms", "lora_weights",
+                      "lora_gradients", "optimizer_states")
+FSDP_GPU_COUNTS = (2, 4, 8)
+SHORTEST_TARGET = 64
+
+
+def shard_over(components, gpus):
+    """Per-GPU {component: bytes} with the sharded components split over `gpus` (FSDP full shard)."""
+    return {name: value / gpus if name in SHARDED_COMPONENTS else value for name, value in components.items()}
+
+
+def smaller_batches(batch, accumulation):
+    """(per-device batch, accumulation) pairs with the same rows per step, largest batch first.
+
+    >>> smaller_batches(4, 4)
+    [(2, 8), (1, 16)]
+    """
+    return [(smaller, accumulation * batch // smaller) for smaller in range(batch - 1, 0, -1) if batch % smaller == 0]
+
+
+def shorter_lengths(source_max_len, target_max_len, max_seq_len=None):
+    """Halved target lengths (and --max_seq_len with it), down to SHORTEST_TARGET tokens."""
+    lengths, target, seq = [], target_max_len // 2, max_seq_len
+    while target >= SHORTEST_TARGET:
+        seq = seq // 2 if seq else None
+        lengths.append({"source_max_len": source_max_len, "target_max_len": target, "max_seq_len": seq})
+        target //= 2
+    return lengths
+
+
+def nearest_fitting_settings(shape, arguments, accumulation, capacity_bytes, overhead_mb=DEFAULT_OVERHEAD_MB):
+    """For a run that does not fit: [(the flags that change, its per-GPU components)], one for
+    each kind of change that fits on its own (smaller batch with more accumulation, shorter rows,
+    activation checkpointing, an 8-bit paged optimizer, FSDP over more GPUs), each found by
+    estimating again with that change. The nearest of each kind: the largest batch, the longest
+    rows, the fewest GPUs."""
+    def estimate_with(**change):
+        return estimate(shape, overhead_mb=overhead_mb, **{**arguments, **change})
+
+    def fits(components):
+        return sum(components.values()) <= capacity_bytes
+
+    candidates = [
+        [(f"--per_device_train_batch_size {batch} --gradient_accumulation_steps {more}",
+          estimate_with(per_device_train_batch_size=batch))
+         for batch, more in smaller_batches(arguments["per_device_train_batch_size"], accumulation)],
+        [(f"--target_max_len {lengths['target_max_len']}"
+          + (f" --max_seq_len {lengths['max_seq_len']}" if lengths["max_seq_len"] else ""), estimate_with(**lengths))
+         for lengths in shorter_lengths(arguments["source_max_len"], arguments["target_max_len"],
+                                        arguments["max_seq_len"])],
+        [] if arguments["gradient_checkpointing"] else [
+            ("--activation_checkpointing True", estimate_with(gradient_checkpointing=True))],
+        [] if arguments["optim"] == "paged_adamw_8bit" else [
+            ("--optim paged_adamw_8bit", estimate_with(optim="paged_adamw_8bit"))],
+        [(f"FSDP over {gpus} GPUs (examples/accelerate/fsdp_qlora.yaml)", shard_over(estimate_with(), gpus))
+         for gpus in FSDP_GPU_COUNTS],
+    ]
+    nearest = (next((item for item in kind if fits(item[1])), None) for kind in candidates)
+    return [item for item in nearest if item is not None]
+
+
+def describe_assumptions(arguments, accumulation):
+    """The settings the estimate rests on, in one line, so a reader can tell which run it is for."""
+    seq = longest_row(arguments["source_max_len"], arguments["target_max_len"], arguments["max_seq_len"])
+    return (f"assumes: per-device batch {arguments['per_device_train_batch_size']} (x {accumulation} accumulation; "
+            f"accumulation does not add memory), rows of up to {seq} tokens, activation checkpointing "
+            f"{'on' if arguments['gradient_checkpointing'] else 'off'}, optimizer {arguments['optim']}, "
+            f"{'bf16' if arguments['bf16'] else 'fp32'} compute, {arguments['bits']}-bit base, LoRA r "
+            f"{arguments['lora_r']} (--lora_modules {arguments['lora_modules']}), one GPU")

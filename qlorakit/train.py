@@ -1,6 +1,7 @@
 """The qlora.py recipe: set up tokenizer, data and model, then train, evaluate and predict."""
 
 import logging
+import math
 import os
 import resource
 import sys
@@ -15,7 +16,7 @@ from . import checkpoints, jsonl, launcher, run_lock, run_settings
 from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
-from .errors import ArgumentError, TrainingStopped
+from .errors import ArgumentError, TrainingInterrupted, TrainingStopped
 from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
                     model_task)
@@ -213,6 +214,45 @@ def check_resume_settings(args, resume_from):
         run_settings.save_settings(args.training.output_dir, current)
 
 
+def planned_steps(training_args, train_rows):
+    """--max_steps, or the steps --num_train_epochs makes when --max_steps is not positive."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    batches = math.ceil(train_rows / (training_args.per_device_train_batch_size * training_args.world_size))
+    return math.ceil(training_args.num_train_epochs * batches / training_args.gradient_accumulation_steps)
+
+
+def saved_weights_dir(output_dir, step, full_finetune):
+    """Where checkpoint-{step} keeps what was trained: the adapter, or the whole model."""
+    checkpoint_dir = os.path.join(output_dir, f"checkpoint-{step}")
+    return checkpoint_dir if full_finetune else os.path.join(checkpoint_dir, checkpoints.ADAPTER_DIR)
+
+
+def describe_plan(training_args, train_rows, full_finetune=False):
+    """One line before training, so that a forgotten --max_steps (the default is the reference's
+    10,000) shows before it costs hours: steps, rows per step, epochs of this dataset, and where
+    the trained weights will be."""
+    steps = planned_steps(training_args, train_rows)
+    per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                * training_args.world_size)
+    what = "model" if full_finetune else "adapter"
+    where = (saved_weights_dir(training_args.output_dir, steps, full_finetune)
+             if training_args.save_strategy != "no" else "not saved (--save_strategy no)")
+    return (f"plan: {steps} steps x {per_step} rows ({training_args.per_device_train_batch_size} per device x "
+            f"{training_args.gradient_accumulation_steps} accumulation x {training_args.world_size} processes) = "
+            f"{steps * per_step} rows = {steps * per_step / train_rows:.1f} epochs of {train_rows} training rows; "
+            f"{what} -> {where}")
+
+
+def describe_final_weights(output_dir, full_finetune=False):
+    """Where the newest checkpoint keeps the trained weights, after training."""
+    newest = next(iter(checkpoints.list_checkpoints(output_dir)), None)
+    if newest is None:
+        return f"no checkpoint in {output_dir} (--save_strategy no): the trained weights were not saved"
+    what = "model" if full_finetune else "adapter"
+    return f"final {what}: {saved_weights_dir(output_dir, checkpoints.checkpoint_step(newest), full_finetune)}"
+
+
 def run(args):
     """Train, evaluate and predict as the flags (RunArguments) say, holding the output folder's
     lock; returns the metrics."""
@@ -243,11 +283,14 @@ def train_evaluate_predict(args):
     if training_args.do_train and not completed:
         if resume_from:
             logger.info("resuming from %s", resume_from)
+        if trainer.is_world_process_zero():
+            print(describe_plan(training_args, len(trainer.train_dataset), args.lora.full_finetune))
         result = trainer.train(resume_from_checkpoint=resume_from)
         preemption = find_callback(trainer, PreemptionCallback)
         if preemption.stopped_at is not None:
-            raise TrainingStopped(f"stopped by SIGTERM at step {preemption.stopped_at}; checkpoint-"
-                                  f"{preemption.stopped_at} saved: run the same command to resume")
+            stopped = TrainingInterrupted if preemption.signal_name == "SIGINT" else TrainingStopped
+            raise stopped(f"stopped by {preemption.signal_name} at step {preemption.stopped_at}; checkpoint-"
+                          f"{preemption.stopped_at} saved: run the same command to resume")
         guard = find_callback(trainer, NonFiniteGuardCallback)
         if guard.gave_up:
             raise TrainingStopped(
@@ -262,6 +305,7 @@ def train_evaluate_predict(args):
         trainer.save_state()
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(training_args.output_dir)
+            print(describe_final_weights(training_args.output_dir, args.lora.full_finetune))
         all_metrics.update(result.metrics)
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")

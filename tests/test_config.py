@@ -253,4 +253,46 @@ class TestConfigFiles:
         from conftest import REPO_ROOT
 
         args = parse_arguments([f"{REPO_ROOT}/examples/configs/tiny_demo.yaml"])
-        assert (args.lora.lora_r, args.training.max_steps, args.data.dataset_format) == (16, 30, "oasst1")
+        assert (args.lora.lora_r, args.training.max_steps, args.data.dataset_format) == (16, 40, "chat")
+
+
+class TestConfigFilePlusFlags:
+    def write_config(self, tmp_path):
+        path = tmp_path / "run.yaml"
+        path.write_text("model_name_or_path: org/m\noutput_dir: out\nmax_steps: 100\nlearning_rate: 0.001\n"
+                        "gradient_checkpointing: false\n")
+        return path
+
+    def test_flags_after_the_file_override_it(self, tmp_path, capsys):
+        path = self.write_config(tmp_path)
+        args = parse_arguments([str(path), "--max_steps", "25", "--lora_r", "8"])
+        assert (args.training.max_steps, args.lora.lora_r, args.training.learning_rate) == (25, 8, 0.001)
+        assert f"settings: 4 from {path}, 2 from the command line (lora_r, max_steps)" in capsys.readouterr().err
+
+    def test_reference_flags_are_translated_from_either_source(self, tmp_path):
+        path = self.write_config(tmp_path)
+        assert parse_arguments([str(path)]).training.activation_checkpointing is False
+        # the transformers 5 spelling on the command line wins over the file's reference flag
+        args = parse_arguments([str(path), "--activation_checkpointing", "True"])
+        assert args.training.activation_checkpointing is True
+        args = parse_arguments([str(path), "--gradient_checkpointing", "True"])
+        assert args.training.activation_checkpointing is True
+
+    def test_a_config_file_after_flags_is_named_as_misplaced(self, tmp_path):
+        path = self.write_config(tmp_path)
+        with pytest.raises(ArgumentError, match="a config file goes first"):
+            parse_arguments(["--max_steps", "25", str(path)])
+
+
+class TestMisspeltFlags:
+    def test_a_misspelt_flag_names_the_closest_known_one(self):
+        with pytest.raises(ArgumentError, match="unrecognized arguments: --max_stpes 5 \\(did you mean '--max_steps'\\?\\)"):
+            parse("--max_stpes", "5")
+
+    def test_qlora_py_reports_it_in_one_line_with_exit_2(self):
+        from conftest import run_python
+
+        result = run_python(["qlora.py", *BASE, "--lora_rnk", "8"], check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines() == [
+            "error: unrecognized arguments: --lora_rnk 8 (did you mean '--lora_r'?)"]

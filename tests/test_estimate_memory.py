@@ -82,8 +82,10 @@ def test_demo_config_file_is_read_and_its_model_shape_used(tmp_path, monkeypatch
     report = estimate_json(capsys, DEMO_CONFIG)
     shape = em.load_shape(str(model_dir))
     assert report["model"] == "demo/tiny-llama"
-    assert (report["seq_len"], report["per_device_train_batch_size"], report["bf16"]) == (16 + 256, 4, True)
-    assert report["components_mb"]["lora_weights"] == pytest.approx(em.lora_params(shape, 16) * 2 / MB, abs=0.05)
+    assert (report["seq_len"], report["per_device_train_batch_size"], report["bf16"]) == (32 + 32, 4, True)
+    head_adapter = 16 * (96 + 500)  # the demo adapts the output head too
+    assert report["components_mb"]["lora_weights"] == pytest.approx(
+        (em.lora_params(shape, 16) + head_adapter) * 2 / MB, abs=0.05)
     assert report["components_mb"]["embeddings_and_lm_head"] == pytest.approx(2 * 500 * 96 * 2 / MB, abs=0.05)
     # flags after the file override it
     halved = estimate_json(capsys, DEMO_CONFIG, "--per_device_train_batch_size", "2")
@@ -167,7 +169,7 @@ def test_table(capsys):
     status, out, _ = run_cli(capsys, *RECIPE_7B, "--gpu_memory_gb", "6")
     assert status == 0
     assert "quantized_base_weights" in out and "cuda_context_overhead" in out
-    assert "does NOT fit in 6 GB" in out
+    assert "does NOT fit in 6 GiB" in out
     assert "paged optimizer" in out  # 6.7 GB total, 5.5 GB without the optimizer states
 
 
@@ -192,7 +194,7 @@ def test_model_name_or_path_reads_a_local_config(tmp_path, capsys):
 def test_unknown_flag_is_one_line_exit_2():
     result = run_python([SCRIPT, "--config", "llama-7b", "--lora_rank", "8"], check=False)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: unrecognized arguments: --lora_rank 8"]
+    assert result.stderr.strip().splitlines() == ["error: unrecognized arguments: --lora_rank 8 (did you mean '--lora_r'?)"]
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -214,3 +216,39 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, words):
 def test_model_directory_without_config_is_one_line(tmp_path, capsys):
     status, _, err = run_cli(capsys, "--model_name_or_path", str(tmp_path))
     assert status == 2 and err.count("\n") == 1 and str(tmp_path) in err
+
+
+def test_the_table_says_mib_gib_and_its_assumptions(capsys):
+    status, out, _ = run_cli(capsys, *RECIPE_7B)
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[1] == ("assumes: per-device batch 1 (x 16 accumulation; accumulation does not add memory), rows of "
+                        "up to 528 tokens, activation checkpointing on, optimizer paged_adamw_32bit, bf16 compute, "
+                        "4-bit base, LoRA r 64 (--lora_modules all), one GPU")
+    assert lines[2].split() == ["component", "MiB"] and lines[-1] == "fits in 24 GiB (24,576 MiB)"
+
+
+def test_a_run_that_does_not_fit_lists_the_nearest_settings_that_do(capsys):
+    too_big = [*RECIPE_7B, "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "1",
+               "--gpu_memory_gb", "12"]
+    report = estimate_json(capsys, *too_big)
+    assert not report["fits"]
+    changes = {item["change"]: item["total_mb"] for item in report["nearest_fitting"]}
+    # each listed change, estimated on its own, fits the card, and the next smaller step was needed
+    for change, total_mb in changes.items():
+        if change.startswith("--"):
+            assert estimate_json(capsys, *too_big, *change.split())["total_mb"] == total_mb <= 12 * 1024
+    batch_change = next(change for change in changes if change.startswith("--per_device_train_batch_size"))
+    batch, accumulation = int(batch_change.split()[1]), int(batch_change.split()[3])
+    assert batch * accumulation == 16 and batch < 16
+    assert not estimate_json(capsys, *too_big, "--per_device_train_batch_size", str(batch * 2))["fits"]
+    assert any(change.startswith("FSDP over") for change in changes)
+    status, out, _ = run_cli(capsys, *too_big)
+    assert "each of these alone fits (estimated peak per GPU):" in out and f"  {batch_change}: " in out
+
+
+def test_shard_over_divides_only_weights_gradients_and_optimizer_states():
+    components = dict.fromkeys(em.estimate(em.LLAMA_CONFIGS["llama-7b"]), 8.0)
+    sharded = em.shard_over(components, 4)
+    assert {name for name, value in sharded.items() if value == 2.0} == set(em.SHARDED_COMPONENTS)
+    assert sharded["logits"] == sharded["checkpointed_activations"] == 8.0

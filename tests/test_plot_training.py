@@ -23,3 +23,9 @@ def test_the_newest_state_of_a_run_is_plotted(tmp_path):
     plot_training.main([str(tmp_path)])
     with open(tmp_path / "training_curves.png", "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_picture_says_what_it_shows_not_the_folder_name():
+    text = plot_training.loss_axes_text(["train loss", "eval loss"])
+    assert text == {"title": "Train loss and eval loss by optimizer step", "xlabel": "optimizer step",
+                    "ylabel": "cross-entropy (nats per trained token)"}

@@ -178,3 +178,12 @@ def test_predictions_pair_each_generation_with_its_own_row(trained_run):
         row = json.loads(line)
         instruction = row["input"].split("### Instruction:\n")[1][:30]  # sources are cut at 64 tokens
         assert instruction in row["prediction_with_input"]
+
+
+def test_the_plan_is_printed_before_training_and_the_final_adapter_after(trained_run):
+    output_dir, log = trained_run
+    rows = 263 - 8  # alpaca_sample.json less the held-out eval rows
+    assert (f"plan: 12 steps x 4 rows (4 per device x 1 accumulation x 1 processes) = 48 rows = "
+            f"{48 / rows:.1f} epochs of {rows} training rows; adapter -> {output_dir}/checkpoint-12/adapter_model") in log
+    assert f"final adapter: {output_dir}/checkpoint-12/adapter_model" in log
+    assert os.path.isdir(f"{output_dir}/checkpoint-12/adapter_model")

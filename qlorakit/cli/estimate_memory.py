@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from qlorakit.config import ARGUMENT_CLASSES, check_config_keys, given_flags, read_config_file, translate_reference_flags
+from qlorakit.config import ARGUMENT_CLASSES, read_settings, translate_reference_flags
 from qlorakit.errors import ArgumentError, InputError, run_main
-from qlorakit.memory import DEFAULT_OVERHEAD_MB, LLAMA_CONFIGS, estimate, load_shape, longest_row, summarize
+from qlorakit.memory import (DEFAULT_OVERHEAD_MB, GB, LLAMA_CONFIGS, describe_assumptions, estimate, load_shape,
+                             longest_row, nearest_fitting_settings, summarize)
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 # qlora.py's settings that estimate() takes, under the same names but one.
 ESTIMATE_FLAGS = ("bits", "double_quant", "lora_r", "lora_modules", "lora_dropout", "source_max_len",
@@ -65,12 +65,7 @@ def parse_flags(argv):
     """
     parser = OneLineErrorParser((EstimatorArguments, *ARGUMENT_CLASSES), description=__doc__.splitlines()[0])
     parser.set_defaults(model_name_or_path=None)  # qlora.py's default is a hub id: read only one given
-    given = {}
-    if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES):
-        given = read_config_file(argv[0])
-        check_config_keys(argv[0], given)
-        argv = argv[1:]
-    given.update(given_flags(parser, argv))
+    given, _ = read_settings(parser, argv)
     for notice in translate_reference_flags(given, set(given)):
         logger.warning(notice)
     return {**vars(parser.parse_args([])), **given}
@@ -93,14 +88,25 @@ def estimate_arguments(values):
 
 
 def format_table(report, name):
-    lines = [f"QLoRA training memory estimate: {name}", f"{'component':<28}{'MB':>12}"]
+    lines = [f"QLoRA training memory estimate: {name}", report["assumptions"], f"{'component':<28}{'MiB':>12}"]
     lines += [f"{component:<28}{value:>12,.1f}" for component, value in report["components_mb"].items()]
     lines.append(f"{'total (estimated peak)':<28}{report['total_mb']:>12,.1f}")
     verdict = "fits" if report["fits"] else "does NOT fit"
-    lines.append(f"{verdict} in {report['gpu_memory_gb']:g} GB ({report['gpu_memory_gb'] * 1024:,.0f} MB)")
+    lines.append(f"{verdict} in {report['gpu_memory_gb']:g} GiB ({report['gpu_memory_gb'] * 1024:,.0f} MiB)")
     if not report["fits"] and report["fits_with_paging"]:
         lines.append("fits only if the paged optimizer evicts its states to CPU RAM (slower steps)")
+    if not report["fits"]:
+        lines += format_suggestions(report["nearest_fitting"])
     return "\n".join(lines)
+
+
+def format_suggestions(nearest_fitting):
+    if not nearest_fitting:
+        return ["no single change fits: combine the changes below, or pick a larger card",
+                "  (smaller batch with more accumulation, shorter rows, activation checkpointing, "
+                "--optim paged_adamw_8bit, FSDP)"]
+    return ["each of these alone fits (estimated peak per GPU):",
+            *(f"  {item['change']}: {item['total_mb'] / 1024:,.1f} GiB" for item in nearest_fitting)]
 
 
 def main(argv=None):
@@ -108,13 +114,21 @@ def main(argv=None):
     check_modeled(values)
     arguments = estimate_arguments(values)
     name = values["config"] or values["model_name_or_path"]
+    capacity = values["gpu_memory_gb"] * GB
     try:
         shape = LLAMA_CONFIGS[values["config"]] if values["config"] else load_shape(values["model_name_or_path"])
         components = estimate(shape, overhead_mb=values["overhead_mb"], **arguments)
+        report = summarize(components, values["gpu_memory_gb"], arguments["optim"])
+        nearest = [] if report["fits"] else nearest_fitting_settings(
+            shape, arguments, values["gradient_accumulation_steps"], capacity, values["overhead_mb"])
     except (ValueError, OSError, AttributeError) as error:
         raise InputError(str(error).strip().splitlines()[0]) from error
-    report = summarize(components, values["gpu_memory_gb"], arguments["optim"])
+    report["assumptions"] = describe_assumptions(arguments, values["gradient_accumulation_steps"])
+    report["nearest_fitting"] = [{"change": change, "total_mb": summarize(changed, values["gpu_memory_gb"],
+                                                                          arguments["optim"])["total_mb"]}
+                                 for change, changed in nearest]
     if values["json"]:
+        # Sizes ending in _mb are MiB (2**20 bytes) and gpu_memory_gb is GiB, as in earlier versions.
         print(json.dumps({"model": name, "bits": values["bits"], "lora_r": values["lora_r"],
                           "seq_len": longest_row(values["source_max_len"], values["target_max_len"], values["max_seq_len"]),
                           "per_device_train_batch_size": values["per_device_train_batch_size"],

@@ -43,17 +43,29 @@ def collect_curves(log_history):
     return curves
 
 
-def plot_curves(curves, title, path):
+def loss_axes_text(loss_labels):
+    """Title and axis labels that say what the loss panel shows.
+
+    >>> loss_axes_text(["train loss"])["title"]
+    'Train loss by optimizer step'
+    """
+    shown = " and ".join(loss_labels)
+    return {"title": f"{shown[0].upper()}{shown[1:]} by optimizer step", "xlabel": "optimizer step",
+            "ylabel": "cross-entropy (nats per trained token)"}
+
+
+def plot_curves(curves, path):
     losses = {k: v for k, v in curves.items() if "loss" in k}
     accuracy = curves.get("MMLU accuracy")
     figure, axes = plt.subplots(1, 2 if accuracy else 1, figsize=(11 if accuracy else 6, 4), squeeze=False)
     for label, (steps, values) in losses.items():
         axes[0][0].plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
-    axes[0][0].set(xlabel="step", ylabel="loss", title=title)
+    axes[0][0].set(**loss_axes_text(list(losses)))
     axes[0][0].legend()
     if accuracy:
         axes[0][1].plot(*accuracy, marker="o", color="tab:green")
-        axes[0][1].set(xlabel="step", ylabel="accuracy", title="MMLU")
+        axes[0][1].set(xlabel="optimizer step", ylabel="accuracy (fraction correct)",
+                       title="MMLU accuracy by optimizer step")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -70,7 +82,7 @@ def main(argv=None):
     if not curves:
         raise InputError(f"{state_path} has no logged losses yet")
     output = args.output or os.path.join(args.run_dir, "training_curves.png")
-    plot_curves(curves, os.path.basename(os.path.normpath(args.run_dir)), output)
+    plot_curves(curves, output)
     print(output)
 
 
