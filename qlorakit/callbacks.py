@@ -34,7 +34,7 @@ class CheckpointCallback(TrainerCallback):
             checkpoints.rotate_checkpoints(args.output_dir, self.keep)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and state.global_step >= state.max_steps:
+        if state.is_world_process_zero and 0 < state.max_steps <= state.global_step:  # 0 steps: nothing completed
             checkpoints.mark_run_completed(args.output_dir)
 
 

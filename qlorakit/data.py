@@ -288,6 +288,9 @@ def chat_tokenizer(data_args, tokenizer):
 
 def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
     """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or predicting)."""
+    if tokenizer.eos_token is None:  # every answer ends with eos text: it would read "None"
+        raise DataError(f"the tokenizer of {tokenizer.name_or_path} has no eos token, which ends each trained "
+                        "answer: set eos_token in its tokenizer_config.json")
     raw = load_raw_dataset(data_args.dataset, cache_dir)
     format_name = resolve_format(data_args.dataset, data_args.dataset_format, raw["train"].column_names)
     formatted = apply_format(raw, format_name, data_args.dataset)

@@ -178,6 +178,10 @@ def run(args):
     if args.data.preview_data:
         return preview_training_data(args.model, args.data)
     resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
+    if completed and not resume_from:
+        logger.warning("%s holds a 'completed' marker but no checkpoint of a finished run: ignoring the marker, "
+                       "training", training_args.output_dir)
+        completed = False
     if training_args.resume_from_checkpoint:
         resume_from, completed = checkpoints.check_explicit_checkpoint(training_args.resume_from_checkpoint), False
     trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from)
