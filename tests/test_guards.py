@@ -122,10 +122,10 @@ def test_a_config_file_number_written_as_yaml_string_is_read_as_a_number(tmp_pat
 def test_a_tokenizer_without_eos_is_refused_instead_of_training_the_text_none(tiny_model_dir, tmp_path):
     model_dir = tmp_path / "no-eos"
     shutil.copytree(tiny_model_dir, model_dir)
-    config_path = model_dir / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["eos_token"] = None
-    config_path.write_text(json.dumps(config))
+    for name, key in (("tokenizer_config.json", "eos_token"), ("config.json", "eos_token_id")):
+        config = json.loads((model_dir / name).read_text())
+        config[key] = None
+        (model_dir / name).write_text(json.dumps(config))
     result = run_python(quick_flags(str(model_dir), str(tmp_path / "run"), "--max_steps", "1"), check=False)
     assert_refused(result, "eos")
 
