@@ -145,6 +145,7 @@ def test_a_failed_write_leaves_no_output_folder(tiny_model_dir, adapter_dir, tmp
     from qlorakit.cli.merge_adapter import main
 
     def disk_full(self, folder, **kwargs):
+        os.makedirs(folder, exist_ok=True)  # as save_pretrained does
         with open(os.path.join(folder, "config.json"), "w") as handle:
             handle.write("{}")
         raise OSError(errno.ENOSPC, "No space left on device")
