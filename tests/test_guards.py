@@ -85,7 +85,7 @@ def assert_refused(result, *words):
 ])
 def test_a_bad_number_is_one_line_before_loading(tiny_model_dir, tmp_path, flags, words):
     output_dir = tmp_path / "run"
-    result = run_python(quick_flags(tiny_model_dir, str(output_dir), *flags), check=False)
+    result = run_python(quick_flags(tiny_model_dir, str(output_dir), "--max_steps", "1", *flags), check=False)
     assert_refused(result, *words)
     assert not output_dir.exists() or os.listdir(output_dir) == []
 
