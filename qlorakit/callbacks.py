@@ -35,7 +35,7 @@ class CheckpointCallback(TrainerCallback):
             checkpoints.rotate_checkpoints(args.output_dir, self.keep)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and state.global_step >= state.max_steps:
+        if state.is_world_process_zero and 0 < state.max_steps <= state.global_step:  # 0 steps: nothing completed
             checkpoints.mark_run_completed(args.output_dir)
 
 
@@ -140,6 +140,7 @@ class MMLUEvalCallback(TrainerCallback):
         self.choice_ids = choice_token_ids(tokenizer)
         self.split = split
         self.trainer = None
+        self.scored = None  # (global step, scores) of the last scoring
 
     def score_shard(self, model, rank, world):
         """(question index, predicted choice, true choice) for this rank's questions, and batch losses."""
@@ -164,8 +165,18 @@ class MMLUEvalCallback(TrainerCallback):
             position += len(answers)
         return scored, losses
 
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        """Log the MMLU scores and add them to the evaluation's metrics, which the Trainer returns
+        and qlora.py saves (eval_results.json, all_results.json, metrics.json). An evaluation of
+        weights already scored (the final one, right after the last step's) reuses the scores."""
+        if self.scored is None or self.scored[0] != state.global_step:
+            self.scored = (state.global_step, self.score(args, model))
+            self.trainer.log(self.scored[1])
+        if metrics is not None:
+            metrics.update(self.scored[1])
+
     @torch.no_grad()
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
+    def score(self, args, model):
         was_training = model.training
         model.eval()
         scored, losses = self.score_shard(model, args.process_index, args.world_size)
@@ -176,6 +187,6 @@ class MMLUEvalCallback(TrainerCallback):
         results = accuracy_by_subject([subjects[i] for i, _, _ in scored], [p for _, p, _ in scored],
                                       [r for _, _, r in scored], self.split)
         results["mmlu_loss"] = sum(losses) / max(len(losses), 1)
-        self.trainer.log(results)
         if was_training:
             model.train()
+        return results

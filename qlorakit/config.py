@@ -14,6 +14,7 @@ import difflib
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -341,9 +342,60 @@ def validate_arguments(args):
         check_optional_package("--use_liger_kernel")
     if args.model.attn_implementation == "flash_attention_2":
         check_optional_package("--attn_implementation flash_attention_2")
+    validate_sizes_and_steps(args)
     model_path = args.model.model_name_or_path
     if model_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(model_path)):
         raise ArgumentError(f"--model_name_or_path {model_path}: no such directory")
+
+
+def validate_sizes_and_steps(args):
+    """Values that would train something else than asked without a word: prompts cut to nothing,
+    a rank-0 adapter, a NaN or negative learning rate, a run of zero steps that would still be
+    marked completed, an output folder that is a file."""
+    data, training = args.data, args.training
+    for flag, value in (("--source_max_len", data.source_max_len), ("--target_max_len", data.target_max_len),
+                        ("--lora_r", args.lora.lora_r)):
+        if value < 1:
+            raise ArgumentError(f"{flag} must be at least 1, got {value}")
+    if not math.isfinite(training.learning_rate) or training.learning_rate < 0:
+        raise ArgumentError(f"--learning_rate must be a finite number >= 0, got {training.learning_rate}")
+    if training.do_train and training.max_steps <= 0 and training.num_train_epochs <= 0:
+        raise ArgumentError(f"--max_steps {training.max_steps} with --num_train_epochs {training.num_train_epochs} "
+                            "trains 0 steps: give a positive --max_steps, or --max_steps -1 and epochs > 0")
+    if os.path.exists(training.output_dir) and not os.path.isdir(training.output_dir):
+        raise ArgumentError(f"--output_dir {training.output_dir}: exists and is not a directory")
+
+
+NUMBER_TYPES = {int: int, float: float, int | None: int, float | None: float}
+
+
+# Flags a config file may give as a mapping (--dataset_columns FIELD=COLUMN,... as {FIELD: COLUMN}).
+MAPPING_FLAGS = ("dataset_columns",)
+
+
+def check_config_values(path, config):
+    """The config file's values with their flags' types. YAML reads ``2e-4`` as a string and
+    takes lists and mappings anywhere; a number field gets a number (numeric strings are
+    converted), and a list or mapping only where the flag takes one: otherwise a traceback
+    deep inside the Trainer, or a string where a number belongs, would follow."""
+    types = {f.name: f.type for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+    checked = {}
+    for name, value in config.items():
+        declared = types.get(name)  # a key of another command's own (the estimator's --config) passes as is
+        takes_many = name in MAPPING_FLAGS or any(kind in str(declared) for kind in ("list", "dict"))
+        if declared is not None and isinstance(value, (list, dict)) and not takes_many:
+            raise ArgumentError(f"{path}: {name} takes a single value, got {value!r}")
+        convert = NUMBER_TYPES.get(declared)
+        if convert is not None and value is not None and not isinstance(value, bool):
+            try:
+                value = convert(value) if isinstance(value, str) else value
+            except ValueError:
+                raise ArgumentError(f"{path}: {name} must be {convert.__name__}, got {value!r}") from None
+            if not isinstance(value, (int, float)) or (convert is int and not isinstance(value, int)):
+                raise ArgumentError(f"{path}: {name} must be {convert.__name__}, got {value!r}")
+            value = convert(value)
+        checked[name] = value
+    return checked
 
 
 def read_config_file(path):
@@ -452,6 +504,7 @@ def read_settings(parser, argv, known=None):
     from_file = read_config_file(path) if path else {}
     if path:
         check_config_keys(path, from_file, known)
+        from_file = check_config_values(path, from_file)
     from_flags = given_flags(parser, flags)
     return {**from_file, **from_flags}, describe_sources(path, from_file, from_flags)
 

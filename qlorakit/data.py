@@ -634,6 +634,9 @@ def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
     """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or predicting).
 
     --dataset may name several sources separated by commas, each read in its own format."""
+    if tokenizer.eos_token is None:  # every answer ends with eos text: it would read "None"
+        raise DataError(f"the tokenizer of {tokenizer.name_or_path} has no eos token, which ends each trained "
+                        "answer: set eos_token in its tokenizer_config.json")
     names = [name.strip() for name in data_args.dataset.split(",") if name.strip()]
     sources = [(name, *load_formatted(name, data_args, cache_dir)) for name in names]
     if len(sources) == 1:

@@ -9,7 +9,9 @@ import os
 import torch
 from conftest import REPO_ROOT, run_python
 
-from qlorakit.chat_format import cut_at_next_turn, format_guanaco_prompt
+from qlorakit import chat_data
+from qlorakit.chat_format import cut_at_next_turn
+from qlorakit.cli.guanaco_generate import build_question_prompt
 from qlorakit.model import load_for_inference
 
 DEMO_CONFIG = os.path.join(REPO_ROOT, "examples", "configs", "tiny_demo.yaml")
@@ -17,10 +19,12 @@ DEMO_FACTS = os.path.join(REPO_ROOT, "qlorakit", "sample_data", "demo_facts.json
 
 
 def greedy_reply(model, tokenizer, question):
-    inputs = tokenizer(format_guanaco_prompt([(question, None)]), return_tensors="pt")
+    prompt = build_question_prompt(tokenizer, chat_data.GUANACO_TEMPLATE, question)
+    input_ids = torch.tensor([chat_data.encode_text(tokenizer, prompt)])
     with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return cut_at_next_turn(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=12,
+                                do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return cut_at_next_turn(tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True))
 
 
 def test_the_demo_run_teaches_its_replies_and_the_reloaded_adapter_gives_them_back(tiny_model_dir, tmp_path):

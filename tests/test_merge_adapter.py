@@ -126,3 +126,41 @@ def test_a_directory_without_adapter_config_is_refused(tiny_model_dir, tmp_path)
                          str(tmp_path / "out")], check=False)
     assert result.returncode == 2 and "no adapter_config.json" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_added_pad_row_is_named_in_the_saved_configs(merged_16bit):
+    tokenizer = AutoTokenizer.from_pretrained(merged_16bit)
+    config = json.load(open(os.path.join(merged_16bit, "config.json")))
+    generation = json.load(open(os.path.join(merged_16bit, "generation_config.json")))
+    assert tokenizer.pad_token == "[PAD]" and config["vocab_size"] == len(tokenizer)
+    assert config["pad_token_id"] == generation["pad_token_id"] == tokenizer.pad_token_id
+
+
+def test_a_failed_write_leaves_no_output_folder(tiny_model_dir, adapter_dir, tmp_path, monkeypatch):
+    """A full disk while saving: one line (exit 2 through run_main), no half-written model folder."""
+    import errno
+
+    from transformers import PreTrainedModel
+
+    from qlorakit.cli.merge_adapter import main
+
+    def disk_full(self, folder, **kwargs):
+        os.makedirs(folder, exist_ok=True)  # as save_pretrained does
+        with open(os.path.join(folder, "config.json"), "w") as handle:
+            handle.write("{}")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", disk_full)
+    output = tmp_path / "merged"
+    from qlorakit.errors import run_main
+    status = run_main(main, ["--base_model", tiny_model_dir, "--adapter", adapter_dir, "--output", str(output)])
+    assert status == 2
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_output_folder_that_holds_files_is_refused_before_loading(tiny_model_dir, adapter_dir, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    result = run_python([MERGE, "--base_model", tiny_model_dir, "--adapter", adapter_dir, "--output", str(tmp_path)],
+                        check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: --output")
+    assert os.listdir(tmp_path) == ["keep.txt"]

@@ -24,9 +24,12 @@ Weights are written as safetensors only.
 """
 
 import argparse
+import os
+import shutil
+import tempfile
 
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, check_adapter, loading_overrides
-from qlorakit.errors import run_main
+from qlorakit.errors import ModelError, run_main
 
 # torch, peft and qlorakit.model are imported where they are used: --help and bad paths answer at once.
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -61,13 +64,43 @@ def merge_adapter(base_model, adapter, output, dtype="bfloat16", dequantize=Fals
     from qlorakit.model import load_adapter
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    check_output_free(output)
     model, tokenizer, loading = load_base(base_model, adapter, dtype, dequantize, **overrides)
     merged = load_adapter(model, adapter).merge_and_unload()
     merged.config.dtype = dtype
-    merged.save_pretrained(output)  # safetensors: transformers 5 writes nothing else
+    # The [PAD] row the tokenizer loader may have added is in the weights: say which id it is.
+    merged.config.pad_token_id = tokenizer.pad_token_id
+    if merged.generation_config is not None:
+        merged.generation_config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"  # loaded left-padded for generation; save the usual default
-    tokenizer.save_pretrained(output)
+    save_atomically(output, lambda folder: (merged.save_pretrained(folder), tokenizer.save_pretrained(folder)))
     return merged, tokenizer, loading
+
+
+def check_output_free(output):
+    """The merged model gets a folder of its own: an existing one is replaced only when empty."""
+    if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
+        raise ModelError(f"--output {output} exists and is not an empty folder: choose a new one")
+
+
+def save_atomically(output, save):
+    """Run save(folder) on a temporary folder beside output and rename it to output once whole:
+    a merge that fails halfway (a full disk) leaves no output folder that looks like a model."""
+    output = os.path.abspath(output)
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
+    try:
+        save(partial)
+        if os.path.isdir(output):
+            os.rmdir(output)  # empty (check_output_free)
+        os.rename(partial, output)
+    except OSError as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ModelError(f"cannot write the merged model to {output}: {error.strerror or error}") from error
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def parse_args(argv=None):
@@ -92,6 +125,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     check_adapter(args.adapter)
+    check_output_free(args.output)
     _, _, loading = merge_adapter(args.base_model, args.adapter, args.output, DTYPES[args.dtype], args.dequantize,
                                   **loading_overrides(args))
     base = f"dequantized {loading.describe().split(',')[0]} base" if loading.bits in (4, 8) else "original 16-bit base"
