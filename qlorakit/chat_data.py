@@ -155,11 +155,18 @@ def tokenizer_template(tokenizer):
     return template.get("default") if isinstance(template, dict) else template
 
 
+def template_name(choice, tokenizer):
+    """The --chat_template value `choice` stands for: without one, the tokenizer's own template if
+    it has one, else guanaco."""
+    if choice is None:
+        return "tokenizer" if tokenizer_template(tokenizer) else "guanaco"
+    return choice
+
+
 def resolve_chat_template(choice, tokenizer):
     """(Jinja source, description): the tokenizer's own template if it has one, else Guanaco's,
     unless `choice` names guanaco, tokenizer or a .jinja file."""
-    if choice is None:
-        choice = "tokenizer" if tokenizer_template(tokenizer) else "guanaco"
+    choice = template_name(choice, tokenizer)
     if choice == "guanaco":
         return GUANACO_TEMPLATE, "guanaco (### Human: / ### Assistant:, eos after each reply)"
     if choice == "tokenizer":

@@ -18,10 +18,14 @@ from datasets import DatasetDict, load_dataset
 
 from . import chat_data
 from .errors import DataError
+from .trained_template import template_record
 
 logger = logging.getLogger(__name__)
 
 LOCAL_EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}
+
+# Formats whose text is written in the Guanaco markers ("### Human: ... ### Assistant: ...").
+GUANACO_LAYOUT_FORMATS = ("oasst1",)
 
 # Our own wording of the instruction/input/response layout used by Alpaca-style data.
 ALPACA_TEMPLATE_WITH_INPUT = (
@@ -493,8 +497,21 @@ def chat_tokenizer(data_args, tokenizer, source):
     return lambda ds: chat_data.tokenize_chat_dataset(ds, tokenizer, template, max_len, source)
 
 
+def trained_template(data_args, tokenizer, format_name, chat):
+    """The record (qlorakit.trained_template) of the prompt layout the rows are trained in: the
+    resolved --chat_template for conversations, Guanaco's for formats written in its markers,
+    None for layouts no chat template writes."""
+    if chat:
+        name = chat_data.template_name(data_args.chat_template, tokenizer)
+        return template_record(name, chat_data.resolve_chat_template(name, tokenizer)[0])
+    if format_name in GUANACO_LAYOUT_FORMATS:
+        return template_record("guanaco", chat_data.GUANACO_TEMPLATE)
+    return None
+
+
 def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
-    """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or predicting)."""
+    """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or
+    predicting) and the record of the prompt template they are written in (trained_template)."""
     raw = load_raw_dataset(data_args.dataset, cache_dir)
     raw = map_columns(raw, parse_column_mapping(data_args.dataset_columns), data_args.dataset)
     format_name = resolve_format(data_args.dataset, data_args.dataset_format, raw["train"].column_names)
@@ -504,4 +521,5 @@ def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
         tokenize = chat_tokenizer(data_args, tokenizer, data_args.dataset)
     else:
         tokenize = lambda ds: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len)
-    return tokenize(train), (tokenize(evaluation) if evaluation is not None else None)
+    template = trained_template(data_args, tokenizer, format_name, "messages" in train.column_names)
+    return tokenize(train), (tokenize(evaluation) if evaluation is not None else None), template
