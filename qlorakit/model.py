@@ -329,7 +329,7 @@ def base_loading_conflicts(saved, flags):
 
 
 def save_adapter(save_pretrained, record, save_directory, template=None, **kwargs):
-    """peft's save plus base_loading.json (and chat_template.json: `template`, the record of the
+    """peft's save plus base_loading.json (and prompt_template.json: `template`, the record of the
     prompt template trained with, when there is one). The only resized embedding rows are the pad token's,
     rebuilt identically at load time (mean of the base rows); saving both embedding matrices would
     add ~0.5 GB to every 7B checkpoint."""

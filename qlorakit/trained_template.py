@@ -1,7 +1,7 @@
 """The prompt template a run was trained with, saved beside its adapter and used by inference.
 
 An adapter answers best when prompted in the layout it learned. qlora.py writes
-``chat_template.json`` (the template's name and its Jinja text) into every ``adapter_model/``:
+``prompt_template.json`` (the template's name and its Jinja text) into every ``adapter_model/``:
 the text always, so that a later change to a named template or to the base tokenizer's own does
 not change what a trained run is prompted with. qlora-chat, qlora-guanaco-generate and
 qlora-generate render with it unless their template flag names another; adapters without the
@@ -14,11 +14,11 @@ import sys
 
 from .jsonl import write_json_atomic
 
-TEMPLATE_FILE = "chat_template.json"
+TEMPLATE_FILE = "prompt_template.json"
 
 
 def template_record(name, template):
-    """What chat_template.json holds: the name given at training (guanaco, tokenizer, a .jinja
+    """What prompt_template.json holds: the name given at training (guanaco, tokenizer, a .jinja
     path) and the Jinja text it stood for then."""
     return {"name": name, "template": template}
 

@@ -5,7 +5,7 @@
     printf 'Name a fruit.\\nWhat colour is it?\\n' | qlora-chat --model_name_or_path ...
 
 Every reply is generated from the whole conversation so far, rendered by the chat template qlora.py
-trains chat data with: the one the adapter was trained with (its chat_template.json), else the
+trains chat data with: the one the adapter was trained with (its prompt_template.json), else the
 tokenizer's own if it has one, else the Guanaco markers "### Human: ...### Assistant: ..."; --chat_template
 names another (guanaco, tokenizer or a .jinja file). So the adapter is prompted the way it was trained;
 the oldest turns are dropped when the conversation outgrows the model's context. Input is read line by

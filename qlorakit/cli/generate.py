@@ -11,7 +11,7 @@ model, ~40 GB for 65B) plus activations for --batch-size prompts. Launch from an
         -q vicuna_questions.jsonl -o generations/7b-guanaco-vicuna-generations-topp0.9-temp0.7.jsonl
 
 Prompts are rendered by the chat template qlora.py trains chat data with (qlorakit.chat_data):
-the one the adapter was trained with (its chat_template.json), else the Guanaco markers
+the one the adapter was trained with (its prompt_template.json), else the Guanaco markers
 ("### Human: ...### Assistant:"); --prompt-format guanaco, --prompt-format tokenizer
 for the tokenizer's own, or --prompt-format PATH.jinja; tokens are counted as in training. Sampling defaults to the paper's
 top_p 0.9 / temperature 0.7. Rows are written in the reference's generation format (question_id,

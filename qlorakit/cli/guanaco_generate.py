@@ -2,7 +2,7 @@
 
 The base is loaded as the adapter was trained (its base_loading.json); --bits, --quant_type,
 --double_quant and --compute_dtype override that. The prompt is rendered with the chat template the
-adapter was trained with (its chat_template.json; guanaco without one) unless --chat_template names another.
+adapter was trained with (its prompt_template.json; guanaco without one) unless --chat_template names another.
 
     qlora-guanaco-generate --model_name_or_path huggyllama/llama-7b \
         --adapter output/guanaco-7b/checkpoint-1875/adapter_model \

@@ -20,7 +20,7 @@ quantization rounds every weight):
 The project's tokenizer loader adds a [PAD] token when the base has none and grows the embeddings
 (new row = mean of the old rows); the adapter does not store embeddings, so the base is resized
 the same way before the adapter is applied, and the resized model is saved with that tokenizer,
-whose chat template is the one the adapter was trained with (its chat_template.json), so servers
+whose chat template is the one the adapter was trained with (its prompt_template.json), so servers
 that read the tokenizer's template prompt the merged model as it was trained.
 Weights are written as safetensors only.
 """
