@@ -71,15 +71,20 @@ def test_qlora_chat_prompts_as_trained(tiny_model_dir, trained_run, adapter_dir,
     assert f"prompt template: {trained_run[1]} (as trained, from " in result.stderr
 
 
-def test_qlora_guanaco_generate_prompts_as_trained_unless_told_otherwise(tiny_model_dir, adapter_dir, training_prompt):
-    flags = ["examples/guanaco_generate.py", "--model_name_or_path", tiny_model_dir, "--adapter", adapter_dir,
-             "--question", QUESTION, "--temperature", "0", "--max_new_tokens", "1"]
-    as_trained = run_python(flags)
-    assert as_trained.stdout.startswith(training_prompt)
-    assert "as trained, from " + os.path.join(adapter_dir, "prompt_template.json") in as_trained.stderr
-    told = run_python([*flags, "--chat_template", "guanaco"])
-    assert told.stdout.startswith(f"### Human: {QUESTION}### Assistant:")
-    assert "prompt template: guanaco (--chat_template; differs from the" in told.stderr
+def test_qlora_guanaco_generate_prompts_as_trained(tiny_model_dir, adapter_dir, training_prompt):
+    result = run_python(["examples/guanaco_generate.py", "--model_name_or_path", tiny_model_dir, "--adapter",
+                         adapter_dir, "--question", QUESTION, "--temperature", "0", "--max_new_tokens", "1"])
+    assert result.stdout.startswith(training_prompt)
+    assert "as trained, from " + os.path.join(adapter_dir, "prompt_template.json") in result.stderr
+
+
+def test_a_template_flag_wins_and_says_it_differs(tiny_model_dir, adapter_dir, capsys):
+    from qlorakit.model import load_tokenizer
+    from qlorakit.trained_template import inference_template
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    assert inference_template("guanaco", tokenizer, adapter_dir, "--chat_template") == ("guanaco", GUANACO_TEMPLATE)
+    assert "prompt template: guanaco (--chat_template; differs from the " in capsys.readouterr().err
 
 
 def test_qlora_generate_prompts_as_trained(tiny_model_dir, adapter_dir, training_prompt, tmp_path):
