@@ -59,7 +59,8 @@ def test_the_adapter_keeps_the_template_by_name_and_text(trained_run, adapter_di
 
 
 def test_the_checkpoint_tokenizer_carries_the_template(trained_run):
-    assert AutoTokenizer.from_pretrained(os.path.join(trained_run[0], "checkpoint-2")).chat_template == ROLE_TAGS_TEMPLATE
+    checkpoint_tokenizer = AutoTokenizer.from_pretrained(os.path.join(trained_run[0], "checkpoint-2"))
+    assert checkpoint_tokenizer.chat_template == ROLE_TAGS_TEMPLATE
 
 
 def test_qlora_chat_prompts_as_trained(tiny_model_dir, trained_run, adapter_dir, training_prompt):

@@ -163,9 +163,9 @@ def parse_args(argv=None):
     add_adapter_argument(parser, absent="none: the base alone")
     add_sampling_arguments(parser, max_new_tokens=256)
     parser.add_argument("--show_prompt", action="store_true", help="print each full prompt to stderr (one JSON string a line)")
-    parser.add_argument("--chat_template", type=template_choice, help="guanaco, tokenizer or a .jinja file, as given to qlora.py "
-                                                "(default: the adapter's training template, else the tokenizer's own if it "
-                                                "has one, else guanaco)")
+    parser.add_argument("--chat_template", type=template_choice,
+                        help="guanaco, tokenizer or a .jinja file, as given to qlora.py (default: the adapter's "
+                             "training template, else the tokenizer's own if it has one, else guanaco)")
     add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
     check_sampling_arguments(parser, args)
