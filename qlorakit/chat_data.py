@@ -165,11 +165,18 @@ def tokenizer_template(tokenizer):
     return template.get("default") if isinstance(template, dict) else template
 
 
+def template_name(choice, tokenizer):
+    """The --chat_template value `choice` stands for: without one, the tokenizer's own template if
+    it has one, else guanaco."""
+    if choice is None:
+        return "tokenizer" if tokenizer_template(tokenizer) else "guanaco"
+    return choice
+
+
 def resolve_chat_template(choice, tokenizer):
     """(Jinja source, description): the tokenizer's own template if it has one, else Guanaco's,
     unless `choice` names a template of NAMED_TEMPLATES, tokenizer or a .jinja file."""
-    if choice is None:
-        choice = "tokenizer" if tokenizer_template(tokenizer) else "guanaco"
+    choice = template_name(choice, tokenizer)
     if choice in NAMED_TEMPLATES:
         return NAMED_TEMPLATES[choice]
     if choice == "tokenizer":

@@ -3,7 +3,8 @@
 Layout (the reference's): ``output_dir/checkpoint-N/adapter_model/{adapter_config.json,
 adapter_model.safetensors}`` beside the Trainer's optimizer, scheduler, RNG and state files, and
 ``output_dir/completed`` once training has finished. ``adapter_model/`` also holds
-``base_loading.json``, how the base under the adapter was loaded (qlorakit.base_loading).
+``base_loading.json``, how the base under the adapter was loaded (qlorakit.base_loading), and
+``prompt_template.json``, the chat template trained with (qlorakit.trained_template).
 
 A checkpoint is trusted only once it holds the ``checkpoint_complete`` marker, written last, after
 every other file is on disk. A run killed while saving leaves a checkpoint without it, which resume
@@ -18,11 +19,12 @@ import shutil
 from .base_loading import BASE_LOADING_FILE
 from .errors import CheckpointError
 from .jsonl import fsync_directory, write_text_atomic
+from .trained_template import TEMPLATE_FILE
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter_model"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", BASE_LOADING_FILE)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", BASE_LOADING_FILE, TEMPLATE_FILE)
 COMPLETE_MARKER = "checkpoint_complete"
 RUN_COMPLETED_MARKER = "completed"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")

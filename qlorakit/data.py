@@ -19,12 +19,16 @@ from datasets import DatasetDict, concatenate_datasets, load_dataset
 
 from . import chat_data
 from .errors import DataError
+from .trained_template import template_record
 
 logger = logging.getLogger(__name__)
 
 # Local file types and the datasets builder that reads each (gzip-compressed JSON is unpacked by datasets).
 LOCAL_EXTENSIONS = {".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json", ".csv": "csv",
                     ".tsv": "csv", ".parquet": "parquet"}
+
+# Formats whose text is written in the Guanaco markers ("### Human: ... ### Assistant: ...").
+GUANACO_LAYOUT_FORMATS = ("oasst1",)
 
 # Our own wording of the instruction/input/response layout used by Alpaca-style data.
 ALPACA_TEMPLATE_WITH_INPUT = (
@@ -630,10 +634,23 @@ def mix_sources(sources):
                         for split in splits})
 
 
+def trained_template(data_args, tokenizer, format_name, chat):
+    """The record (qlorakit.trained_template) of the prompt layout the rows are trained in: the
+    resolved --chat_template for conversations, Guanaco's for formats written in its markers,
+    None for layouts no chat template writes."""
+    if chat:
+        name = chat_data.template_name(data_args.chat_template, tokenizer)
+        return template_record(name, chat_data.resolve_chat_template(name, tokenizer)[0])
+    if format_name in GUANACO_LAYOUT_FORMATS:
+        return template_record("guanaco", chat_data.GUANACO_TEMPLATE)
+    return None
+
+
 def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
     """Tokenized train and eval datasets (eval is None unless hold_out_eval: evaluating or predicting).
 
-    --dataset may name several sources separated by commas, each read in its own format."""
+    --dataset may name several sources separated by commas, each read in its own format. Also
+    returns the record of the prompt template the rows are written in (trained_template)."""
     if tokenizer.eos_token is None:  # every answer ends with eos text: it would read "None"
         raise DataError(f"the tokenizer of {tokenizer.name_or_path} has no eos token, which ends each trained "
                         "answer: set eos_token in its tokenizer_config.json")
@@ -642,11 +659,13 @@ def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
     if len(sources) == 1:
         _, formatted, format_name = sources[0]
     else:
-        formatted, format_name = mix_sources(sources), sources[0][2]
+        formats = {format_name for _, _, format_name in sources}
+        formatted, format_name = mix_sources(sources), (formats.pop() if len(formats) == 1 else None)
     train, evaluation = split_train_eval(formatted, data_args, hold_out_eval)
     if "messages" in train.column_names:
         tokenize = chat_tokenizer(data_args, tokenizer, data_args.dataset)
     else:
         tokenize = lambda ds, split: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len,
                                                       data_args.max_truncated_share, split)
-    return tokenize(train, "train"), (tokenize(evaluation, "eval") if evaluation is not None else None)
+    template = trained_template(data_args, tokenizer, format_name, "messages" in train.column_names)
+    return tokenize(train, "train"), (tokenize(evaluation, "eval") if evaluation is not None else None), template

@@ -26,6 +26,7 @@ from .base_loading import (BASE_LOADING_FILE, BaseLoading, check_adapter, dtype_
 from .errors import ModelError
 from .jsonl import write_json_atomic
 from .launcher import launched_sharded, local_rank, world_size
+from .trained_template import write_template_record
 
 logger = logging.getLogger(__name__)
 
@@ -327,16 +328,19 @@ def base_loading_conflicts(saved, flags):
             for field in ("bits", "quant_type", "double_quant") if getattr(saved, field) != getattr(flags, field)]
 
 
-def save_adapter(save_pretrained, record, save_directory, **kwargs):
-    """peft's save plus base_loading.json. The only resized embedding rows are the pad token's,
+def save_adapter(save_pretrained, record, save_directory, template=None, **kwargs):
+    """peft's save plus base_loading.json (and prompt_template.json: `template`, the record of the
+    prompt template trained with, when there is one). The only resized embedding rows are the pad token's,
     rebuilt identically at load time (mean of the base rows); saving both embedding matrices would
     add ~0.5 GB to every 7B checkpoint."""
     save_pretrained(save_directory, save_embedding_layers=False, **kwargs)
     if kwargs.get("is_main_process", True):
         write_json_atomic(os.path.join(save_directory, BASE_LOADING_FILE), dataclasses.asdict(record))
+        if template:
+            write_template_record(save_directory, template)
 
 
-def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, record=None):
+def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, record=None, template=None):
     """Wrap a frozen base with a LoRA adapter: a fresh one, or the saved one of adapter_dir as it
     was trained (its own rank, alpha, dropout and targets; contradicting flags are reported)."""
     lora_args = args.lora
@@ -353,7 +357,7 @@ def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, recor
         model = get_peft_model(model, config)
     cast_for_training(model, args.training.bf16, norms_in_fp32=args.quantization.norms_in_fp32 and not sharded)
     record = record or base_loading_for_training(args, type(model.get_base_model()).__name__)
-    model.save_pretrained = functools.partial(save_adapter, model.save_pretrained, record)
+    model.save_pretrained = functools.partial(save_adapter, model.save_pretrained, record, template=template)
     return model
 
 
@@ -379,11 +383,12 @@ def cast_for_training(model, bf16, norms_in_fp32=False):
             module.to(torch.bfloat16)
 
 
-def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None):
+def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None, template=None):
     """The base (quantized as asked) plus a LoRA adapter, or the whole model for --full_finetune.
 
     adapter_dir: a checkpoint's adapter to continue from or evaluate; its saved base loading
     (bits, quant type, double quant) wins over the flags, with a warning when they differ.
+    template: the record of the prompt template trained with, saved beside every adapter.
     """
     sharded = sharded_training(args.training)
     loading = base_loading_for_training(args)
@@ -401,7 +406,7 @@ def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None):
     if args.lora.full_finetune:
         return model
     record = dataclasses.replace(loading, model_class=type(model).__name__)
-    return attach_lora(model, args, task, sharded, adapter_dir, record)
+    return attach_lora(model, args, task, sharded, adapter_dir, record, template)
 
 
 def logical_numel(param):

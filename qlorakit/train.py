@@ -69,14 +69,16 @@ def setup_trainer(args, resume_from=None):
     if task == SEQ2SEQ and (data_args.padding_free or data_args.train_on_source):
         raise ModelError("--padding_free and --train_on_source apply to causal models; the encoder reads the source")
     tokenizer = load_tokenizer(model_args.model_name_or_path, config=config, **hub)
-    train_dataset, eval_dataset = build_datasets(data_args, tokenizer, model_args.cache_dir,
-                                                 hold_out_eval=training_args.do_eval or training_args.do_predict)
+    hold_out_eval = training_args.do_eval or training_args.do_predict
+    train_dataset, eval_dataset, template = build_datasets(data_args, tokenizer, model_args.cache_dir, hold_out_eval)
+    if template:  # checkpoints and output_dir save the tokenizer: it prompts as the data was written
+        tokenizer.chat_template = template["template"]
     if task == SEQ2SEQ and "assistant_mask" in train_dataset.column_names:
         raise ModelError("chat data trains causal models (one sequence with every turn); "
                          f"{model_args.model_name_or_path} is an encoder-decoder: use an input-output format")
     mmlu_dataset = load_mmlu(args.mmlu, tokenizer) if args.mmlu.do_mmlu_eval else None
 
-    model = load_model(args, tokenizer, task, saved_adapter_dir(resume_from))
+    model = load_model(args, tokenizer, task, saved_adapter_dir(resume_from), template)
     if training_args.local_process_index == 0:
         print(f"world size: {training_args.world_size}")
         for line in describe_parameters(model):
@@ -170,7 +172,7 @@ def release_process_group():
 def preview_training_data(model_args, data_args):
     """--preview_data: the first training rows as tokenized, without loading the model."""
     tokenizer = load_tokenizer(model_args.model_name_or_path, **hub_kwargs(model_args))
-    train_dataset, _ = build_datasets(data_args, tokenizer, model_args.cache_dir)
+    train_dataset, _, _ = build_datasets(data_args, tokenizer, model_args.cache_dir)
     preview_rows(train_dataset, tokenizer, data_args.preview_data, data_args.train_on_source,
                  data_args.preview_format, colour=sys.stdout.isatty(), write=sys.stdout.write)
     total = data_args.max_seq_len or data_args.source_max_len + data_args.target_max_len

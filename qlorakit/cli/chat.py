@@ -5,9 +5,11 @@
     printf 'Name a fruit.\\nWhat colour is it?\\n' | qlora-chat --model_name_or_path ...
 
 Every reply is generated from the whole conversation so far, rendered by the chat template qlora.py
-trains chat data with (--chat_template: the tokenizer's own if it has one, else the Guanaco markers
-"### Human: ...### Assistant: ..."; or a .jinja file), so the adapter is prompted the way it was
-trained; the oldest turns are dropped when the conversation outgrows the model's context. Input is read line by line, so piped input works; an
+trains chat data with: the one the adapter was trained with (its prompt_template.json), else the
+tokenizer's own if it has one, else the Guanaco markers "### Human: ...### Assistant: ..."; --chat_template
+names another (guanaco, tokenizer or a .jinja file). So the adapter is prompted the way it was trained;
+the oldest turns are dropped when the conversation outgrows the model's context. Input is read line by
+line, so piped input works; an
 empty line, "exit" or end of input (Ctrl-D) ends the chat. The "### Human:" prompt marker is
 printed only when reading from a terminal. The base is loaded as the adapter was trained (its
 base_loading.json); --bits, --quant_type, --double_quant and --compute_dtype override that.
@@ -26,6 +28,7 @@ from qlorakit.base_loading import add_adapter_argument, add_base_loading_argumen
 from qlorakit.chat_format import ASSISTANT, HUMAN, cut_at_next_turn, held_back_marker_start, template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
+from qlorakit.trained_template import inference_template
 
 EXIT_WORDS = ("", "exit", "quit")
 
@@ -160,8 +163,9 @@ def parse_args(argv=None):
     add_adapter_argument(parser, absent="none: the base alone")
     add_sampling_arguments(parser, max_new_tokens=256)
     parser.add_argument("--show_prompt", action="store_true", help="print each full prompt to stderr (one JSON string a line)")
-    parser.add_argument("--chat_template", type=template_choice, help="guanaco, tokenizer or a .jinja file, as given to qlora.py "
-                                                "(default: the tokenizer's own if it has one, else guanaco)")
+    parser.add_argument("--chat_template", type=template_choice,
+                        help="guanaco, tokenizer or a .jinja file, as given to qlora.py (default: the adapter's "
+                             "training template, else the tokenizer's own if it has one, else guanaco)")
     add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
     check_sampling_arguments(parser, args)
@@ -174,7 +178,7 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
-    template, _ = chat_data.resolve_chat_template(args.chat_template, tokenizer)
+    _, template = inference_template(args.chat_template, tokenizer, args.adapter, "--chat_template")
     try:
         chat(model, tokenizer, template, args)
     except KeyboardInterrupt:

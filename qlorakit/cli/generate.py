@@ -11,7 +11,8 @@ model, ~40 GB for 65B) plus activations for --batch-size prompts. Launch from an
         -q vicuna_questions.jsonl -o generations/7b-guanaco-vicuna-generations-topp0.9-temp0.7.jsonl
 
 Prompts are rendered by the chat template qlora.py trains chat data with (qlorakit.chat_data):
-the Guanaco markers ("### Human: ...### Assistant:", the default), --prompt-format tokenizer
+the one the adapter was trained with (its prompt_template.json), else the Guanaco markers
+("### Human: ...### Assistant:"); --prompt-format guanaco, --prompt-format tokenizer
 for the tokenizer's own, or --prompt-format PATH.jinja; tokens are counted as in training. Sampling defaults to the paper's
 top_p 0.9 / temperature 0.7. Rows are written in the reference's generation format (question_id,
 text, category, prompt, generation, generation_truncated), appended batch by batch; a rerun
@@ -29,6 +30,7 @@ from qlorakit.chat_format import template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
 from qlorakit.jsonl import JsonlAppender
+from qlorakit.trained_template import inference_template
 
 logger = logging.getLogger("generate")
 
@@ -51,8 +53,9 @@ def parse_args(argv):
     add_adapter_argument(parser, absent="none: the base alone")
     parser.add_argument("-q", "--question-file", required=True)
     parser.add_argument("-o", "--output", required=True, help="generations file (JSONL, appended)")
-    parser.add_argument("--prompt-format", type=prompt_format, default="guanaco",
-                        help="guanaco, tokenizer (the tokenizer's own template) or a .jinja file")
+    parser.add_argument("--prompt-format", type=prompt_format,
+                        help="guanaco, tokenizer (the tokenizer's own template) or a .jinja file (default: the "
+                             "adapter's training template, else guanaco)")
     parser.add_argument("--system-prompt", default="", help="text put before the first turn (guanaco format)")
     parser.add_argument("--batch-size", type=int, default=8)
     add_sampling_arguments(parser, max_new_tokens=1024)
@@ -121,12 +124,13 @@ def main(argv=None):
 
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter,
                                           trust_remote_code=args.trust_remote_code, **loading_overrides(args))
-    template = prompt_template(tokenizer, args.prompt_format)
+    prompt_name, template = inference_template(args.prompt_format, tokenizer, args.adapter, "--prompt-format",
+                                               default="guanaco")
     torch.manual_seed(args.seed)
     with JsonlAppender(args.output) as writer, tqdm(total=len(todo), desc="generating") as bar:
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start:start + args.batch_size]
-            prompts = [build_prompt(q.text, tokenizer, args.prompt_format, args.system_prompt, template) for q in batch]
+            prompts = [build_prompt(q.text, tokenizer, prompt_name, args.system_prompt, template) for q in batch]
             for question, prompt, generation in zip(batch, prompts, generate_batch(model, tokenizer, prompts, args)):
                 writer.write({"question_id": question.question_id, "text": question.text,
                               "category": question.category, "prompt": prompt, "generation": generation,

@@ -1,7 +1,8 @@
 """Answer one question with a 4-bit base model plus a trained QLoRA adapter (CPU or GPU).
 
 The base is loaded as the adapter was trained (its base_loading.json); --bits, --quant_type,
---double_quant and --compute_dtype override that.
+--double_quant and --compute_dtype override that. The prompt is rendered with the chat template the
+adapter was trained with (its prompt_template.json; guanaco without one) unless --chat_template names another.
 
     qlora-guanaco-generate --model_name_or_path huggyllama/llama-7b \
         --adapter output/guanaco-7b/checkpoint-1875/adapter_model \
@@ -18,6 +19,7 @@ from qlorakit.chat_format import cut_at_next_turn, template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
 from qlorakit.model import load_for_inference
+from qlorakit.trained_template import inference_template
 
 
 def build_question_prompt(tokenizer, template, question):
@@ -41,14 +43,15 @@ def main(argv=None):
     parser.add_argument("--model_name_or_path", required=True)
     add_adapter_argument(parser, absent="none: the base alone")
     parser.add_argument("--question", default="What is a good way to start learning to cook?")
-    parser.add_argument("--chat_template", type=template_choice, default="guanaco",
-                        help="guanaco (default), tokenizer or a .jinja file, as given to qlora.py")
+    parser.add_argument("--chat_template", type=template_choice,
+                        help="guanaco, tokenizer or a .jinja file, as given to qlora.py (default: the adapter's "
+                             "training template, else guanaco)")
     add_sampling_arguments(parser, max_new_tokens=128)
     add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
     check_sampling_arguments(parser, args)
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
-    template, _ = chat_data.resolve_chat_template(args.chat_template, tokenizer)
+    _, template = inference_template(args.chat_template, tokenizer, args.adapter, "--chat_template", default="guanaco")
     prompt = build_question_prompt(tokenizer, template, args.question)
     print(f"{prompt}{generate_answer(model, tokenizer, prompt, args)}")
 

@@ -19,7 +19,9 @@ quantization rounds every weight):
 
 The project's tokenizer loader adds a [PAD] token when the base has none and grows the embeddings
 (new row = mean of the old rows); the adapter does not store embeddings, so the base is resized
-the same way before the adapter is applied, and the resized model is saved with that tokenizer.
+the same way before the adapter is applied, and the resized model is saved with that tokenizer,
+whose chat template is the one the adapter was trained with (its prompt_template.json), so servers
+that read the tokenizer's template prompt the merged model as it was trained.
 Weights are written as safetensors only.
 """
 
@@ -30,6 +32,7 @@ import tempfile
 
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, check_adapter, loading_overrides
 from qlorakit.errors import ModelError, run_main
+from qlorakit.trained_template import read_template_record
 
 # torch, peft and qlorakit.model are imported where they are used: --help and bad paths answer at once.
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -73,6 +76,8 @@ def merge_adapter(base_model, adapter, output, dtype="bfloat16", dequantize=Fals
     if merged.generation_config is not None:
         merged.generation_config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"  # loaded left-padded for generation; save the usual default
+    if trained := read_template_record(adapter):
+        tokenizer.chat_template = trained["template"]
     save_atomically(output, lambda folder: (merged.save_pretrained(folder), tokenizer.save_pretrained(folder)))
     return merged, tokenizer, loading
 
@@ -130,6 +135,8 @@ def main(argv=None):
                                   **loading_overrides(args))
     base = f"dequantized {loading.describe().split(',')[0]} base" if loading.bits in (4, 8) else "original 16-bit base"
     print(f"merged {args.adapter} into the {base} of {args.base_model} ({args.dtype}) -> {args.output}")
+    if trained := read_template_record(args.adapter):
+        print(f"chat template of the saved tokenizer: {trained['name']} (as trained)")
     return 0
 
 
