@@ -1,12 +1,8 @@
 """qlorakit: QLoRA finetuning on today's Hugging Face stack (the package behind qlora.py)."""
 
-import logging
 import os
 
 # Small datasets written for the project (sample_data/README.md), installed with the package: the
 # tiny models' tokenizer corpus, the architecture checks, the demo, tests and benchmarks.
 SAMPLE_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_data")
 
-# On CPU, bitsandbytes logs at import that the optional `kernels` package (which would fetch
-# kernels from the hub) is missing, then uses its own kernel: noise on every run, so hidden.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

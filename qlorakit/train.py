@@ -21,6 +21,7 @@ from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
                     model_task)
 from .preview import length_summary, preview_rows
+from .quiet import paged_optimizer_note
 from .trainer import QLoRATrainer
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ def setup_trainer(args, resume_from=None):
         print(f"world size: {training_args.world_size}")
         for line in describe_parameters(model):
             print(line)
+        if note := paged_optimizer_note(training_args.optim.value, training_args.device.type):
+            print(note)
 
     if training_args.generation_config is None:  # a --generation_config of the user's own wins
         training_args.generation_config = build_generation_config(args.generation)
