@@ -30,7 +30,8 @@ class CheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            checkpoints.finalize_checkpoint(checkpoint_dir)
+            with checkpoints.save_errors_reported(checkpoint_dir):
+                checkpoints.finalize_checkpoint(checkpoint_dir)
             checkpoints.rotate_checkpoints(args.output_dir, self.keep)
 
     def on_train_end(self, args, state, control, **kwargs):
