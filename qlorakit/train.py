@@ -177,9 +177,10 @@ def run(args):
     setup_logging(training_args)
     if args.data.preview_data:
         return preview_training_data(args.model, args.data)
-    resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
     if training_args.resume_from_checkpoint:
         resume_from, completed = checkpoints.check_explicit_checkpoint(training_args.resume_from_checkpoint), False
+    else:
+        resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
     trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from)
     if completed and resume_from:
         logger.info("%s holds a completed run: skipping training, evaluating %s", training_args.output_dir, resume_from)
