@@ -205,11 +205,13 @@ def find_resume_checkpoint(output_dir):
     """(newest checkpoint that verifies, or None; whether the run already completed).
 
     Checkpoints that fail verification are skipped with a warning naming what is wrong. When
-    there are checkpoints and none verifies, that is a CheckpointError: starting over silently
-    would throw away a run the user expects to continue.
+    none verifies and one of them had been marked complete (then damaged), that is a
+    CheckpointError: starting over would throw away a run the user expects to continue. Torn
+    checkpoints alone (the first save was killed) held nothing yet: training starts over, saying so.
     """
     completed = os.path.isfile(os.path.join(output_dir, RUN_COMPLETED_MARKER))
     found = list_checkpoints(output_dir)
+    damaged = [checkpoint for checkpoint in found if is_complete(checkpoint)]
     for checkpoint in found:
         problems = verify_checkpoint(checkpoint)
         if not problems:
@@ -218,9 +220,12 @@ def find_resume_checkpoint(output_dir):
                             "for readability only", checkpoint)
             return checkpoint, completed
         logger.warning("%s cannot be trusted, skipping it: %s", checkpoint, "; ".join(problems))
-    if found:
+    if damaged:
         raise CheckpointError(f"{output_dir}: none of its {len(found)} checkpoints can be trusted (see the warnings "
                               "above); move them away to start over, or use another --output_dir")
+    if found:
+        logger.warning("%s: no checkpoint was completed before the run stopped; training starts from step 0",
+                       output_dir)
     return None, completed
 
 

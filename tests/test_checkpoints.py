@@ -123,6 +123,13 @@ def test_no_trustworthy_checkpoint_left_is_an_error_not_a_fresh_start(tmp_path):
         checkpoints.find_resume_checkpoint(str(tmp_path))
 
 
+def test_only_torn_checkpoints_start_over_and_say_so(tmp_path, caplog):
+    """A kill during the first save left nothing that was ever complete: nothing to lose."""
+    make_checkpoint(tmp_path, 2, complete=False)
+    assert checkpoints.find_resume_checkpoint(str(tmp_path)) == (None, False)
+    assert "no checkpoint was completed before the run stopped; training starts from step 0" in caplog.text
+
+
 def test_an_explicit_damaged_checkpoint_is_refused(tmp_path):
     path = make_checkpoint(tmp_path, 2)
     corrupt_missing_optimizer(path)
