@@ -218,3 +218,14 @@ def test_sigterm_checkpoints_the_current_step_and_resumes(tiny_model_dir, tmp_pa
     result = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", str(step + 2), "--save_steps", "1000"))
     assert f"checkpoint-{step}" in result.stderr and (tmp_path / "completed").exists()
     assert sorted(step_losses(str(tmp_path))) == list(range(1, step + 3))
+
+
+def test_fault_injection_short_form(tiny_model_dir, tmp_path, capsys):
+    """A few scenarios of benchmarks/fault_injection.py: a kill during a save, a corrupt RNG state."""
+    import fault_injection
+
+    status = fault_injection.main(["--model_dir", tiny_model_dir, "--work_dir", str(tmp_path),
+                                   "--scenarios", "mid-save-kill", "corrupt-rng-state"])
+    output = capsys.readouterr().out
+    assert "mid-save-kill: ok" in output and "corrupt-rng-state: ok" in output
+    assert status == 0
