@@ -28,6 +28,8 @@ class CheckpointCallback(TrainerCallback):
         self.keep = keep
 
     def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            torch.distributed.barrier()  # every rank's RNG state is on disk before rank 0 lists the files
         if state.is_world_process_zero:
             checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             with checkpoints.save_errors_reported(checkpoint_dir):

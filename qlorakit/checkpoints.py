@@ -244,13 +244,22 @@ class CheckpointSaveError(InputError):
     line and exit status 2 rather than a traceback."""
 
 
+def is_write_failure(err):
+    """torch.save reports a failed write (ENOSPC) as a RuntimeError from its zip writer."""
+    if isinstance(err, (OSError, SafetensorError)):
+        return True
+    return "inline_container" in str(err) or "PytorchStreamWriter" in str(err)
+
+
 @contextlib.contextmanager
 def save_errors_reported(checkpoint_dir):
     """Turn a failed write while saving checkpoint_dir into a CheckpointSaveError naming it.
     Nothing older has been rotated away by then: rotation runs only after the marker is written."""
     try:
         yield
-    except (OSError, SafetensorError) as err:
+    except (OSError, SafetensorError, RuntimeError) as err:
+        if not is_write_failure(err):
+            raise
         raise CheckpointSaveError(f"saving {checkpoint_dir} failed: {err}; the checkpoints before it are "
                                   "intact, free space and run the same command to resume") from err
 

@@ -178,3 +178,12 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     jsonl.write_jsonl_atomic(str(tmp_path / "rows.jsonl"), [{"a": 1}, {"b": "é"}])
     assert (tmp_path / "rows.jsonl").read_text(encoding="utf-8") == '{"a": 1}\n{"b": "é"}\n'
     assert os.listdir(tmp_path) == ["rows.jsonl"]
+
+
+def test_a_torch_save_that_fails_for_space_is_a_one_line_save_error(tmp_path):
+    with pytest.raises(checkpoints.CheckpointSaveError, match="saving .*checkpoint-2 failed"):
+        with checkpoints.save_errors_reported(str(tmp_path / "checkpoint-2")):
+            torch.save({"a": torch.zeros(100000)}, "/dev/full")
+    with pytest.raises(RuntimeError, match="a bug"):
+        with checkpoints.save_errors_reported(str(tmp_path / "checkpoint-2")):
+            raise RuntimeError("a bug")
