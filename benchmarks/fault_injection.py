@@ -51,18 +51,23 @@ def run_command(model_dir, output_dir):
             "--max_steps", str(STEPS), "--save_steps", str(SAVE_EVERY)]
 
 
-def start(model_dir, output_dir):
+def start(model_dir, output_dir, capture=True):
+    """A run in the background; without capture its output is dropped (a full pipe would stall it)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(run_command(model_dir, output_dir), cwd=REPO_ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=output, stderr=output)
 
 
-def finish(model_dir, output_dir):
-    """Run to the end; (exit status, last stderr line)."""
-    process = start(model_dir, output_dir)
+def last_line(process):
+    """Wait for the run; (exit status, last stderr line)."""
     _, stderr = process.communicate()
     lines = stderr.strip().splitlines()
     return process.returncode, lines[-1] if lines else ""
+
+
+def finish(model_dir, output_dir):
+    return last_line(start(model_dir, output_dir))
 
 
 def final_adapter(output_dir):
@@ -83,12 +88,12 @@ def rerun_and_compare(model_dir, output_dir, reference):
 
 
 def kill_at(model_dir, output_dir, delay):
-    process = start(model_dir, output_dir)
+    process = start(model_dir, output_dir, capture=False)
     try:
         process.wait(timeout=delay)
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGKILL)
-    process.communicate()
+        process.wait()
 
 
 def save_in_progress(output_dir):
@@ -99,13 +104,13 @@ def save_in_progress(output_dir):
 
 
 def kill_mid_save(model_dir, output_dir, rng):
-    process = start(model_dir, output_dir)
+    process = start(model_dir, output_dir, capture=False)
     while process.poll() is None and not save_in_progress(output_dir):
         time.sleep(0.002)
     time.sleep(rng.uniform(0, 0.2))
     if process.poll() is None:
         process.send_signal(signal.SIGKILL)
-    process.communicate()
+    process.wait()
 
 
 def corrupt(checkpoint_dir, kind):
@@ -162,12 +167,12 @@ def scenario_small_disk(model_dir, output_dir):
 def scenario_two_runs(model_dir, output_dir):
     """Needs the output-folder lock of qlorakit.train: the second run refuses with 'locked'."""
     first, second = start(model_dir, output_dir), start(model_dir, output_dir)
-    results = [(p.wait(), p.communicate()[1].strip().splitlines()) for p in (first, second)]
-    refused = [lines[-1] for status, lines in results if status == 2 and lines and "locked" in lines[-1]]
+    results = [last_line(first), last_line(second)]
+    refused = [line for status, line in results if status == 2 and "locked" in line]
     finished = [status for status, _ in results if status == 0]
     if len(refused) == 1 and len(finished) == 1:
         return None
-    return f"expected one run to finish and one to refuse with 'locked'; exit statuses {[r[0] for r in results]}"
+    return f"expected one run to finish and one to refuse with 'locked'; got {results}"
 
 
 def run_scenario(name, model_dir, work_dir, reference, rng, duration):
