@@ -99,7 +99,8 @@ def kill_at(model_dir, output_dir, delay):
 def save_in_progress(output_dir):
     if not os.path.isdir(output_dir):
         return False
-    return any(name.startswith("checkpoint-") and not os.path.exists(os.path.join(output_dir, name, "checkpoint_complete"))
+    return any(name.startswith("checkpoint-")
+               and not os.path.exists(os.path.join(output_dir, name, "checkpoint_complete"))
                for name in os.listdir(output_dir))
 
 

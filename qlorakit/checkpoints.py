@@ -43,8 +43,8 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST_FORMAT = 1
 TRAINER_STATE_FILE = "trainer_state.json"
 # What a resume reads; checked by name when the marker predates the manifest.
-RESUME_FILES = ("optimizer.pt", "scheduler.pt", TRAINER_STATE_FILE,
-                os.path.join(ADAPTER_DIR, "adapter_config.json"), os.path.join(ADAPTER_DIR, "adapter_model.safetensors"))
+RESUME_FILES = ("optimizer.pt", "scheduler.pt", TRAINER_STATE_FILE, os.path.join(ADAPTER_DIR, "adapter_config.json"),
+                os.path.join(ADAPTER_DIR, "adapter_model.safetensors"))
 RNG_STATE_PATTERN = re.compile(r"^rng_state(_\d+)?\.pth$")
 
 
