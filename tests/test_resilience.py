@@ -221,11 +221,10 @@ def test_sigterm_checkpoints_the_current_step_and_resumes(tiny_model_dir, tmp_pa
 
 
 def test_fault_injection_short_form(tiny_model_dir, tmp_path, capsys):
-    """A few scenarios of benchmarks/fault_injection.py: a kill during a save, a corrupt RNG state."""
+    """benchmarks/fault_injection.py's kill during a save (corruptions: test_checkpoints and the long form)."""
     import fault_injection
 
     status = fault_injection.main(["--model_dir", tiny_model_dir, "--work_dir", str(tmp_path),
-                                   "--scenarios", "mid-save-kill", "corrupt-rng-state"])
-    output = capsys.readouterr().out
-    assert "mid-save-kill: ok" in output and "corrupt-rng-state: ok" in output
+                                   "--scenarios", "mid-save-kill"])
+    assert "mid-save-kill: ok" in capsys.readouterr().out
     assert status == 0
