@@ -29,9 +29,12 @@ class CheckpointCallback(TrainerCallback):
         self.keep = keep
 
     def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            torch.distributed.barrier()  # every rank's RNG state is on disk before rank 0 lists the files
         if state.is_world_process_zero:
             checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            checkpoints.finalize_checkpoint(checkpoint_dir)
+            with checkpoints.save_errors_reported(checkpoint_dir):
+                checkpoints.finalize_checkpoint(checkpoint_dir)
             checkpoints.rotate_checkpoints(args.output_dir, self.keep)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -1,4 +1,4 @@
-"""Checkpoint layout, validation and rotation (atomic writes: qlorakit.jsonl; the Trainer: qlorakit.trainer).
+"""Checkpoint layout, verification and rotation (atomic writes: qlorakit.jsonl; the Trainer: qlorakit.trainer).
 
 Layout (the reference's): ``output_dir/checkpoint-N/adapter_model/{adapter_config.json,
 adapter_model.safetensors}`` beside the Trainer's optimizer, scheduler, RNG and state files, and
@@ -6,19 +6,33 @@ adapter_model.safetensors}`` beside the Trainer's optimizer, scheduler, RNG and 
 ``base_loading.json``, how the base under the adapter was loaded (qlorakit.base_loading), and
 ``prompt_template.json``, the chat template trained with (qlorakit.trained_template).
 
-A checkpoint is trusted only once it holds the ``checkpoint_complete`` marker, written last, after
-every other file is on disk. A run killed while saving leaves a checkpoint without it, which resume
-skips. Old checkpoints are deleted only after the new one is complete.
+A checkpoint is trusted only when its ``checkpoint_complete`` marker is there and every file it
+lists still matches. The marker is a manifest: each file's size, and a SHA-256 of the adapter
+weights. It is removed first whenever a checkpoint is re-saved or deleted, and written last,
+after every file and folder of the checkpoint is fsynced. So a kill at any moment leaves either
+a checkpoint without a marker (skipped) or one whose files are all on disk.
+
+Beyond the manifest, the files a resume reads are checked for what a loader would trip over:
+trainer_state.json must parse, the torch files (optimizer, scheduler, RNG states) must be
+intact zip archives (their CRCs are checked), the safetensors header must describe the file's
+size. An empty marker (written by earlier versions, before the manifest) gets these checks alone.
 """
 
+import contextlib
+import hashlib
+import json
 import logging
 import os
 import re
 import shutil
+import struct
+import zipfile
+
+from safetensors import SafetensorError
 
 from .base_loading import BASE_LOADING_FILE
-from .errors import CheckpointError
-from .jsonl import fsync_directory, write_text_atomic
+from .errors import CheckpointError, InputError
+from .jsonl import fsync_directory, write_json_atomic, write_text_atomic
 from .trained_template import TEMPLATE_FILE
 
 logger = logging.getLogger(__name__)
@@ -28,6 +42,12 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", BASE_LOADIN
 COMPLETE_MARKER = "checkpoint_complete"
 RUN_COMPLETED_MARKER = "completed"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+MANIFEST_FORMAT = 1
+TRAINER_STATE_FILE = "trainer_state.json"
+# What a resume reads; checked by name when the marker predates the manifest.
+RESUME_FILES = ("optimizer.pt", "scheduler.pt", TRAINER_STATE_FILE, os.path.join(ADAPTER_DIR, "adapter_config.json"),
+                os.path.join(ADAPTER_DIR, "adapter_model.safetensors"))
+RNG_STATE_PATTERN = re.compile(r"^rng_state(_\d+)?\.pth$")
 
 
 def checkpoint_step(path):
@@ -48,51 +68,243 @@ def is_complete(checkpoint_dir):
     return os.path.isfile(os.path.join(checkpoint_dir, COMPLETE_MARKER))
 
 
-def find_resume_checkpoint(output_dir):
-    """(newest complete checkpoint or None, whether the run already completed).
+def checkpoint_files(checkpoint_dir):
+    """Paths of the checkpoint's files relative to it, the marker and temporary files left out."""
+    found = []
+    for folder, _, names in os.walk(checkpoint_dir):
+        for name in names:
+            if name == COMPLETE_MARKER or name.startswith(".tmp-"):
+                continue
+            found.append(os.path.relpath(os.path.join(folder, name), checkpoint_dir))
+    return sorted(found)
 
-    A checkpoint without its marker was torn by a crash during saving: skip it with a warning.
+
+def is_adapter_weights(relative_path):
+    return relative_path.startswith(ADAPTER_DIR + os.sep) and relative_path.endswith(".safetensors")
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_manifest(checkpoint_dir):
+    """What the marker records: every file's size, and the adapter weights' SHA-256."""
+    files = {}
+    for relative in checkpoint_files(checkpoint_dir):
+        path = os.path.join(checkpoint_dir, relative)
+        entry = {"size": os.path.getsize(path)}
+        if is_adapter_weights(relative):
+            entry["sha256"] = file_sha256(path)
+        files[relative] = entry
+    return {"format": MANIFEST_FORMAT, "files": files}
+
+
+def read_manifest(checkpoint_dir):
+    """The marker's manifest; None for an empty marker (earlier versions); raises ValueError if unreadable."""
+    with open(os.path.join(checkpoint_dir, COMPLETE_MARKER), "rb") as stream:
+        raw = stream.read()
+    if not raw.strip():
+        return None
+    manifest = json.loads(raw)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError("not a manifest")
+    return manifest
+
+
+def manifest_problems(checkpoint_dir, manifest):
+    """Each listed file that is missing, of another size, or (adapter weights) of another hash."""
+    problems = []
+    for relative, entry in sorted(manifest["files"].items()):
+        path = os.path.join(checkpoint_dir, relative)
+        if not os.path.isfile(path):
+            problems.append(f"{relative} is missing")
+        elif os.path.getsize(path) != entry.get("size"):
+            problems.append(f"{relative} has {os.path.getsize(path)} bytes, {entry.get('size')} were saved")
+        elif "sha256" in entry and file_sha256(path) != entry["sha256"]:
+            problems.append(f"{relative} differs from the saved file (SHA-256)")
+    return problems
+
+
+def safetensors_problem(path):
+    """Why a safetensors file cannot be loaded (torn or garbage header, wrong length), or None."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as stream:
+        head = stream.read(8)
+        if len(head) < 8:
+            return "too short for a safetensors header"
+        header_size = struct.unpack("<Q", head)[0]
+        if header_size > size - 8:
+            return "truncated safetensors header"
+        try:
+            header = json.loads(stream.read(header_size))
+        except ValueError:
+            return "unreadable safetensors header"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    if 8 + header_size + max(ends, default=0) != size:
+        return f"{size} bytes, its header describes {8 + header_size + max(ends, default=0)} (truncated)"
+    return None
+
+
+def torch_file_problem(path):
+    """Why a torch.save file (a zip archive) is unreadable: a broken archive or a bad CRC; or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"not a readable torch file ({err})"
+    return f"corrupt entry {bad}" if bad else None
+
+
+def json_problem(path):
+    try:
+        with open(path, "rb") as stream:
+            json.load(stream)
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"invalid JSON ({err})"
+    return None
+
+
+def content_problems(checkpoint_dir, required):
+    """What a resume would trip over: a required file missing, or one its loader cannot read."""
+    present = checkpoint_files(checkpoint_dir)
+    problems = [f"{name} is missing" for name in required if name not in present]
+    if not any(RNG_STATE_PATTERN.match(name) for name in present):
+        problems.append("rng_state.pth is missing")
+    for relative in present:
+        path = os.path.join(checkpoint_dir, relative)
+        if relative.endswith(".safetensors"):
+            problem = safetensors_problem(path)
+        elif relative.endswith((".pt", ".pth")):
+            problem = torch_file_problem(path)
+        elif relative.endswith(".json"):
+            problem = json_problem(path)
+        else:
+            continue
+        if problem:
+            problems.append(f"{relative}: {problem}")
+    return problems
+
+
+def verify_checkpoint(checkpoint_dir):
+    """Why checkpoint_dir cannot be trusted (a list of reasons; empty when it can)."""
+    if not is_complete(checkpoint_dir):
+        return [f"no {COMPLETE_MARKER} marker (the run stopped while saving it)"]
+    try:
+        manifest = read_manifest(checkpoint_dir)
+    except (ValueError, UnicodeDecodeError):
+        return [f"unreadable {COMPLETE_MARKER} marker"]
+    if manifest is None:
+        return content_problems(checkpoint_dir, RESUME_FILES)
+    problems = manifest_problems(checkpoint_dir, manifest)
+    return problems or content_problems(checkpoint_dir, RESUME_FILES)
+
+
+def find_resume_checkpoint(output_dir):
+    """(newest checkpoint that verifies, or None; whether the run already completed).
+
+    Checkpoints that fail verification are skipped with a warning naming what is wrong. When
+    none verifies and one of them had been marked complete (then damaged), that is a
+    CheckpointError: starting over would throw away a run the user expects to continue. Torn
+    checkpoints alone (the first save was killed) held nothing yet: training starts over, saying so.
     """
     completed = os.path.isfile(os.path.join(output_dir, RUN_COMPLETED_MARKER))
-    for checkpoint in list_checkpoints(output_dir):
-        if is_complete(checkpoint):
+    found = list_checkpoints(output_dir)
+    damaged = [checkpoint for checkpoint in found if is_complete(checkpoint)]
+    for checkpoint in found:
+        problems = verify_checkpoint(checkpoint)
+        if not problems:
+            if read_manifest(checkpoint) is None:
+                logger.warning("%s has a marker from an earlier version (no file list): its files were checked "
+                            "for readability only", checkpoint)
             return checkpoint, completed
-        logger.warning("%s is incomplete (the run stopped while saving it); skipping it", checkpoint)
+        logger.warning("%s cannot be trusted, skipping it: %s", checkpoint, "; ".join(problems))
+    if damaged:
+        raise CheckpointError(f"{output_dir}: none of its {len(found)} checkpoints can be trusted (see the warnings "
+                              "above); move them away to start over, or use another --output_dir")
+    if found:
+        logger.warning("%s: no checkpoint was completed before the run stopped; training starts from step 0",
+                       output_dir)
     return None, completed
 
 
 def check_explicit_checkpoint(path):
     if not os.path.isdir(path):
         raise CheckpointError(f"--resume_from_checkpoint {path}: no such directory")
-    if not is_complete(path):
-        raise CheckpointError(f"--resume_from_checkpoint {path}: incomplete checkpoint (no {COMPLETE_MARKER} "
-                              "marker: the run stopped while saving it); pick an earlier one")
+    problems = verify_checkpoint(path)
+    if problems:
+        raise CheckpointError(f"--resume_from_checkpoint {path}: cannot be trusted ({'; '.join(problems)}); "
+                              "pick an earlier one")
     return path
 
 
+class CheckpointSaveError(InputError):
+    """The disk refused a checkpoint (full, read-only, quota): the environment's to fix, so one
+    line and exit status 2 rather than a traceback."""
+
+
+def is_write_failure(err):
+    """torch.save reports a failed write (ENOSPC) as a RuntimeError from its zip writer."""
+    if isinstance(err, (OSError, SafetensorError)):
+        return True
+    return "inline_container" in str(err) or "PytorchStreamWriter" in str(err)
+
+
+@contextlib.contextmanager
+def save_errors_reported(checkpoint_dir):
+    """Turn a failed write while saving checkpoint_dir into a CheckpointSaveError naming it.
+    Nothing older has been rotated away by then: rotation runs only after the marker is written."""
+    try:
+        yield
+    except (OSError, SafetensorError, RuntimeError) as err:
+        if not is_write_failure(err):
+            raise
+        raise CheckpointSaveError(f"saving {checkpoint_dir} failed: {err}; the checkpoints before it are "
+                                  "intact, free space and run the same command to resume") from err
+
+
+def unmark_checkpoint(checkpoint_dir):
+    """Withdraw trust first, before a checkpoint is overwritten or deleted, so that a kill
+    halfway through never leaves a marker over files that changed."""
+    marker = os.path.join(checkpoint_dir, COMPLETE_MARKER)
+    if os.path.exists(marker):
+        os.remove(marker)
+        fsync_directory(checkpoint_dir)
+
+
+def fsync_tree(root):
+    """fsync every file and folder under root, folders after their contents."""
+    for folder, _, names in os.walk(root, topdown=False):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as stream:
+                os.fsync(stream.fileno())
+        fsync_directory(folder)
+
+
 def finalize_checkpoint(checkpoint_dir):
-    """Move the adapter into adapter_model/ (reference layout) and mark the checkpoint complete."""
+    """Move the adapter into adapter_model/ (reference layout), fsync everything, then write the
+    marker with the manifest."""
     adapter_dir = os.path.join(checkpoint_dir, ADAPTER_DIR)
     present = [name for name in ADAPTER_FILES if os.path.isfile(os.path.join(checkpoint_dir, name))]
     if present:
         os.makedirs(adapter_dir, exist_ok=True)
         for name in present:
             os.replace(os.path.join(checkpoint_dir, name), os.path.join(adapter_dir, name))
-        fsync_directory(adapter_dir)
-    for name in os.listdir(checkpoint_dir):
-        path = os.path.join(checkpoint_dir, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as stream:
-                os.fsync(stream.fileno())
-    write_text_atomic(os.path.join(checkpoint_dir, COMPLETE_MARKER), "")
+    fsync_tree(checkpoint_dir)
+    write_json_atomic(os.path.join(checkpoint_dir, COMPLETE_MARKER), build_manifest(checkpoint_dir))
 
 
 def rotate_checkpoints(output_dir, keep):
-    """Delete the oldest checkpoints beyond `keep`, never the newest complete one."""
+    """Delete the oldest checkpoints beyond `keep`, never the newest complete one; each loses its
+    marker before its files, so a kill during deletion leaves no 'complete' half checkpoint."""
     if not keep:
         return
     complete = [path for path in list_checkpoints(output_dir) if is_complete(path)]
     for path in complete[max(keep, 1):]:
+        unmark_checkpoint(path)
         shutil.rmtree(path, ignore_errors=True)
 
 

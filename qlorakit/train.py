@@ -275,13 +275,14 @@ def run(args):
 
 def train_evaluate_predict(args):
     training_args = args.training
-    resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
-    if completed and not resume_from:
-        logger.warning("%s holds a 'completed' marker but no checkpoint of a finished run: ignoring the marker, "
-                       "training", training_args.output_dir)
-        completed = False
     if training_args.resume_from_checkpoint:
         resume_from, completed = checkpoints.check_explicit_checkpoint(training_args.resume_from_checkpoint), False
+    else:
+        resume_from, completed = checkpoints.find_resume_checkpoint(training_args.output_dir)
+        if completed and not resume_from:
+            logger.warning("%s holds a 'completed' marker but no checkpoint of a finished run: ignoring the marker, "
+                           "training", training_args.output_dir)
+            completed = False
     if training_args.do_train and not completed:
         check_resume_settings(args, resume_from)
     trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from)

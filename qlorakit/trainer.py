@@ -7,6 +7,7 @@ from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from . import checkpoints
 from .checkpoints import ADAPTER_DIR
 
 
@@ -50,6 +51,15 @@ class QLoRATrainer(Seq2SeqTrainer):
         if self.args.world_size > 1:
             return None  # accelerate shards the dataset in order and gathers it back in order
         return SequentialSampler(eval_dataset)
+
+    def _save_checkpoint(self, model, trial):
+        """Withdraw the marker of a checkpoint being saved again (a resume from an earlier one)
+        before any file changes, and report a failed write in one line."""
+        checkpoint_dir = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+        with checkpoints.save_errors_reported(checkpoint_dir):
+            if self.args.should_save:
+                checkpoints.unmark_checkpoint(checkpoint_dir)
+            super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = self.model if model is None else model

@@ -1,5 +1,6 @@
 """A run survives SIGKILL, skips torn checkpoints and NaN steps, and keeps secrets out of outputs."""
 
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, run_python
+from qlorakit import checkpoints
 from test_qlora_cli import quick_flags
 
 RESUME_FLAGS = ("--max_steps", "6", "--save_steps", "3", "--lora_dropout", "0.1", "--save_total_limit", "1")
@@ -72,7 +74,7 @@ def test_a_torn_checkpoint_is_skipped_for_the_previous_one(tiny_model_dir, tmp_p
         handle.truncate(10)
 
     result = run_python(quick_flags(tiny_model_dir, output_dir, "--max_steps", "4", "--save_steps", "4"))
-    assert "checkpoint-5 is incomplete" in result.stderr
+    assert "checkpoint-5 cannot be trusted" in result.stderr
     assert "resuming from" in result.stderr and "checkpoint-3" in result.stderr
     assert os.path.exists(os.path.join(output_dir, "checkpoint-4", "checkpoint_complete"))
 
@@ -82,7 +84,62 @@ def test_an_explicit_incomplete_checkpoint_is_refused(tiny_model_dir, tmp_path):
     torn.mkdir()
     result = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--resume_from_checkpoint", str(torn)), check=False)
     assert result.returncode == 2
-    assert "incomplete checkpoint" in result.stderr.strip().splitlines()[-1]
+    assert "no checkpoint_complete marker" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_checkpoint_without_optimizer_state_is_not_resumed(tiny_model_dir, tmp_path):
+    """Resuming without optimizer.pt would silently change every later loss: fall back instead."""
+    output_dir = str(tmp_path)
+    run_python(quick_flags(tiny_model_dir, output_dir, "--max_steps", "4", "--save_steps", "2"))
+    os.remove(os.path.join(output_dir, "completed"))
+    os.remove(os.path.join(output_dir, "checkpoint-4", "optimizer.pt"))
+    result = run_python(quick_flags(tiny_model_dir, output_dir, "--max_steps", "5", "--save_steps", "5"))
+    assert "checkpoint-4 cannot be trusted, skipping it: optimizer.pt is missing" in result.stderr
+    assert "resuming from" in result.stderr and "checkpoint-2" in result.stderr
+    assert checkpoints.verify_checkpoint(os.path.join(output_dir, "checkpoint-5")) == []
+
+
+def fail_on_save(trainer, monkeypatch, step):
+    """Make the optimizer save of `step` fail as a full disk does."""
+    real = trainer._save_optimizer_and_scheduler
+
+    def save(output_dir):
+        if trainer.state.global_step == step:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(output_dir)
+
+    monkeypatch.setattr(trainer, "_save_optimizer_and_scheduler", save)
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_stops_in_one_line(tiny_model_dir, tmp_path,
+                                                                                       monkeypatch):
+    from qlorakit.config import parse_arguments
+    from qlorakit.train import setup_trainer
+
+    arguments = parse_arguments(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "4", "--save_steps", "2",
+                                            "--save_total_limit", "1")[1:])
+    trainer, _, _ = setup_trainer(arguments)
+    fail_on_save(trainer, monkeypatch, 4)
+    with pytest.raises(checkpoints.CheckpointSaveError, match="saving .*checkpoint-4 failed: .*No space left"):
+        trainer.train()
+    assert checkpoints.verify_checkpoint(str(tmp_path / "checkpoint-2")) == []
+    assert not checkpoints.is_complete(str(tmp_path / "checkpoint-4"))
+
+
+def test_a_checkpoint_saved_again_loses_its_marker_before_its_files_change(tiny_model_dir, tmp_path, monkeypatch):
+    """Resumed from checkpoint-2, the run saves checkpoint-4 again; torn, it must not look complete."""
+    from qlorakit.config import parse_arguments
+    from qlorakit.train import setup_trainer
+
+    flags = quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "4", "--save_steps", "2")
+    run_python(flags)
+    arguments = parse_arguments([*flags[1:], "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")])
+    trainer, _, _ = setup_trainer(arguments, str(tmp_path / "checkpoint-2"))
+    fail_on_save(trainer, monkeypatch, 4)
+    with pytest.raises(checkpoints.CheckpointSaveError):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert not checkpoints.is_complete(str(tmp_path / "checkpoint-4"))
+    assert checkpoints.find_resume_checkpoint(str(tmp_path))[0] == str(tmp_path / "checkpoint-2")
 
 
 def train_with_nan_at(tiny_model_dir, output_dir, bad_steps, *flags):
@@ -161,3 +218,13 @@ def test_sigterm_checkpoints_the_current_step_and_resumes(tiny_model_dir, tmp_pa
     result = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", str(step + 2), "--save_steps", "1000"))
     assert f"checkpoint-{step}" in result.stderr and (tmp_path / "completed").exists()
     assert sorted(step_losses(str(tmp_path))) == list(range(1, step + 3))
+
+
+def test_fault_injection_short_form(tiny_model_dir, tmp_path, capsys):
+    """benchmarks/fault_injection.py's kill during a save (corruptions: test_checkpoints and the long form)."""
+    import fault_injection
+
+    status = fault_injection.main(["--model_dir", tiny_model_dir, "--work_dir", str(tmp_path),
+                                   "--scenarios", "mid-save-kill"])
+    assert "mid-save-kill: ok" in capsys.readouterr().out
+    assert status == 0
