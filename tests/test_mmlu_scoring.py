@@ -64,6 +64,7 @@ def score_with_rig(trainer, callback, rig_logits):
 
     handles = [model.register_forward_pre_hook(keep_input_ids, with_kwargs=True),
                model.get_output_embeddings().register_forward_hook(rig)]
+    callback.scored = None  # each rig is another model at the same step: score it anew
     try:
         callback.on_evaluate(trainer.args, trainer.state, trainer.control, model=model)
     finally:
