@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from .errors import ModelError
+from .errors import CheckpointError, ModelError
 
 BASE_LOADING_FILE = "base_loading.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's
@@ -77,7 +77,7 @@ def resolve_adapter(adapter):
         return os.path.join(adapter, ADAPTER_DIR)
     if not list_checkpoints(path):
         return adapter  # check_adapter says what is missing
-    checkpoint, _ = find_resume_checkpoint(path)
+    checkpoint, _ = find_resume_checkpoint(path, adapter_only=True)
     if checkpoint is None:
         raise ModelError(f"{adapter}: no complete checkpoint in this run folder (every checkpoint-N was torn "
                          "while saving)")
@@ -90,7 +90,7 @@ def parse_adapter(value):
     """resolve_adapter for argparse: a bad value is a usage error (one line, exit 2)."""
     try:
         return resolve_adapter(value)
-    except ModelError as error:
+    except (ModelError, CheckpointError) as error:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 

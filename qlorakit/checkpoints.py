@@ -168,11 +168,12 @@ def json_problem(path):
     return None
 
 
-def content_problems(checkpoint_dir, required):
-    """What a resume would trip over: a required file missing, or one its loader cannot read."""
-    present = checkpoint_files(checkpoint_dir)
-    problems = [f"{name} is missing" for name in required if name not in present]
-    if not any(RNG_STATE_PATTERN.match(name) for name in present):
+def content_problems(checkpoint_dir, scope=""):
+    """What a loader would trip over among the files under scope ("" for the whole checkpoint):
+    a required file missing, or one its loader cannot read."""
+    present = [name for name in checkpoint_files(checkpoint_dir) if name.startswith(scope)]
+    problems = [f"{name} is missing" for name in RESUME_FILES if name.startswith(scope) and name not in present]
+    if not scope and not any(RNG_STATE_PATTERN.match(name) for name in present):
         problems.append("rng_state.pth is missing")
     for relative in present:
         path = os.path.join(checkpoint_dir, relative)
@@ -189,43 +190,52 @@ def content_problems(checkpoint_dir, required):
     return problems
 
 
-def verify_checkpoint(checkpoint_dir):
-    """Why checkpoint_dir cannot be trusted (a list of reasons; empty when it can)."""
+def verify_checkpoint(checkpoint_dir, adapter_only=False):
+    """Why checkpoint_dir cannot be trusted (a list of reasons; empty when it can).
+
+    adapter_only checks just adapter_model/, all that inference reads: a finished run whose
+    optimizer states were deleted to free disk still serves its adapters.
+    """
     if not is_complete(checkpoint_dir):
         return [f"no {COMPLETE_MARKER} marker (the run stopped while saving it)"]
     try:
         manifest = read_manifest(checkpoint_dir)
     except (ValueError, UnicodeDecodeError):
         return [f"unreadable {COMPLETE_MARKER} marker"]
-    if manifest is None:
-        return content_problems(checkpoint_dir, RESUME_FILES)
-    problems = manifest_problems(checkpoint_dir, manifest)
-    return problems or content_problems(checkpoint_dir, RESUME_FILES)
+    scope = ADAPTER_DIR + os.sep if adapter_only else ""
+    if manifest is not None:
+        listed = {name: entry for name, entry in manifest["files"].items() if name.startswith(scope)}
+        problems = manifest_problems(checkpoint_dir, {"files": listed})
+        if problems:
+            return problems
+    return content_problems(checkpoint_dir, scope)
 
 
-def find_resume_checkpoint(output_dir):
+def find_resume_checkpoint(output_dir, adapter_only=False):
     """(newest checkpoint that verifies, or None; whether the run already completed).
 
     Checkpoints that fail verification are skipped with a warning naming what is wrong. When
     none verifies and one of them had been marked complete (then damaged), that is a
     CheckpointError: starting over would throw away a run the user expects to continue. Torn
     checkpoints alone (the first save was killed) held nothing yet: training starts over, saying so.
+    adapter_only: see verify_checkpoint (inference asks for an adapter, not for a resumable state).
     """
     completed = os.path.isfile(os.path.join(output_dir, RUN_COMPLETED_MARKER))
     found = list_checkpoints(output_dir)
     damaged = [checkpoint for checkpoint in found if is_complete(checkpoint)]
     for checkpoint in found:
-        problems = verify_checkpoint(checkpoint)
+        problems = verify_checkpoint(checkpoint, adapter_only)
         if not problems:
             if read_manifest(checkpoint) is None:
                 logger.warning("%s has a marker from an earlier version (no file list): its files were checked "
-                            "for readability only", checkpoint)
+                               "for readability only", checkpoint)
             return checkpoint, completed
         logger.warning("%s cannot be trusted, skipping it: %s", checkpoint, "; ".join(problems))
     if damaged:
+        advice = "" if adapter_only else "; move them away to start over, or use another --output_dir"
         raise CheckpointError(f"{output_dir}: none of its {len(found)} checkpoints can be trusted (see the warnings "
-                              "above); move them away to start over, or use another --output_dir")
-    if found:
+                              f"above){advice}")
+    if found and not adapter_only:
         logger.warning("%s: no checkpoint was completed before the run stopped; training starts from step 0",
                        output_dir)
     return None, completed

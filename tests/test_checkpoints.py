@@ -188,3 +188,21 @@ def test_a_torch_save_that_fails_for_space_is_a_one_line_save_error(tmp_path):
     with pytest.raises(RuntimeError, match="a bug"):
         with checkpoints.save_errors_reported(str(tmp_path / "checkpoint-2")):
             raise RuntimeError("a bug")
+
+
+def test_inference_trusts_a_checkpoint_whose_optimizer_state_was_deleted(tmp_path):
+    path = make_checkpoint(tmp_path, 4)
+    os.remove(path / "optimizer.pt")
+    assert checkpoints.verify_checkpoint(str(path)) == ["optimizer.pt is missing"]
+    assert checkpoints.verify_checkpoint(str(path), adapter_only=True) == []
+    assert checkpoints.find_resume_checkpoint(str(tmp_path), adapter_only=True)[0] == str(path)
+
+
+def test_inference_still_refuses_a_changed_adapter(tmp_path):
+    older = make_checkpoint(tmp_path, 2)
+    newer = make_checkpoint(tmp_path, 4)
+    save_file({"lora_A": torch.zeros(4, 4)}, str(newer / "adapter_model" / "adapter_model.safetensors"))
+    problems = checkpoints.verify_checkpoint(str(newer), adapter_only=True)
+    assert problems == [os.path.join("adapter_model", "adapter_model.safetensors") + " differs from the saved "
+                        "file (SHA-256)"]
+    assert checkpoints.find_resume_checkpoint(str(tmp_path), adapter_only=True)[0] == str(older)
