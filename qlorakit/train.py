@@ -273,6 +273,15 @@ def run(args):
             run_lock.release(lock)
 
 
+def completed_run_plan(training_args, checkpoint):
+    """What a rerun of a finished run does instead of training, in words for the log."""
+    tasks = [name for name, asked in (("evaluating", training_args.do_eval), ("predicting", training_args.do_predict))
+             if asked]
+    if tasks:
+        return f"{' and '.join(tasks)} {checkpoint}"
+    return "nothing else to do (add --do_eval or --do_predict to use it, or pick a new --output_dir to train anew)"
+
+
 def train_evaluate_predict(args):
     training_args = args.training
     if training_args.resume_from_checkpoint:
@@ -287,7 +296,8 @@ def train_evaluate_predict(args):
         check_resume_settings(args, resume_from)
     trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from)
     if completed and resume_from:
-        logger.info("%s holds a completed run: skipping training, evaluating %s", training_args.output_dir, resume_from)
+        logger.info("%s holds a completed run: skipping training; %s", training_args.output_dir,
+                    completed_run_plan(training_args, resume_from))
 
     all_metrics = {"run_name": training_args.run_name}
     if training_args.do_train and not completed:

@@ -2,7 +2,7 @@
 
 import argparse
 
-from qlorakit.train import describe_final_weights, describe_plan
+from qlorakit.train import completed_run_plan, describe_final_weights, describe_plan
 
 
 def reference_args(**overrides):
@@ -29,3 +29,10 @@ def test_the_final_line_names_the_newest_checkpoint(tmp_path):
         (tmp_path / f"checkpoint-{step}").mkdir()
     assert describe_final_weights(str(tmp_path)) == f"final adapter: {tmp_path}/checkpoint-10/adapter_model"
     assert "not saved" in describe_final_weights(str(tmp_path / "empty"))
+
+
+def test_a_finished_run_says_what_it_does_instead_of_training():
+    asked = argparse.Namespace(do_eval=True, do_predict=False)
+    assert completed_run_plan(asked, "run/checkpoint-6") == "evaluating run/checkpoint-6"
+    nothing = completed_run_plan(argparse.Namespace(do_eval=False, do_predict=False), "run/checkpoint-6")
+    assert nothing.startswith("nothing else to do") and "evaluating" not in nothing
