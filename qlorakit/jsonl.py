@@ -107,3 +107,13 @@ class JsonlAppender:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def load_done_keys(path, key_of):
+    """Keys (``key_of(row)``) of the rows already in an output file; none if it does not exist.
+
+    Used to resume: work whose key is here has been paid for and is not asked again.
+    """
+    if not os.path.isfile(path):
+        return set()
+    return {key_of(row) for _, row in read_jsonl(path, tolerate_torn_tail=True)}

@@ -2,7 +2,6 @@
 FP4 case end to end (train, reload, merge --dequantize)."""
 
 import argparse
-import doctest
 import json
 import logging
 import os
@@ -111,11 +110,6 @@ def test_merge_dequantize_matches_the_fp4_base_it_was_trained_on(tiny_model_dir,
         gaps[quant_type] = (merged_logits - expected).abs().max().item()
     assert gaps["fp4"] < 1e-4
     assert gaps["nf4"] > 100 * gaps["fp4"] and gaps["nf4"] > 1e-2  # the wrong base is measurably wrong
-
-
-def test_docstring_examples():
-    result = doctest.testmod(base_loading)
-    assert result.attempted > 0 and result.failed == 0
 
 
 class TestMissingAdapter:

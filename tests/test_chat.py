@@ -116,13 +116,6 @@ def test_a_missing_template_file_is_refused_before_loading(tiny_model_dir, rando
     assert result.returncode == 2 and "missing.jinja" in result.stderr.strip().splitlines()[-1]
 
 
-def test_docstring_examples():
-    import doctest
-
-    result = doctest.testmod(chat)
-    assert result.attempted > 0 and result.failed == 0
-
-
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 

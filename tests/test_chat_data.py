@@ -1,7 +1,6 @@
 """Chat data: assistant masks against hand-written oracles, truncation, bad rows, format detection,
 the preview, and packed against padded loss on conversations."""
 
-import doctest
 import json
 import logging
 
@@ -9,7 +8,7 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from qlorakit import SAMPLE_DATA_DIR, chat_data, data, preview
+from qlorakit import SAMPLE_DATA_DIR, chat_data, data
 from qlorakit.chat_data import ConversationError
 from qlorakit.cli import train as qlora
 from qlorakit.collate import IGNORE_INDEX, CausalLMCollator
@@ -295,12 +294,6 @@ def test_padding_free_loss_equals_the_padded_loss_on_conversations(tiny_model_di
         flat = model(**flat_batch).loss
     assert flat_batch["input_ids"].shape[0] == 1
     torch.testing.assert_close(flat, padded, atol=5e-6, rtol=0)
-
-
-@pytest.mark.parametrize("module", [chat_data, data, preview])
-def test_docstring_examples(module):
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_truncation_benchmark_compares_equal_results(capsys):

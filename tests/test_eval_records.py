@@ -1,4 +1,4 @@
-"""judgekit.records: every reference shape of questions and answers, torn lines, the writer."""
+"""Questions (qlorakit.questions) and answers (judgekit.records) in every reference shape, torn lines, the writer."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 
 from judgekit import records
 from judgekit.errors import InputError
-from qlorakit import jsonl
+from qlorakit import jsonl, questions
 
 
 def write_lines(path, lines):
@@ -22,23 +22,23 @@ class TestLoadQuestions:
             json.dumps({"question_id": "m-2", "input": "### Human: Hi ### Assistant:", "output": "Hello"}),
             json.dumps({"question_id": 3, "category": "math", "turns": ["1+1?", "and 2+2?"]}),
         ])
-        questions = records.load_questions(path)
-        assert [(q.question_id, q.text, q.category) for q in questions] == [
+        loaded = questions.load_questions(path)
+        assert [(q.question_id, q.text, q.category) for q in loaded] == [
             (1, "Why?", "generic"), ("m-2", "### Human: Hi ### Assistant:", "general"), (3, "1+1?", "math")]
 
     def test_duplicate_id_is_an_error(self, tmp_path):
         path = write_lines(tmp_path / "q.jsonl", [json.dumps({"question_id": 1, "text": "a"})] * 2)
         with pytest.raises(InputError, match=r"q.jsonl:2: duplicate question_id"):
-            records.load_questions(path)
+            questions.load_questions(path)
 
     def test_bad_json_names_file_and_line(self, tmp_path):
         path = write_lines(tmp_path / "q.jsonl", [json.dumps({"question_id": 1, "text": "a"}), "{oops", "{}"])
         with pytest.raises(InputError, match=r"q.jsonl:2: invalid JSON"):
-            records.load_questions(path)
+            questions.load_questions(path)
 
     def test_missing_file(self, tmp_path):
         with pytest.raises(InputError, match="no such file"):
-            records.load_questions(tmp_path / "absent.jsonl")
+            questions.load_questions(tmp_path / "absent.jsonl")
 
 
 class TestLoadAnswers:
@@ -91,29 +91,29 @@ class TestTornLines:
 
     def test_done_keys(self, tmp_path):
         path = tmp_path / "out.jsonl"
-        assert records.load_done_keys(path, lambda row: row["k"]) == set()
+        assert jsonl.load_done_keys(path, lambda row: row["k"]) == set()
         path.write_text('{"k": 1}\n{"k": 2}\n{"k"')
-        assert records.load_done_keys(path, lambda row: row["k"]) == {1, 2}
+        assert jsonl.load_done_keys(path, lambda row: row["k"]) == {1, 2}
 
 
 class TestIdKeys:
     def test_openassistant_files_are_keyed_by_message_id(self, tmp_path):
-        questions = write_lines(tmp_path / "oa_questions.jsonl", [
+        question_file = write_lines(tmp_path / "oa_questions.jsonl", [
             json.dumps({"message_id": "m1", "question_id": "m1", "text": "### Human: Hi ### Assistant:"})])
         answers = write_lines(tmp_path / "gen.jsonl", [json.dumps({"message_id": "m1", "generation": "Hello."})])
-        (question,) = records.load_questions(questions)
+        (question,) = questions.load_questions(question_file)
         assert question.ids == {"question_id": "m1", "message_id": "m1"}
         key, by_id = records.load_keyed_answers(answers)
         assert key == "message_id" and by_id["m1"].text == "Hello."
 
     def test_named_key_wins_and_is_checked(self, tmp_path):
         path = write_lines(tmp_path / "q.jsonl", [json.dumps({"question_id": 1, "message_id": "m1", "text": "x"})])
-        (question,) = records.load_questions(path, id_key="message_id")
+        (question,) = questions.load_questions(path, id_key="message_id")
         assert question.question_id == "m1" and list(question.ids) == ["message_id", "question_id"]
         with pytest.raises(InputError, match="q.jsonl:1: missing field"):
-            records.load_questions(path, id_key="uid")
+            questions.load_questions(path, id_key="uid")
 
     def test_files_keyed_differently_have_no_shared_key(self, tmp_path):
         rows = {"a.jsonl": [(1, {"question_id": 1})], "b.jsonl": [(1, {"message_id": "m"})]}
         with pytest.raises(InputError, match="different fields"):
-            records.detect_id_key(rows)
+            questions.detect_id_key(rows)

@@ -141,3 +141,20 @@ def test_the_examples_are_installed_commands_and_thin_callers(command, module, e
     with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as handle:
         assert f"`{command}`" in handle.read()
     assert "usage:" in run_python([example, "--help"]).stdout
+
+
+def test_the_finetuning_package_does_not_import_the_judge_side():
+    """judgekit builds on qlorakit's torch-free modules; the other direction would make a cycle."""
+    import ast
+
+    package = os.path.join(REPO_ROOT, "qlorakit")
+    importers = []
+    for folder, _, names in os.walk(package):
+        for name in (n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            tree = ast.parse(open(path, encoding="utf-8").read())
+            imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+            imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+            if any(module.split(".")[0] == "judgekit" for module in imported):
+                importers.append(os.path.relpath(path, REPO_ROOT))
+    assert importers == []

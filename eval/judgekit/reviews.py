@@ -7,17 +7,18 @@ the reference's relative-gpt-3.5 files about generations carry ChatGPT as answer
 named ``<generation>-vs-gpt-3.5``.
 
 A row's question is identified by ``id_key`` when given, else by the first of
-``records.ID_KEYS`` the file's rows carry (``message_id`` in the OpenAssistant benchmark's files).
+``qlorakit.questions.ID_KEYS`` the file's rows carry (``message_id`` in the OpenAssistant benchmark's files).
 """
 
 import dataclasses
 import logging
 
 from qlorakit.jsonl import read_jsonl
+from qlorakit.questions import detect_id_key
 
 from .errors import InputError
 from .naming import DEFAULT_JUDGE, split_review_filename
-from .records import detect_id_key, load_answers
+from .records import load_answers
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _orient(row, file_pair, owners):
 
 
 def load_judgments(paths, judge=DEFAULT_JUDGE, owners=None, stats=None, id_key=None, id_flag=None):
-    """All judgments of the review files, in file order (``id_flag``: see ``records.detect_id_key``)."""
+    """All judgments of the review files, in file order (``id_flag``: see ``qlorakit.questions.detect_id_key``)."""
     owners = owners or {}
     stats = stats if stats is not None else LoadStats()
     judgments = []

@@ -23,13 +23,13 @@ import argparse
 import logging
 import sys
 
-from judgekit import cli, records
 from qlorakit import chat_data
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
 from qlorakit.chat_format import template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
-from qlorakit.jsonl import JsonlAppender
+from qlorakit.jsonl import JsonlAppender, load_done_keys
+from qlorakit.questions import load_questions
 from qlorakit.trained_template import inference_template
 
 logger = logging.getLogger("generate")
@@ -108,9 +108,9 @@ def new_tokens_of(model, output, prompt_length):
 
 def main(argv=None):
     args = parse_args(argv)
-    cli.configure_logging()
-    questions = records.load_questions(args.question_file)
-    done = records.load_done_keys(args.output, lambda row: str(row.get("question_id")))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    questions = load_questions(args.question_file)
+    done = load_done_keys(args.output, lambda row: str(row.get("question_id")))
     todo = [q for q in questions if str(q.question_id) not in done]
     logger.info("%s: %d questions, %d to answer", args.output, len(questions), len(todo))
     if not todo:

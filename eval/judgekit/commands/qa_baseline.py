@@ -16,6 +16,8 @@ import uuid
 
 from judgekit import cli, client, records
 from qlorakit.errors import run_main
+from qlorakit.jsonl import load_done_keys
+from qlorakit.questions import load_questions
 
 logger = logging.getLogger("qa_baseline_gpt")
 
@@ -47,9 +49,9 @@ def answer_key(row, id_keys):
 def main(argv=None):
     args = parse_args(argv)
     cli.configure_logging(args.verbose)
-    questions = records.load_questions(args.question, args.id_key, cli.ID_KEY_FLAG)
+    questions = load_questions(args.question, args.id_key, cli.ID_KEY_FLAG)
     key_of = functools.partial(answer_key, id_keys=tuple(questions[0].ids) if questions else ())
-    done = records.load_done_keys(args.output, key_of)
+    done = load_done_keys(args.output, key_of)
     payloads = [{**q.ids, "model_id": args.model} for q in questions]  # rows keyed like the questions
     jobs = [
         client.ChatJob(

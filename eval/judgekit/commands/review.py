@@ -21,6 +21,8 @@ import uuid
 from judgekit import cli, client, naming, prompts, records, verdicts
 from judgekit.errors import InputError
 from qlorakit.errors import run_main
+from qlorakit.jsonl import load_done_keys
+from qlorakit.questions import load_questions
 
 logger = logging.getLogger("eval_gpt_review")
 
@@ -125,7 +127,7 @@ def build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args):
 def load_inputs(args):
     """Questions, both answer files as ``(id_key, answers)``, reviewers and prompts; logs the
     fields the files were joined on."""
-    questions = records.load_questions(args.question_file, args.id_key, cli.ID_KEY_FLAG)
+    questions = load_questions(args.question_file, args.id_key, cli.ID_KEY_FLAG)
     names = args.model_names or [None, None]
     answers = [records.load_keyed_answers(path, name, args.id_key, cli.ID_KEY_FLAG) for path, name in zip(args.answer_file_list, names)]
     logger.info("joining answers to questions on %s", " and ".join(dict.fromkeys(key for key, _ in answers)))
@@ -153,7 +155,7 @@ def main(argv=None):
 
     jobs = build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args)
     key_of = functools.partial(review_key, id_keys=tuple(questions[0].ids) if questions else ())
-    done = records.load_done_keys(out, key_of)
+    done = load_done_keys(out, key_of)
     todo = [job for job in jobs if key_of(job.payload) not in done]
     logger.info("%s: %d judgments, %d already there, %d to ask %s", out, len(jobs),
                 len(jobs) - len(todo), len(todo), args.model)
