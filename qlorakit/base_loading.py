@@ -1,34 +1,49 @@
-"""How the base under an adapter was loaded, saved beside the adapter and read back by inference.
+"""Which base is under an adapter and how it was loaded, saved beside the adapter and read back by inference.
 
-An adapter learns to correct one particular quantization of the base weights: generating,
-chatting, evaluating or merging against another (NF4 instead of the FP4 it was trained on, say)
-changes its outputs. qlora.py writes ``base_loading.json`` into every ``adapter_model/`` and every
-inference path rebuilds that base unless a flag says otherwise. Light on purpose (no torch import),
-so that command lines can parse their flags before anything heavy loads.
+An adapter learns to correct one particular quantization of one particular base: generating,
+chatting, evaluating or merging against another (NF4 instead of the FP4 it was trained on, or
+another model) changes its outputs. qlora.py writes ``base_loading.json`` into every
+``adapter_model/``; every inference path rebuilds that base unless a flag says otherwise, and warns
+when it is given another model. Also here: the check that a local model folder holds weights at all.
+Light on purpose (no torch import), so that command lines can parse their flags before anything
+heavy loads.
 """
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
+import re
 import sys
 
 from .errors import CheckpointError, ModelError
 
 BASE_LOADING_FILE = "base_loading.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's
+MODEL_CONFIG_FILE = "config.json"
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+# Config fields that tell two bases apart without reading a weight; transformers' attribute maps
+# give them one spelling across architectures (GPT-2's n_embd is its hidden_size).
+IDENTITY_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")
+# A hub download's folder in the cache: .../models--ORG--NAME/snapshots/REVISION
+HUB_CACHE_FOLDER = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+/?$")
 
 
 @dataclasses.dataclass(frozen=True)
 class BaseLoading:
-    """Precision of the base weights, 4-bit data type, double quantization, compute dtype and the
-    model class (informational: a different class under the same adapter means a different base)."""
+    """Precision of the base weights, 4-bit data type, double quantization, compute dtype, the
+    model class (informational: a different class under the same adapter means a different base)
+    and which base it was: base_name of the model trained on and its config_fields (None in
+    records saved before they were kept)."""
 
     bits: int = 4
     quant_type: str = "nf4"
     double_quant: bool = True
     compute_dtype: str = "bfloat16"
     model_class: str | None = None
+    base_model: str | None = None
+    base_config: dict | None = None
 
     def describe(self):
         """
@@ -61,6 +76,25 @@ def check_adapter(adapter):
             not os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE)):
         raise ModelError(f"{adapter}: no {ADAPTER_CONFIG_FILE} there (pass a checkpoint-N/adapter_model directory "
                          "or a hub id)")
+
+
+def weight_files(folder):
+    """The weights files of a local model folder (WEIGHT_FILE_PATTERNS), sorted."""
+    return sorted({path for pattern in WEIGHT_FILE_PATTERNS
+                   for path in glob.glob(os.path.join(glob.escape(folder), pattern))})
+
+
+def check_model_weights(model_name_or_path):
+    """A local model folder must hold weights; checked before the tokenizer, the data and the weights
+    load, so that a folder with a config and a tokenizer alone (a download that stopped early, a
+    tokenizer-only copy) fails in a second instead of after them. A hub id is left to the hub.
+
+    >>> check_model_weights("huggyllama/llama-7b")
+    """
+    path = os.path.expanduser(model_name_or_path)
+    if os.path.isdir(path) and not weight_files(path):
+        raise ModelError(f"{model_name_or_path}: no model weights found in this folder (no "
+                         f"{' or '.join(WEIGHT_FILE_PATTERNS)})")
 
 
 def resolve_adapter(adapter):
@@ -110,6 +144,99 @@ def read_base_loading(adapter_dir):
         saved = json.load(handle)
     known = {field.name for field in dataclasses.fields(BaseLoading)}
     return BaseLoading(**{key: value for key, value in saved.items() if key in known})
+
+
+def base_name(model_name_or_path):
+    """A local folder as its real absolute path (the same folder however it was spelt: relative, with
+    ~, through a link), a hub id as it is.
+
+    >>> base_name("huggyllama/llama-7b")
+    'huggyllama/llama-7b'
+    """
+    path = os.path.expanduser(model_name_or_path)
+    return os.path.realpath(path) if os.path.isdir(path) else model_name_or_path
+
+
+def read_json_field(path, key):
+    """One field of a JSON object file; None when the file, the object or the field is missing."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def base_aliases(model_name_or_path):
+    """The names one base goes by: its base_name and, for a local folder, the hub id it came from:
+    the `_name_or_path` its config.json records (written by older transformers versions) or the
+    hub cache folder it is (models--ORG--NAME/snapshots/...).
+
+    >>> sorted(base_aliases("huggyllama/llama-7b"))
+    ['huggyllama/llama-7b']
+    """
+    name = base_name(model_name_or_path)
+    aliases = {name}
+    if not os.path.isdir(name):
+        return aliases
+    recorded = read_json_field(os.path.join(name, MODEL_CONFIG_FILE), "_name_or_path")
+    if isinstance(recorded, str) and recorded:
+        aliases.add(recorded)
+    if cached := HUB_CACHE_FOLDER.search(name):
+        aliases.add(f"{cached.group(1)}/{cached.group(2)}")
+    return aliases
+
+
+def config_fields(config):
+    """The IDENTITY_FIELDS a model config (a transformers config object) has, as a dict.
+
+    >>> config_fields(argparse.Namespace(model_type="llama", hidden_size=4096, vocab_size=None))
+    {'model_type': 'llama', 'hidden_size': 4096}
+    """
+    fields = {field: getattr(config, field, None) for field in IDENTITY_FIELDS}
+    return {field: value for field, value in fields.items() if value is not None}
+
+
+def trained_base(adapter_dir):
+    """(name, config_fields or None) of the base a local adapter was trained on: its base_loading.json
+    record, else the name peft keeps in adapter_config.json (base_model_name_or_path, as it was
+    given to the training run); None when neither says, or for an adapter on the hub."""
+    saved = read_base_loading(adapter_dir) if os.path.isdir(adapter_dir) else None
+    if saved and saved.base_model:
+        return saved.base_model, saved.base_config
+    name = read_json_field(os.path.join(adapter_dir, ADAPTER_CONFIG_FILE), "base_model_name_or_path")
+    return (name, None) if isinstance(name, str) and name else None
+
+
+def base_difference(trained_name, trained_config, given_name, given_config):
+    """How the base given to an inference or merge command differs from the one the adapter was
+    trained on, in words; None when they are the same or cannot be told apart.
+
+    Configs decide when both are known (config_fields): a field that differs (model_type,
+    hidden_size, vocab_size, ...) is another base whatever the names say, even at the same path;
+    equal fields with another path are taken for a copy of the same model (moved, downloaded again,
+    a hub id against its local folder) and pass without a warning, since refusing or warning on
+    those would train users to ignore the warning. The price: two checkpoints of one architecture
+    and size (a base and its own finetune) pass unnoticed, since telling them apart would mean
+    hashing gigabytes of weights. Only without the trained base's config (a record saved before it
+    was kept, whose base is not a local folder here) do names decide, through base_aliases.
+
+    >>> base_difference("/m/llama-7b", {"hidden_size": 4096}, "/copy/llama-7b", {"hidden_size": 4096})
+    >>> base_difference("/m/llama-7b", {"hidden_size": 4096, "vocab_size": 32000}, "/m/llama-7b",
+    ...                 {"hidden_size": 5120, "vocab_size": 32000})
+    'hidden_size 4096 vs 5120'
+    >>> base_difference("huggyllama/llama-7b", None, "huggyllama/llama-7b", {"hidden_size": 4096})
+    >>> base_difference("huggyllama/llama-7b", None, "huggyllama/llama-13b", {"hidden_size": 5120})
+    'another name, and no config of the trained base to compare'
+    """
+    if trained_config and given_config:
+        differing = [f"{field} {trained_config[field]} vs {given_config[field]}" for field in IDENTITY_FIELDS
+                     if field in trained_config and field in given_config
+                     and trained_config[field] != given_config[field]]
+        return ", ".join(differing) or None
+    if base_aliases(trained_name) & base_aliases(given_name):
+        return None
+    return "another name, and no config of the trained base to compare"
 
 
 def resolve_base_loading(saved, bits=None, quant_type=None, double_quant=None, compute_dtype=None):

@@ -9,20 +9,24 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 
 import bitsandbytes as bnb
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BitsAndBytesConfig
 from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
 from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.quantizers_utils import should_convert_module
 
-from .base_loading import (BASE_LOADING_FILE, BaseLoading, check_adapter, dtype_name, read_base_loading,
-                           resolve_base_loading)
+from .base_loading import (ADAPTER_CONFIG_FILE, BASE_LOADING_FILE, BaseLoading, base_difference, base_name,
+                           check_adapter, check_model_weights, config_fields, dtype_name, read_base_loading,
+                           resolve_base_loading, trained_base, weight_files)
+from .checkpoints import safetensors_problem, torch_file_problem
 from .errors import ModelError
 from .jsonl import write_json_atomic
 from .launcher import launched_sharded, local_rank, world_size
@@ -41,6 +45,11 @@ NORM_TYPES = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm)
 # The linear layers of nn.MultiheadAttention are read as raw weights, never called: keep them.
 UNCALLED_LINEAR_TYPES = (torch.nn.modules.linear.NonDynamicallyQuantizableLinear,)
 LORA_SETTINGS = (("r", "lora_r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout"))
+# torch's report of a tensor that does not fit the module built for it, as peft passes it on.
+SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from "
+                           r"checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)")
+# The axis of each LoRA matrix that is the rank r: A is (r, in), B is (out, r).
+RANK_AXES = {"lora_A": 0, "lora_B": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}
 
 
 def compute_dtype_for(training_args):
@@ -182,8 +191,8 @@ def load_base_model(args, task=CAUSAL, loading=None, sharded=False):
         device_map, max_memory, quant_storage = None, None, load_dtype
     quantization_config = build_quantization_config(
         loading.bits, loading.quant_type, loading.double_quant, compute_dtype, quant_storage)
-    model = AUTO_MODEL_CLASSES[task].from_pretrained(
-        model_args.model_name_or_path,
+    model = load_weights(
+        AUTO_MODEL_CLASSES[task], model_args.model_name_or_path,
         quantization_config=quantization_config,
         device_map=device_map,
         max_memory=max_memory,
@@ -192,6 +201,34 @@ def load_base_model(args, task=CAUSAL, loading=None, sharded=False):
         **hub_kwargs(model_args),
     )
     return ensure_quantized(model, quantization_config, model_args.model_name_or_path)
+
+
+def damaged_weight_files(folder):
+    """'path: problem' for each weights file of a local model folder that a loader cannot read."""
+    damaged = []
+    for path in weight_files(folder):
+        problem = safetensors_problem(path) if path.endswith(".safetensors") else torch_file_problem(path)
+        if problem:
+            damaged.append(f"{path}: {problem}")
+    return damaged
+
+
+def load_weights(model_class, model_name_or_path, **kwargs):
+    """model_class.from_pretrained; when a local folder fails to load, one line (a ModelError) that
+    names the damaged weights file (truncated, torn header), or the folder and the loader's first
+    line for a file it cannot read. Other failures keep their traceback: they are bugs, not input."""
+    try:
+        return model_class.from_pretrained(model_name_or_path, **kwargs)
+    except Exception as error:
+        folder = os.path.expanduser(model_name_or_path)
+        if not os.path.isdir(folder):
+            raise
+        if damaged := damaged_weight_files(folder):
+            raise ModelError(f"cannot load the model weights of {model_name_or_path}: {'; '.join(damaged)}") from error
+        if isinstance(error, (OSError, ValueError, SafetensorError)):
+            raise ModelError(f"{model_name_or_path}: cannot load the model ({str(error).strip().splitlines()[0]})") \
+                from error
+        raise
 
 
 def quantized_copy(linear, quantization_config):
@@ -401,11 +438,13 @@ def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None, template=None):
         loading = dataclasses.replace(loading, bits=saved.bits, quant_type=saved.quant_type,
                                       double_quant=saved.double_quant)
     model = load_base_model(args, task, loading, sharded)
+    base_config = config_fields(model.config)  # before the embeddings grow: as the base's config.json says
     resize_embeddings_for(tokenizer, model)
     model.config.dtype = compute_dtype_for(args.training)
     if args.lora.full_finetune:
         return model
-    record = dataclasses.replace(loading, model_class=type(model).__name__)
+    record = dataclasses.replace(loading, model_class=type(model).__name__,
+                                 base_model=base_name(args.model.model_name_or_path), base_config=base_config)
     return attach_lora(model, args, task, sharded, adapter_dir, record, template)
 
 
@@ -431,14 +470,39 @@ def describe_parameters(model):
     return lines
 
 
+def size_mismatch_message(adapter, base, error_text):
+    """One line for the size mismatch peft reports when an adapter's weights do not fit the layers
+    built for them, or None for any other error. Where the rank differs, the weights disagree with
+    the adapter's own adapter_config.json (its r edited, or the weights of another run); elsewhere
+    the base's layers are not the ones it was trained on.
+    """
+    mismatches = SIZE_MISMATCH.findall(error_text)
+    if not mismatches:
+        return None
+    name, saved, expected = mismatches[0]
+    saved_shape, expected_shape = ([int(size) for size in shape.split(",")] for shape in (saved, expected))
+    detail = f"size mismatch for {name.removeprefix('base_model.model.')}: [{saved}] saved, [{expected}] expected"
+    more = f"; {len(mismatches) - 1} more tensors alike" if len(mismatches) > 1 else ""
+    axis = next((axis for kind, axis in RANK_AXES.items() if f".{kind}." in name), None)
+    if axis is not None and saved_shape[axis] != expected_shape[axis]:
+        return (f"{adapter}: its weights do not match its {ADAPTER_CONFIG_FILE} ({detail}, rank {saved_shape[axis]} "
+                f"in the weights, r {expected_shape[axis]} in the config{more})")
+    return f"{adapter}: its weights do not fit the base {base} ({detail}{more}): it was trained on another base"
+
+
 def load_adapter(model, adapter, **kwargs):
     """PeftModel.from_pretrained, with one line for an adapter that is not there (a hub id that
-    does not exist or cannot be reached)."""
+    does not exist or cannot be reached) or whose weights do not fit (size_mismatch_message)."""
     check_adapter(adapter)
     try:
         return PeftModel.from_pretrained(model, adapter, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelError(f"{adapter}: cannot load the adapter ({str(error).strip().splitlines()[0]})") from error
+    except RuntimeError as error:
+        message = size_mismatch_message(adapter, getattr(model, "name_or_path", "given"), str(error))
+        if message is None:
+            raise
+        raise ModelError(message) from error
 
 
 def inference_loading(adapter=None, **overrides):
@@ -453,16 +517,45 @@ def inference_loading(adapter=None, **overrides):
     return loading, saved
 
 
-def load_base_for_inference(model_name_or_path, loading, trust_remote_code=False):
-    """(base model, left-padding tokenizer) loaded as `loading` says, embeddings resized to the tokenizer."""
+def local_config_fields(model_name_or_path):
+    """config_fields of a local model folder's config, or None for a hub id or an unreadable config."""
+    if not os.path.isdir(os.path.expanduser(model_name_or_path)):
+        return None
+    try:
+        return config_fields(load_model_config(model_name_or_path))
+    except ModelError:
+        return None
+
+
+def warn_if_other_base(adapter, model_name_or_path, config):
+    """One warning line when model_name_or_path (its config read as `config`) is not the base the
+    adapter was trained on; base_difference says when that can be told. Said before the weights
+    load; if the shapes do not fit either, load_adapter refuses in one line afterwards."""
+    trained = trained_base(adapter)
+    if trained is None:
+        return
+    name, trained_config = trained
+    reason = base_difference(name, trained_config or local_config_fields(name), model_name_or_path,
+                             config_fields(config))
+    if reason:
+        logger.warning("warning: %s was trained on the base %s, not on %s (%s)", adapter, name, model_name_or_path,
+                       reason)
+
+
+def load_base_for_inference(model_name_or_path, loading, trust_remote_code=False, adapter=None):
+    """(base model, left-padding tokenizer) loaded as `loading` says, embeddings resized to the tokenizer.
+    adapter: the adapter that will go on it, to warn first when this base is not the one it was trained on."""
     kwargs = {"trust_remote_code": trust_remote_code}
     config = load_model_config(model_name_or_path, **kwargs)
     task = model_task(config, model_name_or_path)
+    check_model_weights(model_name_or_path)
+    if adapter:
+        warn_if_other_base(adapter, model_name_or_path, config)
     tokenizer = load_tokenizer(model_name_or_path, padding_side="left", config=config, **kwargs)
     compute_dtype = getattr(torch, loading.compute_dtype)
     quantization_config = build_quantization_config(loading.bits, loading.quant_type, loading.double_quant, compute_dtype)
-    model = AUTO_MODEL_CLASSES[task].from_pretrained(
-        model_name_or_path,
+    model = load_weights(
+        AUTO_MODEL_CLASSES[task], model_name_or_path,
         quantization_config=quantization_config,
         device_map=resolve_device_map()[0],
         dtype=torch.float32 if loading.bits == 32 else compute_dtype,
@@ -484,7 +577,7 @@ def load_for_inference(model_name_or_path, adapter=None, bits=None, compute_dtyp
     """
     loading, saved = inference_loading(adapter, bits=bits, quant_type=quant_type, double_quant=double_quant,
                                        compute_dtype=compute_dtype)
-    model, tokenizer = load_base_for_inference(model_name_or_path, loading, trust_remote_code)
+    model, tokenizer = load_base_for_inference(model_name_or_path, loading, trust_remote_code, adapter)
     if saved and saved.model_class not in (None, type(model).__name__):
         logger.warning("note: %s was trained on a %s base, %s is a %s", adapter, saved.model_class,
                        model_name_or_path, type(model).__name__)

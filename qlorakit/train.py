@@ -13,6 +13,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from transformers import GenerationConfig, set_seed
 
 from . import checkpoints, jsonl, launcher, run_lock, run_settings
+from .base_loading import check_model_weights
 from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
@@ -67,6 +68,7 @@ def setup_trainer(args, resume_from=None):
     hub = hub_kwargs(model_args)
     config = load_model_config(model_args.model_name_or_path, **hub)
     task = model_task(config, model_args.model_name_or_path)
+    check_model_weights(model_args.model_name_or_path)
     if task == SEQ2SEQ and (data_args.padding_free or data_args.train_on_source):
         raise ModelError("--padding_free and --train_on_source apply to causal models; the encoder reads the source")
     tokenizer = load_tokenizer(model_args.model_name_or_path, config=config, **hub)

@@ -2,6 +2,7 @@
 FP4 case end to end (train, reload, merge --dequantize)."""
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -61,7 +62,9 @@ def first_projection(model):
 
 
 def test_the_record_says_how_the_base_was_loaded(fp4_adapter):
-    assert read_base_loading(fp4_adapter) == BaseLoading(4, "fp4", False, "float32", "LlamaForCausalLM")
+    record = read_base_loading(fp4_adapter)
+    assert dataclasses.replace(record, base_model=None, base_config=None) == BaseLoading(4, "fp4", False, "float32",
+                                                                                          "LlamaForCausalLM")
 
 
 def test_inference_loads_the_recorded_base_and_flags_override_it(tiny_model_dir, fp4_adapter, caplog):

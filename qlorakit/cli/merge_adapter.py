@@ -49,7 +49,7 @@ def load_base(base_model, adapter, dtype, dequantize=False, **overrides):
 
     loading, _ = inference_loading(adapter if dequantize else None, compute_dtype=dtype,
                                    **(overrides if dequantize else {"bits": 16}))
-    model, tokenizer = load_base_for_inference(base_model, loading)
+    model, tokenizer = load_base_for_inference(base_model, loading, adapter=adapter)
     if loading.bits in (4, 8):
         model = dequantize_base(model, dtype)
     return model, tokenizer, loading
