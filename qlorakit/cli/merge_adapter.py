@@ -21,7 +21,9 @@ The project's tokenizer loader adds a [PAD] token when the base has none and gro
 (new row = mean of the old rows); the adapter does not store embeddings, so the base is resized
 the same way before the adapter is applied, and the resized model is saved with that tokenizer,
 whose chat template is the one the adapter was trained with (its prompt_template.json), so servers
-that read the tokenizer's template prompt the merged model as it was trained.
+that read the tokenizer's template prompt the merged model as it was trained. Its
+generation_config.json holds qlora.py's decoding settings (greedy, up to 256 new tokens: the
+defaults of its generation flags), so servers that read the file decode as the run's --do_predict did.
 Weights are written as safetensors only.
 """
 
@@ -73,13 +75,26 @@ def merge_adapter(base_model, adapter, output, dtype="bfloat16", dequantize=Fals
     merged.config.dtype = dtype
     # The [PAD] row the tokenizer loader may have added is in the weights: say which id it is.
     merged.config.pad_token_id = tokenizer.pad_token_id
-    if merged.generation_config is not None:
-        merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    merged.generation_config = trained_generation_config(merged, tokenizer)
     tokenizer.padding_side = "right"  # loaded left-padded for generation; save the usual default
     if trained := read_template_record(adapter):
         tokenizer.chat_template = trained["template"]
     save_atomically(output, lambda folder: (merged.save_pretrained(folder), tokenizer.save_pretrained(folder)))
     return merged, tokenizer, loading
+
+
+def trained_generation_config(model, tokenizer):
+    """qlora.py's decoding settings (the defaults of its generation flags, what --do_predict uses)
+    with the merged model's special tokens, including the [PAD] row the tokenizer loader may add."""
+    from transformers import GenerationConfig
+
+    from qlorakit.config import GenerationArguments, build_generation_config
+
+    settings = build_generation_config(GenerationArguments())
+    own = model.generation_config or GenerationConfig.from_model_config(model.config)
+    settings.bos_token_id, settings.eos_token_id = own.bos_token_id, own.eos_token_id
+    settings.pad_token_id = tokenizer.pad_token_id
+    return settings
 
 
 def check_output_free(output):
