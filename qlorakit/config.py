@@ -256,6 +256,11 @@ class GenerationArguments:
     no_repeat_ngram_size: int | None = field(default=0, metadata={"help": "Forbid repeating n-grams."})
 
 
+def build_generation_config(generation_args):
+    """The GenerationConfig that --do_predict decodes with (and a merged model is served with)."""
+    return transformers.GenerationConfig(**{k: v for k, v in vars(generation_args).items() if v is not None})
+
+
 @dataclass
 class ReferenceFlags:
     """The reference's flags that transformers 5 renamed or dropped, with the reference's defaults.

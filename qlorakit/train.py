@@ -10,12 +10,13 @@ import numpy as np
 import torch
 import transformers
 from accelerate.utils import broadcast_object_list, gather_object
-from transformers import GenerationConfig, set_seed
+from transformers import set_seed
 
 from . import checkpoints, jsonl, launcher, run_lock, run_settings
 from .base_loading import check_model_weights
 from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
+from .config import build_generation_config
 from .data import build_datasets
 from .errors import ArgumentError, TrainingInterrupted, TrainingStopped
 from .mmlu import load_mmlu
@@ -26,10 +27,6 @@ from .quiet import paged_optimizer_note
 from .trainer import QLoRATrainer
 
 logger = logging.getLogger(__name__)
-
-
-def build_generation_config(generation_args):
-    return GenerationConfig(**{k: v for k, v in vars(generation_args).items() if v is not None})
 
 
 def setup_logging(training_args):

@@ -31,17 +31,22 @@ def tiny_model_dir(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def random_adapter_dir(tiny_model_dir, tmp_path_factory):
-    """An untrained adapter with random (non-zero) LoRA weights: enough to load and change outputs."""
+def make_random_adapter(model_dir, path):
+    """Save an untrained adapter with random (non-zero) LoRA weights on q_proj and v_proj of the
+    causal LM in model_dir to path; returns path."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
                         task_type="CAUSAL_LM")
-    path = str(tmp_path_factory.mktemp("random-adapter"))
     get_peft_model(base, config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def random_adapter_dir(tiny_model_dir, tmp_path_factory):
+    """An untrained adapter with random (non-zero) LoRA weights: enough to load and change outputs."""
+    return make_random_adapter(tiny_model_dir, str(tmp_path_factory.mktemp("random-adapter")))

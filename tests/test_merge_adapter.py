@@ -164,3 +164,17 @@ def test_an_output_folder_that_holds_files_is_refused_before_loading(tiny_model_
                         check=False)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: --output")
     assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+def test_generation_config_holds_qlora_decoding_defaults(merged_16bit):
+    """Servers that read generation_config.json (transformers, TGI, vLLM) decode as --do_predict did."""
+    from transformers import GenerationConfig
+
+    from qlorakit.config import GenerationArguments
+
+    saved = GenerationConfig.from_pretrained(merged_16bit)
+    expected = {name: value for name, value in vars(GenerationArguments()).items() if value is not None}
+    assert {name: getattr(saved, name) for name in expected} == expected
+    config = json.load(open(os.path.join(merged_16bit, "config.json")))
+    assert (saved.bos_token_id, saved.eos_token_id, saved.pad_token_id) == \
+        (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"])

@@ -21,8 +21,15 @@ The project's tokenizer loader adds a [PAD] token when the base has none and gro
 (new row = mean of the old rows); the adapter does not store embeddings, so the base is resized
 the same way before the adapter is applied, and the resized model is saved with that tokenizer,
 whose chat template is the one the adapter was trained with (its prompt_template.json), so servers
-that read the tokenizer's template prompt the merged model as it was trained.
+that read the tokenizer's template prompt the merged model as it was trained. Its
+generation_config.json holds qlora.py's decoding settings (greedy, up to 256 new tokens: the
+defaults of its generation flags), so servers that read the file decode as the run's --do_predict did.
 Weights are written as safetensors only.
+
+``--gguf`` also writes ``model.gguf`` into the folder, for llama.cpp and Ollama: the same merged
+weights (``--gguf_type`` f16 by default, bf16 or q8_0), the tokenizer and the trained chat
+template. LLaMA, Mistral and Qwen2 models with byte-level BPE tokenizers (qlorakit.gguf_export);
+other bases are refused before anything is merged.
 """
 
 import argparse
@@ -32,10 +39,12 @@ import tempfile
 
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, check_adapter, loading_overrides
 from qlorakit.errors import ModelError, run_main
+from qlorakit.gguf_export import GGUF_FILE, GGUF_TYPES, check_gguf_export, gguf_summary, write_gguf
 from qlorakit.trained_template import read_template_record
 
-# torch, peft and qlorakit.model are imported where they are used: --help and bad paths answer at once.
+# torch, peft, gguf and qlorakit.model are imported where they are used: --help and bad paths answer at once.
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DEFAULT_GGUF_TYPE = "f16"
 
 
 def load_base(base_model, adapter, dtype, dequantize=False, **overrides):
@@ -55,12 +64,13 @@ def load_base(base_model, adapter, dtype, dequantize=False, **overrides):
     return model, tokenizer, loading
 
 
-def merge_adapter(base_model, adapter, output, dtype="bfloat16", dequantize=False, **overrides):
+def merge_adapter(base_model, adapter, output, dtype="bfloat16", dequantize=False, gguf_type=None, **overrides):
     """Apply the adapter to the base, fold it into the weights and save model + tokenizer to output.
 
-    dtype: a torch dtype or its name ("bfloat16", "float16", "float32"). overrides: bits,
-    quant_type, double_quant for the dequantized base instead of the adapter's record. Returns
-    (merged model, tokenizer, how the base was loaded).
+    dtype: a torch dtype or its name ("bfloat16", "float16", "float32"). gguf_type: also write
+    output/model.gguf with matrices in this GGUF_TYPES key. overrides: bits, quant_type,
+    double_quant for the dequantized base instead of the adapter's record. Returns (merged model,
+    tokenizer, how the base was loaded).
     """
     import torch
 
@@ -73,13 +83,33 @@ def merge_adapter(base_model, adapter, output, dtype="bfloat16", dequantize=Fals
     merged.config.dtype = dtype
     # The [PAD] row the tokenizer loader may have added is in the weights: say which id it is.
     merged.config.pad_token_id = tokenizer.pad_token_id
-    if merged.generation_config is not None:
-        merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    merged.generation_config = trained_generation_config(merged, tokenizer)
     tokenizer.padding_side = "right"  # loaded left-padded for generation; save the usual default
     if trained := read_template_record(adapter):
         tokenizer.chat_template = trained["template"]
-    save_atomically(output, lambda folder: (merged.save_pretrained(folder), tokenizer.save_pretrained(folder)))
+
+    def save(folder):
+        merged.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if gguf_type:
+            write_gguf(merged, tokenizer, os.path.join(folder, GGUF_FILE), gguf_type, os.path.basename(output))
+
+    save_atomically(output, save)
     return merged, tokenizer, loading
+
+
+def trained_generation_config(model, tokenizer):
+    """qlora.py's decoding settings (the defaults of its generation flags, what --do_predict uses)
+    with the merged model's special tokens, including the [PAD] row the tokenizer loader may add."""
+    from transformers import GenerationConfig
+
+    from qlorakit.config import GenerationArguments, build_generation_config
+
+    settings = build_generation_config(GenerationArguments())
+    own = model.generation_config or GenerationConfig.from_model_config(model.config)
+    settings.bos_token_id, settings.eos_token_id = own.bos_token_id, own.eos_token_id
+    settings.pad_token_id = tokenizer.pad_token_id
+    return settings
 
 
 def check_output_free(output):
@@ -123,20 +153,34 @@ def parse_args(argv=None):
     parser.add_argument("--dequantize", action="store_true",
                         help="merge into the quantized-then-dequantized base the adapter was trained on, "
                              "instead of the original 16-bit weights")
+    parser.add_argument("--gguf", action="store_true",
+                        help=f"also write {GGUF_FILE} into --output for llama.cpp / Ollama (LLaMA, Mistral, Qwen2)")
+    parser.add_argument("--gguf_type", choices=list(GGUF_TYPES),
+                        help=f"how --gguf stores the weight matrices (default {DEFAULT_GGUF_TYPE}; q8_0: 8-bit, "
+                             "about half the size)")
     add_base_loading_arguments(parser, compute_dtype=False)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.gguf_type and not args.gguf:
+        parser.error("--gguf_type applies to --gguf: add --gguf")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     check_adapter(args.adapter)
     check_output_free(args.output)
+    gguf_type = (args.gguf_type or DEFAULT_GGUF_TYPE) if args.gguf else None
+    if gguf_type:
+        check_gguf_export(args.base_model)
     _, _, loading = merge_adapter(args.base_model, args.adapter, args.output, DTYPES[args.dtype], args.dequantize,
-                                  **loading_overrides(args))
+                                  gguf_type, **loading_overrides(args))
     base = f"dequantized {loading.describe().split(',')[0]} base" if loading.bits in (4, 8) else "original 16-bit base"
     print(f"merged {args.adapter} into the {base} of {args.base_model} ({args.dtype}) -> {args.output}")
     if trained := read_template_record(args.adapter):
         print(f"chat template of the saved tokenizer: {trained['name']} (as trained)")
+    if gguf_type:
+        path = os.path.join(args.output, GGUF_FILE)
+        print(f"GGUF ({gguf_type}) -> {path}: {gguf_summary(path)}")
     return 0
 
 
