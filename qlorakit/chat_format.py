@@ -2,7 +2,7 @@
 
 Guanaco was trained on OpenAssistant conversations written this way (the oasst1 format). Prompts
 are rendered by qlorakit.chat_data's templates (one renderer for training and inference); this
-module holds the markers, where a generation is cut, and the template flag's check.
+module holds the markers, where the judge cuts a generation, and the template flag's check.
 """
 
 import argparse
@@ -27,26 +27,14 @@ def template_choice(value):
 
 def cut_at_next_turn(generation):
     """The assistant's reply alone: everything before the model starts a new turn or a new
-    conversation (``NEXT_TURN_MARKERS``), stripped.
+    conversation (``NEXT_TURN_MARKERS``), stripped. The judge reads answer files with it, whatever
+    stop strings wrote them.
 
     >>> cut_at_next_turn(" Fine, thanks.### Human: And you?")
     'Fine, thanks.'
     >>> cut_at_next_turn(" Fine. A chat between a curious human and ...")
     'Fine.'
     """
-    cut = min((position for marker in NEXT_TURN_MARKERS if (position := generation.find(marker)) != -1),
-              default=len(generation))
-    return generation[:cut].strip()
+    from .generation import cut_at_stop_strings
 
-
-def held_back_marker_start(text):
-    """Length of the tail of ``text`` that could still grow into a turn marker (``"###"``): a
-    streaming reply holds it back so that nothing shown has to be taken back.
-
-    >>> held_back_marker_start(" Fine. ###")
-    3
-    >>> held_back_marker_start(" Fine.")
-    0
-    """
-    return max((k for marker in NEXT_TURN_MARKERS for k in range(len(marker) - 1, 0, -1)
-                if text.endswith(marker[:k])), default=0)
+    return cut_at_stop_strings(generation, NEXT_TURN_MARKERS).strip()

@@ -25,6 +25,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from .errors import ArgumentError
+from .generation import control_problem
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +255,12 @@ class GenerationArguments:
     repetition_penalty: float | None = field(default=1.0, metadata={"help": "Penalty on repeated tokens."})
     length_penalty: float | None = field(default=1.0, metadata={"help": "Beam length penalty."})
     no_repeat_ngram_size: int | None = field(default=0, metadata={"help": "Forbid repeating n-grams."})
+    stop_strings: list[str] | None = field(
+        default=None,
+        metadata={"help": "End an answer where one of these appears; predictions are cut before it. '' for none "
+                          "(default: the chat template's turn markers for conversation data, else none)."},
+    )
+    max_time: float | None = field(default=None, metadata={"help": "Stop a generate call after this many seconds."})
 
 
 def build_generation_config(generation_args):
@@ -348,6 +355,8 @@ def validate_arguments(args):
     if args.model.attn_implementation == "flash_attention_2":
         check_optional_package("--attn_implementation flash_attention_2")
     validate_sizes_and_steps(args)
+    if problem := control_problem(vars(args.generation)):
+        raise ArgumentError(problem)
     model_path = args.model.model_name_or_path
     if model_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(model_path)):
         raise ArgumentError(f"--model_name_or_path {model_path}: no such directory")

@@ -16,9 +16,10 @@ from . import checkpoints, jsonl, launcher, run_lock, run_settings
 from .base_loading import check_model_weights
 from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
-from .config import build_generation_config
 from .data import build_datasets
 from .errors import ArgumentError, TrainingInterrupted, TrainingStopped
+from .generation import (build_generation_config, cut_at_stop_strings, describe_stop_strings, resolve_stop_strings,
+                         stop_strings_of)
 from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
                     model_task)
@@ -27,6 +28,17 @@ from .quiet import paged_optimizer_note
 from .trainer import QLoRATrainer
 
 logger = logging.getLogger(__name__)
+
+
+def predict_generation_config(generation_args, tokenizer, template):
+    """The GenerationConfig of --do_predict from the generation flags. Stop strings default to the
+    turn markers of the chat template conversation rows are prompted with (template: None for other
+    data: an oasst1 row's whole conversation is its answer)."""
+    settings = {name: value for name, value in vars(generation_args).items()
+                if value is not None and name != "stop_strings"}
+    stop_strings = resolve_stop_strings(generation_args.stop_strings, tokenizer, template)
+    logger.info(describe_stop_strings(stop_strings, generation_args.stop_strings))
+    return build_generation_config(settings, stop_strings)
 
 
 def setup_logging(training_args):
@@ -87,7 +99,8 @@ def setup_trainer(args, resume_from=None):
             print(note)
 
     if training_args.generation_config is None:  # a --generation_config of the user's own wins
-        training_args.generation_config = build_generation_config(args.generation)
+        prompted_by = template["template"] if template and "assistant_mask" in train_dataset.column_names else None
+        training_args.generation_config = predict_generation_config(args.generation, tokenizer, prompted_by)
     keep_checkpoints = training_args.save_total_limit
     training_args.save_total_limit = None  # CheckpointCallback rotates, after the new one is complete
     trainer = QLoRATrainer(
@@ -134,22 +147,35 @@ def decode_predictions(token_ids, tokenizer):
     return tokenizer.batch_decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
+def prediction_fields(prompt, text, stop_strings):
+    """predictions.jsonl's fields for a prompt and the text generated from it (the prompt first):
+    the answer alone and with its prompt, the answer cut before its first stop string.
+
+    >>> prediction_fields("Q: 2+2?", "Q: 2+2? 4### Human: and 3+3?", ["### Human:"])
+    {'prediction_with_input': 'Q: 2+2? 4', 'prediction': '4'}
+    """
+    start = text.find(prompt)
+    head, answer = (text[:start + len(prompt)], text[start + len(prompt):]) if start != -1 else ("", text)
+    answer = cut_at_stop_strings(answer, stop_strings)
+    return {"prediction_with_input": (head + answer).strip(), "prediction": answer.strip()}
+
+
 def predict(trainer, tokenizer, dataset, data_args, output_dir):
     """Generate for every eval row and write predictions.jsonl in the reference's shape.
 
     A causal model's output continues its prompt; an encoder-decoder's holds the answer alone.
+    Answers are cut before the first stop string of the generation config.
     """
     seq2seq = trainer.model.config.is_encoder_decoder
     trainer.data_collator = build_collator(tokenizer, data_args, seq2seq, for_generation=True)
     with trainer.accelerator.autocast():  # generate() bypasses the autocast wrapped around forward()
         result = trainer.predict(test_dataset=dataset, metric_key_prefix="predict")
     texts = decode_predictions(result.predictions, tokenizer)
+    stop_strings = stop_strings_of(trainer.model.generation_config)
     rows = []
     for example, text in zip(dataset, texts):
-        text = example["input"] + text if seq2seq else text
         row = {k: v for k, v in example.items() if k not in TOKEN_COLUMNS}
-        row["prediction_with_input"] = text.strip()
-        row["prediction"] = text.replace(example["input"], "", 1).strip()
+        row.update(prediction_fields(example["input"], example["input"] + text if seq2seq else text, stop_strings))
         rows.append(row)
     if trainer.is_world_process_zero():
         jsonl.write_jsonl_atomic(os.path.join(output_dir, "predictions.jsonl"), rows)

@@ -52,6 +52,12 @@ class QLoRATrainer(Seq2SeqTrainer):
             return None  # accelerate shards the dataset in order and gathers it back in order
         return SequentialSampler(eval_dataset)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        """Give generate the tokenizer too: stop strings in the generation config need it."""
+        gen_kwargs = gen_kwargs or dict(getattr(self, "_gen_kwargs", {}))
+        gen_kwargs.setdefault("tokenizer", self.processing_class)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+
     def _save_checkpoint(self, model, trial):
         """Withdraw the marker of a checkpoint being saved again (a resume from an earlier one)
         before any file changes, and report a failed write in one line."""

@@ -13,6 +13,9 @@ from conftest import REPO_ROOT
 from qlorakit.chat_data import GUANACO_TEMPLATE, encode_conversation, encode_text, resolve_chat_template
 
 from qlorakit.cli import chat
+from qlorakit.generation import template_stop_strings
+
+GUANACO_MARKERS = ["### Human:", "### Assistant:"]
 
 CHAT = os.path.join(REPO_ROOT, "examples", "chat.py")
 
@@ -51,7 +54,7 @@ class TestFitHistory:
 class TestStreamReply:
     def stream(self, pieces):
         written = []
-        reply = chat.stream_reply(iter(pieces), written.append)
+        reply = chat.stream_reply(iter(pieces), written.append, GUANACO_MARKERS)
         return reply, "".join(written)
 
     def test_stops_showing_at_a_marker_split_over_pieces(self):
@@ -69,7 +72,7 @@ class TestStreamReply:
     def test_pieces_are_written_as_they_arrive(self):
         written = []
         pieces = iter(["One", " two", " three"])
-        chat.stream_reply(pieces, written.append)
+        chat.stream_reply(pieces, written.append, GUANACO_MARKERS)
         assert written[:2] == ["One", " two"]
 
 
@@ -118,10 +121,11 @@ def test_a_missing_template_file_is_refused_before_loading(tiny_model_dir, rando
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML_MARKERS = ["<|im_end|>\n<|im_start|>user", "<|im_end|>\n<|im_start|>assistant"]
 
 
 class RecordingModel:
-    """Stands in for the model: records generate's stop strings and streams nothing."""
+    """Stands in for the model: records the stop strings generate is given and streams nothing."""
 
     def __init__(self):
         import torch
@@ -130,23 +134,23 @@ class RecordingModel:
         self.device = torch.device("cpu")
         self.stop_strings = []
 
-    def generate(self, streamer=None, stop_strings=None, **kwargs):
-        self.stop_strings.append(stop_strings)
+    def generate(self, streamer=None, generation_config=None, **kwargs):
+        self.stop_strings.append(generation_config.stop_strings)
         streamer.end()
 
 
 class TestStopsAtTheActiveTemplatesTurn:
-    def test_the_marker_is_what_opens_the_next_user_turn(self, tokenizer):
-        assert chat.next_turn_marker(tokenizer, GUANACO_TEMPLATE) == "### Human:"
-        assert chat.next_turn_marker(tokenizer, CHATML) == "<|im_end|>\n<|im_start|>user"
+    def test_the_markers_are_what_open_the_next_user_turn_and_a_reply(self, tokenizer):
+        assert template_stop_strings(tokenizer, GUANACO_TEMPLATE) == GUANACO_MARKERS
+        assert template_stop_strings(tokenizer, CHATML) == CHATML_MARKERS
 
-    @pytest.mark.parametrize("template, marker", [(GUANACO_TEMPLATE, "### Human:"),
-                                                  (CHATML, "<|im_end|>\n<|im_start|>user")])
-    def test_generation_stops_there_and_not_at_another_templates_marker(self, tokenizer, monkeypatch, template, marker):
+    @pytest.mark.parametrize("template, markers", [(GUANACO_TEMPLATE, GUANACO_MARKERS), (CHATML, CHATML_MARKERS)])
+    def test_generation_stops_there_and_not_at_another_templates_marker(self, tokenizer, monkeypatch, template,
+                                                                        markers):
         import io
 
         monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
         model = RecordingModel()
-        args = SimpleNamespace(max_new_tokens=4, temperature=0, top_p=0.9, show_prompt=False)
+        args = chat.parse_args(["--model_name_or_path", "m", "--max_new_tokens", "4", "--temperature", "0"])
         chat.chat(model, tokenizer, template, args)
-        assert model.stop_strings == [[marker]]
+        assert model.stop_strings == [markers]

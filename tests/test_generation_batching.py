@@ -86,13 +86,12 @@ class FixedDecoderModel:
 
 
 def test_seq2seq_generations_keep_every_decoder_token(model_and_tokenizer):
-    from argparse import Namespace
-
     from qlorakit.cli.generate import generate_batch
+    from qlorakit.generation import build_generation_config
 
     _, tokenizer = model_and_tokenizer
     answer = tokenizer.encode("one two three four five six seven eight nine ten", add_special_tokens=False)
-    args = Namespace(max_new_tokens=16, temperature=0, top_p=0.9)
+    config = build_generation_config({"max_new_tokens": 16, "do_sample": False})
     prompts = ["A long question with many words in it, longer than the answer's first tokens?"]
-    generations = generate_batch(FixedDecoderModel(answer), tokenizer, prompts, args)
+    generations = generate_batch(FixedDecoderModel(answer), tokenizer, prompts, config)
     assert generations == [tokenizer.decode(answer, skip_special_tokens=True)]

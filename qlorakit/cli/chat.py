@@ -8,9 +8,10 @@ Every reply is generated from the whole conversation so far, rendered by the cha
 trains chat data with: the one the adapter was trained with (its prompt_template.json), else the
 tokenizer's own if it has one, else the Guanaco markers "### Human: ...### Assistant: ..."; --chat_template
 names another (guanaco, tokenizer or a .jinja file). So the adapter is prompted the way it was trained;
-the oldest turns are dropped when the conversation outgrows the model's context. Input is read line by
-line, so piped input works; an
-empty line, "exit" or end of input (Ctrl-D) ends the chat. The "### Human:" prompt marker is
+the oldest turns are dropped when the conversation outgrows the model's context. A reply ends at eos
+or at a stop string (by default the template's turn markers; the flags of qlorakit.generation). Input
+is read line by line, so piped input works; an empty line, "exit" or end of input (Ctrl-D) ends the
+chat. The "### Human:" prompt marker is
 printed only when reading from a terminal. The base is loaded as the adapter was trained (its
 base_loading.json); --bits, --quant_type, --double_quant and --compute_dtype override that.
 """
@@ -25,9 +26,10 @@ from transformers import TextIteratorStreamer
 
 from qlorakit import chat_data
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
-from qlorakit.chat_format import ASSISTANT, HUMAN, cut_at_next_turn, held_back_marker_start, template_choice
+from qlorakit.chat_format import ASSISTANT, HUMAN, template_choice
 from qlorakit.errors import run_main
-from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
+from qlorakit.generation import (add_generation_arguments, check_generation_arguments, cut_at_stop_strings,
+                                 held_back_length, inference_generation_config, stop_strings_of)
 from qlorakit.trained_template import inference_template
 
 EXIT_WORDS = ("", "exit", "quit")
@@ -61,51 +63,40 @@ def fit_history(history, message, prompt_length, budget):
     return history
 
 
-def visible_reply(text, final=False):
-    """What of a reply streamed so far can be shown: the text before any turn marker, stripped.
+def visible_reply(text, stop_strings, final=False):
+    """What of a reply streamed so far can be shown: the text before any stop string, stripped.
 
-    While streaming, a tail that may still become a marker ("###") or trailing white space is held
-    back, so that nothing shown ever has to be taken back.
+    While streaming, a tail that may still become a stop string ("###") or trailing white space is
+    held back, so that nothing shown ever has to be taken back.
 
-    >>> visible_reply(" Fine. ###")
+    >>> visible_reply(" Fine. ###", ["### Human:"])
     'Fine.'
-    >>> visible_reply(" Fine. ### Human: And you?")
+    >>> visible_reply(" Fine. ### Human: And you?", ["### Human:"])
     'Fine.'
-    >>> visible_reply(" Use # for comments.", final=True)
+    >>> visible_reply(" Use # for comments.", ["### Human:"], final=True)
     'Use # for comments.'
     """
-    text = cut_at_next_turn(text)
-    return text if final else text[:len(text) - held_back_marker_start(text)].strip()
+    text = cut_at_stop_strings(text, stop_strings).strip()
+    return text if final else text[:len(text) - held_back_length(text, stop_strings)].strip()
 
 
-def stream_reply(pieces, write):
+def stream_reply(pieces, write, stop_strings):
     """Write the visible part of a reply as its pieces arrive; return the whole reply."""
     text, shown = "", ""
     for piece in pieces:
         text += piece
-        now = visible_reply(text)
+        now = visible_reply(text, stop_strings)
         if now.startswith(shown) and len(now) > len(shown):
             write(now[len(shown):])
             shown = now
-    reply = cut_at_next_turn(text)
+    reply = visible_reply(text, stop_strings, final=True)
     write(reply[len(shown):] if reply.startswith(shown) else "")
     return reply
 
 
-def next_turn_marker(tokenizer, template):
-    """What the template writes between the end of a reply and the next user message, without the
-    eos (generation stops at eos anyway): the text that means the model is writing the user's turn.
-    Empty for templates that put nothing there."""
-    placeholders = ("\x01", "\x02", "\x03")
-    messages = [{"role": role, "content": text} for role, text in zip(("user", "assistant", "user"), placeholders)]
-    rendered = chat_data.render(tokenizer, template, messages)
-    between = rendered[rendered.find(placeholders[1]) + 1:rendered.find(placeholders[2])]
-    return (between.replace(tokenizer.eos_token, "") if tokenizer.eos_token else between).strip()
-
-
-def generate_pieces(model, tokenizer, prompt, args, stop_strings=()):
+def generate_pieces(model, tokenizer, prompt, generation_config):
     """Yield the decoded text of a reply while model.generate runs in a background thread; it stops
-    at eos or at any of stop_strings."""
+    at eos or at a stop string of generation_config."""
     input_ids = torch.tensor([chat_data.encode_text(tokenizer, prompt)], device=model.device)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -114,9 +105,7 @@ def generate_pieces(model, tokenizer, prompt, args, stop_strings=()):
     def run():
         try:
             with torch.no_grad():
-                model.generate(**inputs, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
-                               stop_strings=list(stop_strings) or None, tokenizer=tokenizer,
-                               **sampling_kwargs(args))
+                model.generate(**inputs, streamer=streamer, generation_config=generation_config, tokenizer=tokenizer)
         except Exception as error:  # re-raised below, after the streamer is released
             errors.append(error)
             streamer.end()
@@ -142,7 +131,7 @@ def chat(model, tokenizer, template, args):
     budget = getattr(model.config, "max_position_embeddings", 2048) - args.max_new_tokens
     prompt_length = lambda messages: len(chat_data.encode_text(  # noqa: E731
         tokenizer, chat_data.render(tokenizer, template, messages, add_generation_prompt=True)))
-    stop_strings = [marker] if (marker := next_turn_marker(tokenizer, template)) else []
+    generation_config = inference_generation_config(args, tokenizer, template)
     history = []
     while (message := read_message(interactive)) is not None and message.lower() not in EXIT_WORDS:
         history = fit_history(history, message, prompt_length, budget)
@@ -152,7 +141,8 @@ def chat(model, tokenizer, template, args):
         if interactive:
             print(f"{ASSISTANT} ", end="", flush=True)
         write = lambda text: print(text, end="", flush=True)  # noqa: E731
-        reply = stream_reply(generate_pieces(model, tokenizer, prompt, args, stop_strings), write)
+        pieces = generate_pieces(model, tokenizer, prompt, generation_config)
+        reply = stream_reply(pieces, write, stop_strings_of(generation_config))
         print(flush=True)
         history.append((message, reply))
 
@@ -161,14 +151,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", required=True, help="hub id or directory of the base model")
     add_adapter_argument(parser, absent="none: the base alone")
-    add_sampling_arguments(parser, max_new_tokens=256)
+    add_generation_arguments(parser, max_new_tokens=256)
     parser.add_argument("--show_prompt", action="store_true", help="print each full prompt to stderr (one JSON string a line)")
     parser.add_argument("--chat_template", type=template_choice,
                         help="guanaco, tokenizer or a .jinja file, as given to qlora.py (default: the adapter's "
                              "training template, else the tokenizer's own if it has one, else guanaco)")
     add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
-    check_sampling_arguments(parser, args)
+    check_generation_arguments(parser, args)
     return args
 
 

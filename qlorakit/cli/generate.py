@@ -14,9 +14,10 @@ Prompts are rendered by the chat template qlora.py trains chat data with (qlorak
 the one the adapter was trained with (its prompt_template.json), else the Guanaco markers
 ("### Human: ...### Assistant:"); --prompt-format guanaco, --prompt-format tokenizer
 for the tokenizer's own, or --prompt-format PATH.jinja; tokens are counted as in training. Sampling defaults to the paper's
-top_p 0.9 / temperature 0.7. Rows are written in the reference's generation format (question_id,
-text, category, prompt, generation, generation_truncated), appended batch by batch; a rerun
-skips questions already answered.
+top_p 0.9 / temperature 0.7; the generation flags (qlorakit.generation) are those of every inference
+command. Rows are written in the reference's generation format (question_id, text, category, prompt,
+generation: the raw continuation, generation_truncated: the reply, cut before the first stop string),
+appended batch by batch; a rerun skips questions already answered.
 """
 
 import argparse
@@ -27,7 +28,8 @@ from qlorakit import chat_data
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
 from qlorakit.chat_format import template_choice
 from qlorakit.errors import run_main
-from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
+from qlorakit.generation import (add_generation_arguments, check_generation_arguments, inference_generation_config,
+                                 reply_text)
 from qlorakit.jsonl import JsonlAppender, load_done_keys
 from qlorakit.questions import load_questions
 from qlorakit.trained_template import inference_template
@@ -58,13 +60,13 @@ def parse_args(argv):
                              "adapter's training template, else guanaco)")
     parser.add_argument("--system-prompt", default="", help="text put before the first turn (guanaco format)")
     parser.add_argument("--batch-size", type=int, default=8)
-    add_sampling_arguments(parser, max_new_tokens=1024)
+    add_generation_arguments(parser, max_new_tokens=1024)
     parser.add_argument("--trust-remote-code", action="store_true")
     add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    check_sampling_arguments(parser, args)
+    check_generation_arguments(parser, args)
     return args
 
 
@@ -87,8 +89,9 @@ def build_prompt(question_text, tokenizer, prompt_format, system_prompt="", temp
     return chat_data.render(tokenizer, template, messages, add_generation_prompt=True)
 
 
-def generate_batch(model, tokenizer, prompts, args):
-    """Raw continuations of a batch of prompts (the tokenizer pads on the left)."""
+def generate_batch(model, tokenizer, prompts, generation_config):
+    """Raw continuations of a batch of prompts (the tokenizer pads on the left); each stops at eos
+    or at a stop string of generation_config, which is left in."""
     import torch
 
     from qlorakit.chat_data import encode_text
@@ -96,7 +99,7 @@ def generate_batch(model, tokenizer, prompts, args):
     encoded = {"input_ids": [encode_text(tokenizer, prompt) for prompt in prompts]}
     inputs = tokenizer.pad(encoded, return_tensors="pt").to(model.device)
     with torch.no_grad():
-        output = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(args))
+        output = model.generate(**inputs, generation_config=generation_config, tokenizer=tokenizer)
     return tokenizer.batch_decode(new_tokens_of(model, output, inputs["input_ids"].shape[1]), skip_special_tokens=True)
 
 
@@ -119,22 +122,23 @@ def main(argv=None):
     import torch
     from tqdm import tqdm
 
-    from qlorakit.chat_format import cut_at_next_turn
     from qlorakit.model import load_for_inference
 
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter,
                                           trust_remote_code=args.trust_remote_code, **loading_overrides(args))
     prompt_name, template = inference_template(args.prompt_format, tokenizer, args.adapter, "--prompt-format",
                                                default="guanaco")
+    generation_config = inference_generation_config(args, tokenizer, template)
     torch.manual_seed(args.seed)
     with JsonlAppender(args.output) as writer, tqdm(total=len(todo), desc="generating") as bar:
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start:start + args.batch_size]
             prompts = [build_prompt(q.text, tokenizer, prompt_name, args.system_prompt, template) for q in batch]
-            for question, prompt, generation in zip(batch, prompts, generate_batch(model, tokenizer, prompts, args)):
+            generations = generate_batch(model, tokenizer, prompts, generation_config)
+            for question, prompt, generation in zip(batch, prompts, generations):
                 writer.write({"question_id": question.question_id, "text": question.text,
                               "category": question.category, "prompt": prompt, "generation": generation,
-                              "generation_truncated": cut_at_next_turn(generation)})
+                              "generation_truncated": reply_text(generation, generation_config)})
             bar.update(len(batch))
     return 0
 

@@ -15,9 +15,10 @@ import torch
 
 from qlorakit import chat_data
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
-from qlorakit.chat_format import cut_at_next_turn, template_choice
+from qlorakit.chat_format import template_choice
 from qlorakit.errors import run_main
-from qlorakit.generation import add_sampling_arguments, check_sampling_arguments, sampling_kwargs
+from qlorakit.generation import (add_generation_arguments, check_generation_arguments, inference_generation_config,
+                                 reply_text)
 from qlorakit.model import load_for_inference
 from qlorakit.trained_template import inference_template
 
@@ -27,18 +28,19 @@ def build_question_prompt(tokenizer, template, question):
     return chat_data.render(tokenizer, template, [{"role": "user", "content": question}], add_generation_prompt=True)
 
 
-def generate_answer(model, tokenizer, prompt, args):
-    """One sampled reply to ``prompt`` (sampling flags in ``args``), tokenized as training tokenized it."""
+def generate_answer(model, tokenizer, prompt, generation_config, seed=0):
+    """One reply to ``prompt``, tokenized as training tokenized it, cut before the first stop string
+    of generation_config (where generation stopped)."""
     input_ids = torch.tensor([chat_data.encode_text(tokenizer, prompt)], device=model.device)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     with torch.no_grad():
-        output = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(args))
+        output = model.generate(**inputs, generation_config=generation_config, tokenizer=tokenizer)
     reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    return cut_at_next_turn(reply)
+    return reply_text(reply, generation_config)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", required=True)
     add_adapter_argument(parser, absent="none: the base alone")
@@ -46,14 +48,20 @@ def main(argv=None):
     parser.add_argument("--chat_template", type=template_choice,
                         help="guanaco, tokenizer or a .jinja file, as given to qlora.py (default: the adapter's "
                              "training template, else guanaco)")
-    add_sampling_arguments(parser, max_new_tokens=128)
+    add_generation_arguments(parser, max_new_tokens=128)
     add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
-    check_sampling_arguments(parser, args)
+    check_generation_arguments(parser, args)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
     _, template = inference_template(args.chat_template, tokenizer, args.adapter, "--chat_template", default="guanaco")
+    generation_config = inference_generation_config(args, tokenizer, template)
     prompt = build_question_prompt(tokenizer, template, args.question)
-    print(f"{prompt}{generate_answer(model, tokenizer, prompt, args)}")
+    print(f"{prompt}{generate_answer(model, tokenizer, prompt, generation_config, args.seed)}")
 
 
 def console_main():
