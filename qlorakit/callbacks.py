@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 class CheckpointCallback(TrainerCallback):
-    """Finishes each checkpoint (reference layout + completion marker), then rotates old ones.
+    """Finishes each checkpoint (reference layout + completion marker), then rotates old ones,
+    never the best (state.best_model_checkpoint).
 
     Rotation lives here instead of in the Trainer so that nothing is deleted before the new
     checkpoint is complete.
@@ -28,6 +29,11 @@ class CheckpointCallback(TrainerCallback):
     def __init__(self, keep):
         self.keep = keep
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and checkpoints.remove_final_adapter(args.output_dir):
+            logger.info("removed %s, the final adapter from when training last ended in this folder",
+                        checkpoints.final_adapter_dir(args.output_dir))
+
     def on_save(self, args, state, control, **kwargs):
         if args.world_size > 1:
             torch.distributed.barrier()  # every rank's RNG state is on disk before rank 0 lists the files
@@ -35,7 +41,7 @@ class CheckpointCallback(TrainerCallback):
             checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             with checkpoints.save_errors_reported(checkpoint_dir):
                 checkpoints.finalize_checkpoint(checkpoint_dir)
-            checkpoints.rotate_checkpoints(args.output_dir, self.keep)
+            checkpoints.rotate_checkpoints(args.output_dir, self.keep, state.best_model_checkpoint)
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero and 0 < state.max_steps <= state.global_step:  # 0 steps: nothing completed
@@ -193,3 +199,4 @@ class MMLUEvalCallback(TrainerCallback):
         if was_training:
             model.train()
         return results
+

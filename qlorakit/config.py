@@ -229,6 +229,37 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
         """Pickled copies (checkpoint-N/training_args.bin) never carry the hub token."""
         return {**self.__dict__, "hub_token": None}
 
+    def _validate_args(self):
+        """transformers validates after filling in defaults (eval_steps, metric_for_best_model);
+        ours come first, in one line."""
+        check_best_model_settings(self)
+        super()._validate_args()
+
+
+def check_best_model_settings(training):
+    """Refuse settings with which --load_best_model_at_end cannot do what it says: no evaluation to
+    compare, an evaluation without a checkpoint to load (its best would be lost, an earlier one loaded)."""
+    if training.load_best_model_at_end:
+        check_evaluations("--load_best_model_at_end", training)
+        save, evaluate = training.save_strategy.value, training.eval_strategy.value
+        if save not in ("best", evaluate):
+            raise ArgumentError(f"--load_best_model_at_end loads the checkpoint of the best evaluation: "
+                                f"--save_strategy {save} and --eval_strategy {evaluate} must match (or pass "
+                                "--save_strategy best)")
+        if save == "steps" and training.save_steps != training.eval_steps:
+            raise ArgumentError(f"--load_best_model_at_end loads the checkpoint of the best evaluation: --save_steps "
+                                f"{training.save_steps:g} must equal --eval_steps {training.eval_steps:g} (or pass "
+                                "--save_strategy best)")
+
+
+def check_evaluations(flag, training):
+    """flag compares evaluations made during training: there must be some."""
+    if training.eval_strategy.value == "no":
+        raise ArgumentError(f"{flag} compares evaluations: pass --eval_strategy steps (or epoch)")
+    if training.eval_strategy.value == "steps" and 1 <= training.max_steps < training.eval_steps:
+        raise ArgumentError(f"{flag} compares evaluations: --eval_steps {training.eval_steps:g} exceeds --max_steps "
+                            f"{training.max_steps}, training would end before the first one")
+
 
 @dataclass
 class GenerationArguments:
@@ -334,6 +365,9 @@ def validate_arguments(args):
         raise ArgumentError(f"--mmlu_dataset must be mmlu-zs, mmlu-fs or mmlu, got {args.mmlu.mmlu_dataset!r}")
     if args.mmlu.mmlu_split not in ("eval", "test"):
         raise ArgumentError(f"--mmlu_split must be eval or test, got {args.mmlu.mmlu_split!r}")
+    metric = training.metric_for_best_model
+    if metric and metric.removeprefix("eval_").startswith("mmlu_") and not args.mmlu.do_mmlu_eval:
+        raise ArgumentError(f"--metric_for_best_model {metric} is an MMLU score: pass --do_mmlu_eval True")
     if data.preview_format not in PREVIEW_FORMATS:
         raise ArgumentError(f"--preview_format must be one of {PREVIEW_FORMATS}, got {data.preview_format!r}")
     if data.preview_data < 0 or (data.max_seq_len is not None and data.max_seq_len < 2):
