@@ -1,4 +1,5 @@
-"""Trainer callbacks: checkpoint finishing, non-finite gradient guard and MMLU evaluation."""
+"""Trainer callbacks: checkpoint finishing, non-finite gradient guard, preemption, MMLU evaluation
+and early stopping."""
 
 import logging
 import os
@@ -9,9 +10,10 @@ import torch
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 
 from . import checkpoints
+from .best_model import with_prefixed_name
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .mmlu import accuracy_by_subject, answer_positions, choice_token_ids
 
@@ -200,3 +202,31 @@ class MMLUEvalCallback(TrainerCallback):
             model.train()
         return results
 
+
+class EarlyStopping(EarlyStoppingCallback):
+    """transformers' early stopping (--early_stopping_patience, --early_stopping_threshold), which
+    also finds the MMLU scores by name, saves the step it stops at, keeps its count of evaluations
+    without improvement across a resume, and marks an early-stopped run completed: rerunning the
+    command must not train on."""
+
+    def __init__(self, early_stopping_patience=1, early_stopping_threshold=0.0):
+        super().__init__(early_stopping_patience, early_stopping_threshold)
+        self.stopped_at = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        # The resumed state holds the count as saved; a checkpoint saved without this callback holds
+        # none, and the Trainer needs an entry to save the count into.
+        saved = state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+        self.early_stopping_patience_counter = saved["attributes"]["early_stopping_patience_counter"]
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        metrics = with_prefixed_name(metrics, args.metric_for_best_model)
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        if self.stopped_at is None and self.early_stopping_patience_counter >= self.early_stopping_patience:
+            self.stopped_at = state.global_step
+            control.should_save = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.stopped_at is not None and state.is_world_process_zero:
+            checkpoints.mark_run_completed(args.output_dir)

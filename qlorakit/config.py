@@ -219,6 +219,15 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
         metadata={"help": "Resume even though settings that change training (learning rate, batch sizes, data, "
                           "model, LoRA, seed) differ from the checkpoint's run; without it such a resume is refused."},
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop training when --metric_for_best_model has not improved for N evaluations in a row "
+                          "(transformers' EarlyStoppingCallback); the step it stops at is saved."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0,
+        metadata={"help": "With --early_stopping_patience: how much the metric must improve to count as improving."},
+    )
     # Not flags: --use_cache is the reference's generation switch (GenerationArguments), training
     # runs without the cache, and --gradient_checkpointing is a reference flag (ReferenceFlags).
     use_cache: bool = field(default=False, init=False)
@@ -237,8 +246,9 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
 
 
 def check_best_model_settings(training):
-    """Refuse settings with which --load_best_model_at_end cannot do what it says: no evaluation to
-    compare, an evaluation without a checkpoint to load (its best would be lost, an earlier one loaded)."""
+    """Refuse settings with which --load_best_model_at_end or --early_stopping_patience cannot do
+    what they say: no evaluation to compare, an evaluation without a checkpoint to load (its best
+    would be lost, an earlier one loaded), no metric to watch."""
     if training.load_best_model_at_end:
         check_evaluations("--load_best_model_at_end", training)
         save, evaluate = training.save_strategy.value, training.eval_strategy.value
@@ -250,6 +260,19 @@ def check_best_model_settings(training):
             raise ArgumentError(f"--load_best_model_at_end loads the checkpoint of the best evaluation: --save_steps "
                                 f"{training.save_steps:g} must equal --eval_steps {training.eval_steps:g} (or pass "
                                 "--save_strategy best)")
+    patience, threshold = training.early_stopping_patience, training.early_stopping_threshold
+    if not math.isfinite(threshold) or threshold < 0:
+        raise ArgumentError(f"--early_stopping_threshold must be a finite number >= 0, got {threshold}")
+    if patience is None:
+        if threshold:
+            raise ArgumentError("--early_stopping_threshold applies with --early_stopping_patience")
+        return
+    if patience < 1:
+        raise ArgumentError(f"--early_stopping_patience counts evaluations: it must be at least 1, got {patience}")
+    check_evaluations("--early_stopping_patience", training)
+    if training.metric_for_best_model is None:
+        raise ArgumentError("--early_stopping_patience watches --metric_for_best_model: name one (eval_loss, "
+                            "mmlu_eval_accuracy, ...)")
 
 
 def check_evaluations(flag, training):

@@ -14,7 +14,7 @@ from transformers import GenerationConfig, ProgressCallback, set_seed
 
 from . import checkpoints, jsonl, launcher, run_lock, run_settings
 from .best_model import best_evaluation
-from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
+from .callbacks import CheckpointCallback, EarlyStopping, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
 from .errors import ArgumentError, InputError, TrainingInterrupted, TrainingStopped
@@ -107,6 +107,9 @@ def setup_trainer(args, resume_from=None):
         mmlu_callback = MMLUEvalCallback(mmlu_dataset, tokenizer, args.mmlu.mmlu_split, seq2seq=task == SEQ2SEQ)
         mmlu_callback.trainer = trainer
         trainer.add_callback(mmlu_callback)
+    if training_args.early_stopping_patience is not None:  # after MMLU: it reads the scores MMLU adds
+        trainer.add_callback(EarlyStopping(training_args.early_stopping_patience,
+                                           training_args.early_stopping_threshold))
     return trainer, tokenizer, eval_dataset
 
 
@@ -275,6 +278,13 @@ def describe_final_weights(output_dir, full_finetune=False, best=None):
     return f"final {what}: {saved_weights_dir(output_dir, checkpoints.checkpoint_step(newest), full_finetune)}"
 
 
+def describe_early_stop(stopper, state, metric_for_best_model):
+    """The line that says training stopped early, at which step, why, and which evaluation was best."""
+    margin = f" by more than {stopper.early_stopping_threshold:g}" if stopper.early_stopping_threshold else ""
+    return (f"early stopping at step {stopper.stopped_at}: {metric_for_best_model} did not improve{margin} for "
+            f"{stopper.early_stopping_patience} evaluations; best: {best_evaluation(state, metric_for_best_model)}")
+
+
 def run(args):
     """Train, evaluate and predict as the flags (RunArguments) say, holding the output folder's
     lock; returns the metrics."""
@@ -341,6 +351,9 @@ def train_evaluate_predict(args):
             metric = training_args.metric_for_best_model
             best = best_evaluation(trainer.state, metric) if training_args.load_best_model_at_end else None
             print(describe_final_weights(training_args.output_dir, args.lora.full_finetune, best))
+            stopper = find_callback(trainer, EarlyStopping)
+            if stopper is not None and stopper.stopped_at is not None:
+                print(describe_early_stop(stopper, trainer.state, metric))
         all_metrics.update(result.metrics)
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")

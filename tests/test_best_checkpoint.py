@@ -1,16 +1,18 @@
-"""--load_best_model_at_end ends a run on its best checkpoint's adapter, and rotation keeps that checkpoint."""
+"""--load_best_model_at_end ends a run on its best checkpoint's adapter, rotation keeps that checkpoint,
+and --early_stopping_patience stops training where the metric stopped improving."""
 
 import json
 import os
 
 import pytest
+from transformers import TrainerState, TrainingArguments
 
 from conftest import run_python
 from qlorakit import checkpoints
 from qlorakit.config import ArgumentError
 from test_config import parse
 from test_guards import assert_refused
-from test_qlora_cli import quick_flags
+from test_qlora_cli import MMLU_DIR, quick_flags
 
 # Evaluated and saved at every step. The rig: training lowers the eval loss from the first step
 # on, and --greater_is_better True makes the highest eval loss the best, so the best checkpoint is
@@ -87,6 +89,25 @@ def test_a_resumed_run_ends_on_the_best_checkpoint_found_before_it_stopped(best_
     assert "loaded as the final adapter" in resumed_log
 
 
+def test_early_stopping_stops_when_the_metric_stops_improving_and_saves_that_step(tiny_model_dir, tmp_path):
+    """The rig: no evaluation improves mmlu_loss by more than 100, so with patience 2 the third
+    evaluation (step 3) stops training, between two scheduled saves (every 5 steps)."""
+    output_dir = str(tmp_path)
+    result = run_python(quick_flags(
+        tiny_model_dir, output_dir, "--max_steps", "10", *EVERY_STEP, "--save_steps", "5",
+        "--do_mmlu_eval", "--mmlu_data_dir", MMLU_DIR, "--mmlu_dataset", "mmlu-zs", "--max_mmlu_samples", "8",
+        "--metric_for_best_model", "mmlu_loss", "--early_stopping_patience", "2", "--early_stopping_threshold", "100"))
+    state = read_json(os.path.join(output_dir, "trainer_state.json"))
+    mmlu_losses = {entry["step"]: entry["mmlu_loss"] for entry in state["log_history"] if "mmlu_loss" in entry}
+    assert state["global_step"] == 3 and sorted(mmlu_losses) == [1, 2, 3]
+    assert checkpoints.list_checkpoints(output_dir) == [os.path.join(output_dir, "checkpoint-3")]
+    assert checkpoints.verify_checkpoint(os.path.join(output_dir, "checkpoint-3")) == []
+    assert os.path.isfile(os.path.join(output_dir, "completed"))
+    best_step = min(mmlu_losses, key=mmlu_losses.get)
+    assert (f"early stopping at step 3: mmlu_loss did not improve by more than 100 for 2 evaluations; best: step "
+            f"{best_step} (mmlu_loss {mmlu_losses[best_step]:.4g}), which has no checkpoint") in result.stdout
+
+
 def test_a_metric_the_evaluation_never_logs_stops_the_run_in_one_line(tiny_model_dir, tmp_path):
     result = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "2", *EVERY_STEP,
                                     "--load_best_model_at_end", "True", "--metric_for_best_model", "accuracy"),
@@ -102,8 +123,28 @@ def test_a_metric_the_evaluation_never_logs_stops_the_run_in_one_line(tiny_model
      "--save_strategy steps and --eval_strategy epoch must match"),
     (("--load_best_model_at_end", "True", "--eval_strategy", "steps", "--eval_steps", "50", "--save_steps", "50",
       "--max_steps", "10"), "--eval_steps 50 exceeds --max_steps 10"),
+    (("--early_stopping_patience", "2"), "--early_stopping_patience compares evaluations"),
+    (("--early_stopping_patience", "2", "--eval_strategy", "steps"), "watches --metric_for_best_model"),
+    (("--early_stopping_patience", "0", "--eval_strategy", "steps", "--metric_for_best_model", "eval_loss"),
+     "must be at least 1"),
+    (("--early_stopping_threshold", "0.1"), "applies with --early_stopping_patience"),
     (("--metric_for_best_model", "mmlu_eval_accuracy"), "pass --do_mmlu_eval True"),
 ])
-def test_combinations_that_cannot_pick_a_best_checkpoint_are_refused(flags, words):
+def test_combinations_that_cannot_pick_a_best_checkpoint_or_stop_are_refused(flags, words):
     with pytest.raises(ArgumentError, match=words):
         parse(*flags)
+
+
+def test_early_stopping_keeps_its_count_across_a_resume(tmp_path):
+    from qlorakit.callbacks import EarlyStopping
+
+    args = TrainingArguments(str(tmp_path), eval_strategy="steps", metric_for_best_model="eval_loss")
+    saved = EarlyStopping(3).state()
+    saved["attributes"]["early_stopping_patience_counter"] = 2
+    resumed = EarlyStopping(3)
+    resumed.on_train_begin(args, TrainerState(stateful_callbacks={"EarlyStopping": saved}), None)
+    assert resumed.early_stopping_patience_counter == 2
+    # A checkpoint saved without early stopping holds no count; the Trainer then saves one into it.
+    state = TrainerState()
+    EarlyStopping(3).on_train_begin(args, state, None)
+    assert state.stateful_callbacks["EarlyStopping"]["attributes"]["early_stopping_patience_counter"] == 0
