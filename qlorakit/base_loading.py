@@ -99,7 +99,8 @@ def check_model_weights(model_name_or_path):
 
 def resolve_adapter(adapter):
     """The adapter directory an --adapter value names: an adapter directory or hub id as it is; a
-    checkpoint-N directory's adapter_model/; a run folder (qlora.py's output_dir) its newest complete
+    checkpoint-N directory's adapter_model/; a run folder (qlora.py's output_dir) its final adapter
+    (adapter_model/, the best checkpoint's, with --load_best_model_at_end) or else its newest complete
     checkpoint's adapter_model/, said in one line on stderr. A run folder without a complete
     checkpoint is a ModelError."""
     from .checkpoints import ADAPTER_DIR, find_resume_checkpoint, list_checkpoints
@@ -108,7 +109,10 @@ def resolve_adapter(adapter):
     if not os.path.isdir(path) or os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE)):
         return adapter
     if os.path.isfile(os.path.join(path, ADAPTER_DIR, ADAPTER_CONFIG_FILE)):
-        return os.path.join(adapter, ADAPTER_DIR)
+        chosen = os.path.join(adapter, ADAPTER_DIR)
+        if list_checkpoints(path):
+            print(f"adapter: {chosen} (the final adapter of {adapter}: its best checkpoint's)", file=sys.stderr)
+        return chosen
     if not list_checkpoints(path):
         return adapter  # check_adapter says what is missing
     checkpoint, _ = find_resume_checkpoint(path, adapter_only=True)
@@ -132,7 +136,8 @@ def add_adapter_argument(parser, required=False, absent="none"):
     """--adapter: an adapter directory, a checkpoint-N directory, a run folder or a hub id."""
     parser.add_argument("--adapter", type=parse_adapter, required=required,
                         help="adapter directory (checkpoint-N/adapter_model), a checkpoint-N directory, a run "
-                             f"folder (its newest complete checkpoint) or a hub id; {absent}")
+                             "folder (its final adapter_model/, else its newest complete checkpoint) or a hub id; "
+                             f"{absent}")
 
 
 def read_base_loading(adapter_dir):

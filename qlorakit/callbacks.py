@@ -1,4 +1,5 @@
-"""Trainer callbacks: checkpoint finishing, non-finite gradient guard and MMLU evaluation."""
+"""Trainer callbacks: checkpoint finishing, non-finite gradient guard, preemption, MMLU evaluation
+and early stopping."""
 
 import logging
 import os
@@ -9,9 +10,10 @@ import torch
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 
 from . import checkpoints
+from .best_model import with_prefixed_name
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .mmlu import accuracy_by_subject, answer_positions, choice_token_ids
 
@@ -19,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 class CheckpointCallback(TrainerCallback):
-    """Finishes each checkpoint (reference layout + completion marker), then rotates old ones.
+    """Finishes each checkpoint (reference layout + completion marker), then rotates old ones,
+    never the best (state.best_model_checkpoint).
 
     Rotation lives here instead of in the Trainer so that nothing is deleted before the new
     checkpoint is complete.
@@ -28,6 +31,11 @@ class CheckpointCallback(TrainerCallback):
     def __init__(self, keep):
         self.keep = keep
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and checkpoints.remove_final_adapter(args.output_dir):
+            logger.info("removed %s, the final adapter from when training last ended in this folder",
+                        checkpoints.final_adapter_dir(args.output_dir))
+
     def on_save(self, args, state, control, **kwargs):
         if args.world_size > 1:
             torch.distributed.barrier()  # every rank's RNG state is on disk before rank 0 lists the files
@@ -35,7 +43,7 @@ class CheckpointCallback(TrainerCallback):
             checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             with checkpoints.save_errors_reported(checkpoint_dir):
                 checkpoints.finalize_checkpoint(checkpoint_dir)
-            checkpoints.rotate_checkpoints(args.output_dir, self.keep)
+            checkpoints.rotate_checkpoints(args.output_dir, self.keep, state.best_model_checkpoint)
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero and 0 < state.max_steps <= state.global_step:  # 0 steps: nothing completed
@@ -193,3 +201,32 @@ class MMLUEvalCallback(TrainerCallback):
         if was_training:
             model.train()
         return results
+
+
+class EarlyStopping(EarlyStoppingCallback):
+    """transformers' early stopping (--early_stopping_patience, --early_stopping_threshold), which
+    also finds the MMLU scores by name, saves the step it stops at, keeps its count of evaluations
+    without improvement across a resume, and marks an early-stopped run completed: rerunning the
+    command must not train on."""
+
+    def __init__(self, early_stopping_patience=1, early_stopping_threshold=0.0):
+        super().__init__(early_stopping_patience, early_stopping_threshold)
+        self.stopped_at = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        # The resumed state holds the count as saved; a checkpoint saved without this callback holds
+        # none, and the Trainer needs an entry to save the count into.
+        saved = state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+        self.early_stopping_patience_counter = saved["attributes"]["early_stopping_patience_counter"]
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        metrics = with_prefixed_name(metrics, args.metric_for_best_model)
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        if self.stopped_at is None and self.early_stopping_patience_counter >= self.early_stopping_patience:
+            self.stopped_at = state.global_step
+            control.should_save = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.stopped_at is not None and state.is_world_process_zero:
+            checkpoints.mark_run_completed(args.output_dir)

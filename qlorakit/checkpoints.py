@@ -4,7 +4,9 @@ Layout (the reference's): ``output_dir/checkpoint-N/adapter_model/{adapter_confi
 adapter_model.safetensors}`` beside the Trainer's optimizer, scheduler, RNG and state files, and
 ``output_dir/completed`` once training has finished. ``adapter_model/`` also holds
 ``base_loading.json``, how the base under the adapter was loaded (qlorakit.base_loading), and
-``prompt_template.json``, the chat template trained with (qlorakit.trained_template).
+``prompt_template.json``, the chat template trained with (qlorakit.trained_template). With
+--load_best_model_at_end, ``output_dir/adapter_model/`` is the final adapter: the best checkpoint's,
+reloaded and saved at the end of training; rotation never deletes the best checkpoint.
 
 A checkpoint is trusted only when its ``checkpoint_complete`` marker is there and every file it
 lists still matches. The marker is a manifest: each file's size, and a SHA-256 of the adapter
@@ -307,15 +309,82 @@ def finalize_checkpoint(checkpoint_dir):
     write_json_atomic(os.path.join(checkpoint_dir, COMPLETE_MARKER), build_manifest(checkpoint_dir))
 
 
-def rotate_checkpoints(output_dir, keep):
-    """Delete the oldest checkpoints beyond `keep`, never the newest complete one; each loses its
-    marker before its files, so a kill during deletion leaves no 'complete' half checkpoint."""
+def checkpoints_to_keep(complete, keep, best=None):
+    """The `keep` newest of the complete checkpoints (newest first), the newest always (a resume
+    starts there) and the best (transformers' state.best_model_checkpoint) always: it takes the
+    place of the oldest kept one, and with keep=1 sits beside the newest.
+
+    >>> checkpoints_to_keep(["out/checkpoint-4", "out/checkpoint-3", "out/checkpoint-2"], 2, "out/checkpoint-2")
+    ['out/checkpoint-4', 'out/checkpoint-2']
+    >>> checkpoints_to_keep(["out/checkpoint-4", "out/checkpoint-3"], 1, "/elsewhere/out/checkpoint-3")
+    ['out/checkpoint-4', 'out/checkpoint-3']
+    """
+    kept = complete[:max(keep, 1)]
+    best_step = checkpoint_step(best) if best else None
+    best_path = next((path for path in complete if checkpoint_step(path) == best_step), None)
+    if best_path is not None and best_path not in kept:
+        kept = kept[:max(keep - 1, 1)] + [best_path]
+    return kept
+
+
+def rotate_checkpoints(output_dir, keep, best=None):
+    """Delete the complete checkpoints that checkpoints_to_keep leaves out; each loses its marker
+    before its files, so a kill during deletion leaves no 'complete' half checkpoint."""
     if not keep:
         return
     complete = [path for path in list_checkpoints(output_dir) if is_complete(path)]
-    for path in complete[max(keep, 1):]:
-        unmark_checkpoint(path)
-        shutil.rmtree(path, ignore_errors=True)
+    kept = checkpoints_to_keep(complete, keep, best)
+    for path in complete:
+        if path not in kept:
+            unmark_checkpoint(path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def final_adapter_dir(output_dir):
+    """output_dir/adapter_model: the adapter a run ends with when --load_best_model_at_end loads its
+    best checkpoint (without it, the newest checkpoint's adapter is the final one)."""
+    return os.path.join(output_dir, ADAPTER_DIR)
+
+
+def remove_final_adapter(output_dir):
+    """Remove the final adapter of an earlier training in output_dir (True if there was one): a run
+    folder serves its final adapter before its checkpoints, and training anew must not leave the
+    old one to be served."""
+    final = final_adapter_dir(output_dir)
+    if not os.path.isdir(final):
+        return False
+    shutil.rmtree(final)
+    fsync_directory(output_dir)
+    return True
+
+
+def save_final_adapter(output_dir, save_pretrained):
+    """save_pretrained(folder) into a temporary folder, fsynced, then renamed to output_dir/adapter_model,
+    so that a kill leaves no half-written final adapter; returns its path."""
+    final = final_adapter_dir(output_dir)
+    partial = os.path.join(output_dir, f".tmp-{ADAPTER_DIR}")
+    with save_errors_reported(final):
+        shutil.rmtree(partial, ignore_errors=True)
+        save_pretrained(partial)
+        fsync_tree(partial)
+        remove_final_adapter(output_dir)
+        os.rename(partial, final)
+        fsync_directory(output_dir)
+    return final
+
+
+def best_checkpoint_of(checkpoint_dir):
+    """The checkpoint that checkpoint_dir's trainer_state.json records as the best (a sibling of it),
+    if it is still there and its adapter verifies; else None."""
+    with open(os.path.join(checkpoint_dir, TRAINER_STATE_FILE), encoding="utf-8") as stream:
+        recorded = json.load(stream).get("best_model_checkpoint")
+    if not recorded:
+        return None
+    best = os.path.join(os.path.dirname(os.path.normpath(checkpoint_dir)), os.path.basename(os.path.normpath(recorded)))
+    if not os.path.isdir(best) or verify_checkpoint(best, adapter_only=True):
+        logger.warning("%s records %s as its best checkpoint, which is gone or damaged", checkpoint_dir, recorded)
+        return None
+    return best
 
 
 def mark_run_completed(output_dir):

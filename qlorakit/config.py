@@ -220,6 +220,15 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
         metadata={"help": "Resume even though settings that change training (learning rate, batch sizes, data, "
                           "model, LoRA, seed) differ from the checkpoint's run; without it such a resume is refused."},
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop training when --metric_for_best_model has not improved for N evaluations in a row "
+                          "(transformers' EarlyStoppingCallback); the step it stops at is saved."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0,
+        metadata={"help": "With --early_stopping_patience: how much the metric must improve to count as improving."},
+    )
     # Not flags: --use_cache is the reference's generation switch (GenerationArguments), training
     # runs without the cache, and --gradient_checkpointing is a reference flag (ReferenceFlags).
     use_cache: bool = field(default=False, init=False)
@@ -229,6 +238,51 @@ class TrainingArguments(transformers.Seq2SeqTrainingArguments):
     def __getstate__(self):
         """Pickled copies (checkpoint-N/training_args.bin) never carry the hub token."""
         return {**self.__dict__, "hub_token": None}
+
+    def _validate_args(self):
+        """transformers validates after filling in defaults (eval_steps, metric_for_best_model);
+        ours come first, in one line."""
+        check_best_model_settings(self)
+        super()._validate_args()
+
+
+def check_best_model_settings(training):
+    """Refuse settings with which --load_best_model_at_end or --early_stopping_patience cannot do
+    what they say: no evaluation to compare, an evaluation without a checkpoint to load (its best
+    would be lost, an earlier one loaded), no metric to watch."""
+    if training.load_best_model_at_end:
+        check_evaluations("--load_best_model_at_end", training)
+        save, evaluate = training.save_strategy.value, training.eval_strategy.value
+        if save not in ("best", evaluate):
+            raise ArgumentError(f"--load_best_model_at_end loads the checkpoint of the best evaluation: "
+                                f"--save_strategy {save} and --eval_strategy {evaluate} must match (or pass "
+                                "--save_strategy best)")
+        if save == "steps" and training.save_steps != training.eval_steps:
+            raise ArgumentError(f"--load_best_model_at_end loads the checkpoint of the best evaluation: --save_steps "
+                                f"{training.save_steps:g} must equal --eval_steps {training.eval_steps:g} (or pass "
+                                "--save_strategy best)")
+    patience, threshold = training.early_stopping_patience, training.early_stopping_threshold
+    if not math.isfinite(threshold) or threshold < 0:
+        raise ArgumentError(f"--early_stopping_threshold must be a finite number >= 0, got {threshold}")
+    if patience is None:
+        if threshold:
+            raise ArgumentError("--early_stopping_threshold applies with --early_stopping_patience")
+        return
+    if patience < 1:
+        raise ArgumentError(f"--early_stopping_patience counts evaluations: it must be at least 1, got {patience}")
+    check_evaluations("--early_stopping_patience", training)
+    if training.metric_for_best_model is None:
+        raise ArgumentError("--early_stopping_patience watches --metric_for_best_model: name one (eval_loss, "
+                            "mmlu_eval_accuracy, ...)")
+
+
+def check_evaluations(flag, training):
+    """flag compares evaluations made during training: there must be some."""
+    if training.eval_strategy.value == "no":
+        raise ArgumentError(f"{flag} compares evaluations: pass --eval_strategy steps (or epoch)")
+    if training.eval_strategy.value == "steps" and 1 <= training.max_steps < training.eval_steps:
+        raise ArgumentError(f"{flag} compares evaluations: --eval_steps {training.eval_steps:g} exceeds --max_steps "
+                            f"{training.max_steps}, training would end before the first one")
 
 
 @dataclass
@@ -346,6 +400,9 @@ def validate_arguments(args):
         raise ArgumentError(f"--mmlu_dataset must be mmlu-zs, mmlu-fs or mmlu, got {args.mmlu.mmlu_dataset!r}")
     if args.mmlu.mmlu_split not in ("eval", "test"):
         raise ArgumentError(f"--mmlu_split must be eval or test, got {args.mmlu.mmlu_split!r}")
+    metric = training.metric_for_best_model
+    if metric and metric.removeprefix("eval_").startswith("mmlu_") and not args.mmlu.do_mmlu_eval:
+        raise ArgumentError(f"--metric_for_best_model {metric} is an MMLU score: pass --do_mmlu_eval True")
     if data.preview_format not in PREVIEW_FORMATS:
         raise ArgumentError(f"--preview_format must be one of {PREVIEW_FORMATS}, got {data.preview_format!r}")
     if data.preview_data < 0 or (data.max_seq_len is not None and data.max_seq_len < 2):

@@ -10,14 +10,15 @@ import numpy as np
 import torch
 import transformers
 from accelerate.utils import broadcast_object_list, gather_object
-from transformers import set_seed
+from transformers import ProgressCallback, set_seed
 
 from . import checkpoints, jsonl, launcher, run_lock, run_settings
 from .base_loading import check_model_weights
-from .callbacks import CheckpointCallback, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
+from .best_model import best_evaluation
+from .callbacks import CheckpointCallback, EarlyStopping, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
-from .errors import ArgumentError, TrainingInterrupted, TrainingStopped
+from .errors import ArgumentError, InputError, TrainingInterrupted, TrainingStopped
 from .generation import (build_generation_config, cut_at_stop_strings, describe_stop_strings, resolve_stop_strings,
                          stop_strings_of)
 from .mmlu import load_mmlu
@@ -118,11 +119,22 @@ def setup_trainer(args, resume_from=None):
         mmlu_callback = MMLUEvalCallback(mmlu_dataset, tokenizer, args.mmlu.mmlu_split, seq2seq=task == SEQ2SEQ)
         mmlu_callback.trainer = trainer
         trainer.add_callback(mmlu_callback)
+    if training_args.early_stopping_patience is not None:  # after MMLU: it reads the scores MMLU adds
+        trainer.add_callback(EarlyStopping(training_args.early_stopping_patience,
+                                           training_args.early_stopping_threshold))
     return trainer, tokenizer, eval_dataset
 
 
 def find_callback(trainer, callback_type):
-    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, callback_type))
+    return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, callback_type)), None)
+
+
+def close_progress_bar(trainer):
+    """Close the training progress bar before an error found mid-training (a metric never logged, a
+    full disk) is reported: left open, it is redrawn at exit, below the error line."""
+    progress = find_callback(trainer, ProgressCallback)
+    if progress is not None and progress.training_bar is not None:
+        progress.on_train_end(trainer.args, trainer.state, trainer.control)
 
 
 def check_replicas(trainer):
@@ -266,21 +278,36 @@ def describe_plan(training_args, train_rows, full_finetune=False):
     per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                 * training_args.world_size)
     what = "model" if full_finetune else "adapter"
-    where = (saved_weights_dir(training_args.output_dir, steps, full_finetune)
-             if training_args.save_strategy != "no" else "not saved (--save_strategy no)")
+    if training_args.save_strategy == "no":
+        where = "not saved (--save_strategy no)"
+    elif training_args.load_best_model_at_end and not full_finetune:
+        where = f"{checkpoints.final_adapter_dir(training_args.output_dir)} (the best checkpoint's)"
+    else:
+        where = saved_weights_dir(training_args.output_dir, steps, full_finetune)
     return (f"plan: {steps} steps x {per_step} rows ({training_args.per_device_train_batch_size} per device x "
             f"{training_args.gradient_accumulation_steps} accumulation x {training_args.world_size} processes) = "
             f"{steps * per_step} rows = {steps * per_step / train_rows:.1f} epochs of {train_rows} training rows; "
             f"{what} -> {where}")
 
 
-def describe_final_weights(output_dir, full_finetune=False):
-    """Where the newest checkpoint keeps the trained weights, after training."""
+def describe_final_weights(output_dir, full_finetune=False, best=None):
+    """Where the trained weights are after training: with --load_best_model_at_end the best
+    checkpoint's (best: its BestEvaluation, loaded at the end of training), else the newest checkpoint's."""
+    what = "model" if full_finetune else "adapter"
+    if best is not None and best.checkpoint is not None:
+        where = best.checkpoint if full_finetune else checkpoints.final_adapter_dir(output_dir)
+        return f"best checkpoint: {best} loaded as the final {what}: {where}"
     newest = next(iter(checkpoints.list_checkpoints(output_dir)), None)
     if newest is None:
         return f"no checkpoint in {output_dir} (--save_strategy no): the trained weights were not saved"
-    what = "model" if full_finetune else "adapter"
     return f"final {what}: {saved_weights_dir(output_dir, checkpoints.checkpoint_step(newest), full_finetune)}"
+
+
+def describe_early_stop(stopper, state, metric_for_best_model):
+    """The line that says training stopped early, at which step, why, and which evaluation was best."""
+    margin = f" by more than {stopper.early_stopping_threshold:g}" if stopper.early_stopping_threshold else ""
+    return (f"early stopping at step {stopper.stopped_at}: {metric_for_best_model} did not improve{margin} for "
+            f"{stopper.early_stopping_patience} evaluations; best: {best_evaluation(state, metric_for_best_model)}")
 
 
 def run(args):
@@ -319,6 +346,8 @@ def train_evaluate_predict(args):
             completed = False
     if training_args.do_train and not completed:
         check_resume_settings(args, resume_from)
+    if completed and resume_from and training_args.load_best_model_at_end:
+        resume_from = checkpoints.best_checkpoint_of(resume_from) or resume_from
     trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from)
     if completed and resume_from:
         logger.info("%s holds a completed run: skipping training; %s", training_args.output_dir,
@@ -330,7 +359,11 @@ def train_evaluate_predict(args):
             logger.info("resuming from %s", resume_from)
         if trainer.is_world_process_zero():
             print(describe_plan(training_args, len(trainer.train_dataset), args.lora.full_finetune))
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        try:
+            result = trainer.train(resume_from_checkpoint=resume_from)
+        except InputError:
+            close_progress_bar(trainer)
+            raise
         preemption = find_callback(trainer, PreemptionCallback)
         if preemption.stopped_at is not None:
             stopped = TrainingInterrupted if preemption.signal_name == "SIGINT" else TrainingStopped
@@ -350,7 +383,12 @@ def train_evaluate_predict(args):
         trainer.save_state()
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(training_args.output_dir)
-            print(describe_final_weights(training_args.output_dir, args.lora.full_finetune))
+            metric = training_args.metric_for_best_model
+            best = best_evaluation(trainer.state, metric) if training_args.load_best_model_at_end else None
+            print(describe_final_weights(training_args.output_dir, args.lora.full_finetune, best))
+            stopper = find_callback(trainer, EarlyStopping)
+            if stopper is not None and stopper.stopped_at is not None:
+                print(describe_early_stop(stopper, trainer.state, metric))
         all_metrics.update(result.metrics)
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")

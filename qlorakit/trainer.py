@@ -8,7 +8,9 @@ from transformers import Seq2SeqTrainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import checkpoints
+from .best_model import with_prefixed_name
 from .checkpoints import ADAPTER_DIR
+from .errors import CheckpointError
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
@@ -31,12 +33,8 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class QLoRATrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer that resumes an adapter from the reference layout (checkpoint-N/adapter_model)
-    and evaluates in dataset order.
-
-    The stock Trainer would load that folder as a second, frozen adapter named 'adapter_model'
-    and leave the trained one at its initial weights.
-    """
+    """Seq2SeqTrainer that resumes an adapter from the reference layout (checkpoint-N/adapter_model),
+    loads the best one from there (--load_best_model_at_end) and evaluates in dataset order."""
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -69,9 +67,39 @@ class QLoRATrainer(Seq2SeqTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = self.model if model is None else model
-        adapter_dir = os.path.join(resume_from_checkpoint, ADAPTER_DIR)
-        if os.path.isdir(adapter_dir) and hasattr(model, "load_adapter"):
-            # Keep the adapter in the dtype it trains in (peft would upcast bf16 weights to fp32).
-            model.load_adapter(adapter_dir, model.active_adapter, is_trainable=True, autocast_adapter_dtype=False)
+        if not load_saved_adapter(model, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _determine_best_metric(self, metrics, trial):
+        """Find --metric_for_best_model also under the MMLU scores' own names, and name a metric the
+        evaluation never logs in one line (transformers raises a KeyError)."""
+        if self.args.metric_for_best_model is not None:
+            metrics = with_prefixed_name(metrics, self.args.metric_for_best_model)
+        return super()._determine_best_metric(metrics, trial)
+
+    def _load_best_model(self):
+        """Load the best checkpoint's adapter from checkpoint-N/adapter_model and save it as the
+        run's final adapter (output_dir/adapter_model). The stock method looks for the adapter in
+        checkpoint-N/ itself and, not finding it, keeps the last step's weights."""
+        best = self.state.best_model_checkpoint
+        if not os.path.isdir(os.path.join(best, ADAPTER_DIR)):
+            super()._load_best_model()  # a full finetune: the model's own files in checkpoint-N/
             return
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        problems = checkpoints.verify_checkpoint(best, adapter_only=True)
+        if problems:
+            raise CheckpointError(f"the best checkpoint {best} cannot be trusted ({'; '.join(problems)})")
+        load_saved_adapter(self.model, best)
+        if self.args.should_save:
+            checkpoints.save_final_adapter(self.args.output_dir, self.model.save_pretrained)
+
+
+def load_saved_adapter(model, checkpoint_dir):
+    """Load checkpoint_dir/adapter_model into the model's trained adapter (True), if there is one
+    and the model is a peft model. The stock Trainer would load that folder as a second, frozen
+    adapter named 'adapter_model' and leave the trained one as it was."""
+    adapter_dir = os.path.join(checkpoint_dir, ADAPTER_DIR)
+    if not (os.path.isdir(adapter_dir) and hasattr(model, "load_adapter")):
+        return False
+    # Keep the adapter in the dtype it trains in (peft would upcast bf16 weights to fp32).
+    model.load_adapter(adapter_dir, model.active_adapter, is_trainable=True, autocast_adapter_dtype=False)
+    return True

@@ -7,7 +7,7 @@ from qlorakit.train import completed_run_plan, describe_final_weights, describe_
 
 def reference_args(**overrides):
     values = dict(max_steps=10000, num_train_epochs=3, per_device_train_batch_size=1, gradient_accumulation_steps=16,
-                  world_size=1, output_dir="out", save_strategy="steps")
+                  world_size=1, output_dir="out", save_strategy="steps", load_best_model_at_end=False)
     return argparse.Namespace(**{**values, **overrides})
 
 
@@ -22,6 +22,11 @@ def test_epochs_without_max_steps_and_a_full_finetune():
                                         gradient_accumulation_steps=2, world_size=2), 100, full_finetune=True)
     assert plan.startswith("plan: 13 steps x 16 rows (4 per device x 2 accumulation x 2 processes) = 208 rows")
     assert plan.endswith("; model -> out/checkpoint-13")
+
+
+def test_with_load_best_model_at_end_the_plan_names_the_final_adapter():
+    assert describe_plan(reference_args(load_best_model_at_end=True), 9846).endswith(
+        "; adapter -> out/adapter_model (the best checkpoint's)")
 
 
 def test_the_final_line_names_the_newest_checkpoint(tmp_path):
