@@ -32,7 +32,7 @@ import zipfile
 
 from safetensors import SafetensorError
 
-from .base_loading import BASE_LOADING_FILE
+from .base_loading import ADAPTER_CONFIG_FILE, BASE_LOADING_FILE
 from .errors import CheckpointError, InputError
 from .jsonl import fsync_directory, write_json_atomic, write_text_atomic
 from .trained_template import TEMPLATE_FILE
@@ -243,9 +243,20 @@ def find_resume_checkpoint(output_dir, adapter_only=False):
     return None, completed
 
 
+def is_bare_adapter(path):
+    """An adapter directory (peft's adapter_config.json) without the Trainer's state beside it: a
+    published adapter or a checkpoint's adapter_model/, which can start a run but not resume one."""
+    return (os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE))
+            and not os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)))
+
+
 def check_explicit_checkpoint(path):
     if not os.path.isdir(path):
         raise CheckpointError(f"--resume_from_checkpoint {path}: no such directory")
+    if is_bare_adapter(path):
+        raise CheckpointError(f"--resume_from_checkpoint {path}: an adapter, not a checkpoint (no "
+                              f"{TRAINER_STATE_FILE}); to train on from it with a fresh optimizer, pass "
+                              f"--adapter_name_or_path {path}")
     problems = verify_checkpoint(path)
     if problems:
         raise CheckpointError(f"--resume_from_checkpoint {path}: cannot be trusted ({'; '.join(problems)}); "

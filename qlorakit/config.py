@@ -43,6 +43,13 @@ class ModelArguments:
         default="EleutherAI/pythia-12b",
         metadata={"help": "Hub id or local directory of the base model."},
     )
+    adapter_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Train on from an existing LoRA adapter (its weights and LoRA settings, a fresh optimizer "
+                          "and learning-rate schedule): an adapter directory, a checkpoint-N directory, a run "
+                          "folder (its newest complete checkpoint) or a hub id. A checkpoint in --output_dir is "
+                          "resumed instead."},
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Run modelling code shipped with the checkpoint. Off unless you trust it."},
@@ -365,9 +372,13 @@ class RunArguments(NamedTuple):
     mmlu: MMLUArguments
     training: TrainingArguments
     generation: GenerationArguments
+    # Names of the settings the user gave (flags or config file): the rest hold defaults. An adapter
+    # that training starts from keeps its own settings, except those the user gave.
+    given: frozenset = frozenset()
 
 
-ARGUMENT_CLASSES = (*RunArguments.__annotations__.values(), ReferenceFlags)
+ARGUMENT_CLASSES = (*(cls for cls in RunArguments.__annotations__.values() if dataclasses.is_dataclass(cls)),
+                    ReferenceFlags)
 
 
 # Flags whose package is optional: (the modules, any one of which serves it; what to install).
@@ -394,6 +405,9 @@ def validate_arguments(args):
         raise ArgumentError(f"--quant_type must be one of {QUANT_TYPES}, got {quantization.quant_type!r}")
     if args.lora.full_finetune and quantization.bits in (4, 8):
         raise ArgumentError("--full_finetune trains 16/32-bit weights: pass --bits 16 or --bits 32")
+    if args.lora.full_finetune and args.model.adapter_name_or_path:
+        raise ArgumentError("--adapter_name_or_path trains on a LoRA adapter; --full_finetune trains the whole model "
+                            "instead: drop one of them")
     if training.bf16 and training.fp16:
         raise ArgumentError("--bf16 and --fp16 exclude each other")
     if args.mmlu.mmlu_dataset not in ("mmlu-zs", "mmlu-fs", "mmlu"):
@@ -614,7 +628,8 @@ def parse_arguments(argv=None, environment_defaults=None):
     notices = translate_reference_flags(values, given)
     if "use_cpu" in (environment_defaults or {}) and "use_cpu" not in given:
         notices.append("no GPU or other accelerator found: training on the CPU (--use_cpu True)")
-    args = RunArguments(*(build_arguments(cls, values) for cls in ARGUMENT_CLASSES if cls is not ReferenceFlags))
+    args = RunArguments(*(build_arguments(cls, values) for cls in ARGUMENT_CLASSES if cls is not ReferenceFlags),
+                        given=frozenset(given))
     validate_arguments(args)
     if args.training.process_index == 0:  # once per run, not once per data-parallel rank
         print(sources, file=sys.stderr)  # stderr: --preview_format json keeps stdout to its rows

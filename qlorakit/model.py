@@ -50,6 +50,8 @@ SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape
                            r"checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)")
 # The axis of each LoRA matrix that is the rank r: A is (r, in), B is (out, r).
 RANK_AXES = {"lora_A": 0, "lora_B": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}
+# The base-loading settings that are flags of their own (BaseLoading fields and QuantizationArguments).
+QUANTIZATION_SETTINGS = ("bits", "quant_type", "double_quant")
 
 
 def compute_dtype_for(training_args):
@@ -350,19 +352,21 @@ def prepare_base_for_training(model, training_args):
         model.enable_input_require_grads()
 
 
-def lora_conflicts(saved, lora_args, targets):
-    """'flag=saved (flags: value)' for each LoRA setting where the flags disagree with a saved adapter."""
+def lora_conflicts(saved, lora_args, targets, compared=None):
+    """'flag=saved (flags: value)' for each LoRA setting where the flags disagree with a saved adapter.
+    compared: the flag names to compare (None: all of them)."""
     conflicts = [f"{flag}={getattr(saved, key)} (flags: {getattr(lora_args, flag)})"
-                 for key, flag in LORA_SETTINGS if getattr(saved, key) != getattr(lora_args, flag)]
+                 for key, flag in LORA_SETTINGS if (compared is None or flag in compared)
+                 and getattr(saved, key) != getattr(lora_args, flag)]
     saved_targets = [saved.target_modules] if isinstance(saved.target_modules, str) else sorted(saved.target_modules)
-    if saved_targets != sorted(targets):
+    if (compared is None or "lora_modules" in compared) and saved_targets != sorted(targets):
         conflicts.append(f"targets={','.join(saved_targets)} (flags: {','.join(sorted(targets))})")
     return conflicts
 
 
 def base_loading_conflicts(saved, flags):
     return [f"{field}={getattr(saved, field)} (flags: {getattr(flags, field)})"
-            for field in ("bits", "quant_type", "double_quant") if getattr(saved, field) != getattr(flags, field)]
+            for field in QUANTIZATION_SETTINGS if getattr(saved, field) != getattr(flags, field)]
 
 
 def save_adapter(save_pretrained, record, save_directory, template=None, **kwargs):
@@ -377,16 +381,27 @@ def save_adapter(save_pretrained, record, save_directory, template=None, **kwarg
             write_template_record(save_directory, template)
 
 
-def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, record=None, template=None):
+def read_adapter_config(adapter):
+    """peft's config of a saved adapter, with one line for one that cannot be read."""
+    try:
+        return PeftConfig.from_pretrained(adapter)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{adapter}: cannot read the adapter config ({str(error).strip().splitlines()[0]})") from error
+
+
+def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, record=None, template=None,
+                compared_flags=None):
     """Wrap a frozen base with a LoRA adapter: a fresh one, or the saved one of adapter_dir as it
-    was trained (its own rank, alpha, dropout and targets; contradicting flags are reported)."""
+    was trained (its own rank, alpha, dropout and targets; contradicting flags are reported as
+    ignored). compared_flags: the LoRA flags to compare with the saved adapter (None: all)."""
     lora_args = args.lora
     prepare_base_for_training(model, args.training)
     targets = lora_target_modules(model, lora_args.lora_modules)
     if adapter_dir:
-        conflicts = lora_conflicts(PeftConfig.from_pretrained(adapter_dir), lora_args, targets)
+        conflicts = lora_conflicts(read_adapter_config(adapter_dir), lora_args, targets, compared_flags)
         if conflicts:
-            logger.warning("%s was trained with %s; using the saved adapter's settings", adapter_dir, ", ".join(conflicts))
+            logger.warning("%s was trained with %s; using the saved adapter's settings, these flags are ignored",
+                           adapter_dir, ", ".join(conflicts))
         model = load_adapter(model, adapter_dir, is_trainable=True, autocast_adapter_dtype=False)
     else:
         config = LoraConfig(r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, target_modules=targets,
@@ -420,14 +435,9 @@ def cast_for_training(model, bf16, norms_in_fp32=False):
             module.to(torch.bfloat16)
 
 
-def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None, template=None):
-    """The base (quantized as asked) plus a LoRA adapter, or the whole model for --full_finetune.
-
-    adapter_dir: a checkpoint's adapter to continue from or evaluate; its saved base loading
-    (bits, quant type, double quant) wins over the flags, with a warning when they differ.
-    template: the record of the prompt template trained with, saved beside every adapter.
-    """
-    sharded = sharded_training(args.training)
+def checkpoint_base_loading(args, adapter_dir):
+    """The base under a checkpoint of this run: its saved loading (bits, quant type, double quant)
+    wins over the flags, with a warning when they differ (the settings check let the change pass)."""
     loading = base_loading_for_training(args)
     saved = read_base_loading(adapter_dir) if adapter_dir else None
     if saved:
@@ -437,15 +447,55 @@ def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None, template=None):
                            ", ".join(conflicts))
         loading = dataclasses.replace(loading, bits=saved.bits, quant_type=saved.quant_type,
                                       double_quant=saved.double_quant)
+    return loading
+
+
+def starting_adapter_base_loading(args, adapter):
+    """The base under an adapter that training starts from, as inference rebuilds it: its saved
+    loading, with the quantization flags the user gave on top (named in one line where they differ);
+    without a record, the flags with a one-line notice. The compute dtype follows --bf16/--fp16."""
+    flags = base_loading_for_training(args)
+    given = {name: getattr(flags, name) for name in QUANTIZATION_SETTINGS if name in args.given}
+    saved = read_base_loading(adapter)
+    if saved is None:
+        logger.warning("note: %s has no %s; loading the base as the flags say (%s)", adapter, BASE_LOADING_FILE,
+                       flags.describe())
+        return flags
+    overridden = base_loading_conflicts(saved, dataclasses.replace(saved, **given))
+    if overridden:
+        logger.warning("%s was trained on a base loaded with %s; loading it as the flags say", adapter,
+                       ", ".join(overridden))
+    return resolve_base_loading(saved, compute_dtype=flags.compute_dtype, **given)
+
+
+def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None, template=None, adapter_starts_run=False):
+    """The base (quantized as asked) plus a LoRA adapter, or the whole model for --full_finetune.
+
+    adapter_dir: the adapter to train on or evaluate; a checkpoint's of this run (resume,
+    evaluation) unless adapter_starts_run. A checkpoint is loaded as it was trained: its base
+    loading and LoRA settings win over every flag, differences are reported.
+    adapter_starts_run: adapter_dir is an adapter this run starts from (--adapter_name_or_path).
+    Its LoRA settings win over the flags too, but only the flags the user gave are reported as
+    ignored, and quantization flags the user gave win over its base loading.
+    template: the record of the prompt template trained with, saved beside every adapter.
+    """
+    sharded = sharded_training(args.training)
+    if adapter_starts_run:
+        loading = starting_adapter_base_loading(args, adapter_dir)
+        logger.info("training on from the adapter %s (base: %s)", adapter_dir, loading.describe())
+    else:
+        loading = checkpoint_base_loading(args, adapter_dir)
     model = load_base_model(args, task, loading, sharded)
     base_config = config_fields(model.config)  # before the embeddings grow: as the base's config.json says
     resize_embeddings_for(tokenizer, model)
     model.config.dtype = compute_dtype_for(args.training)
     if args.lora.full_finetune:
         return model
+    note_other_model_class(adapter_dir, loading.model_class, model, args.model.model_name_or_path)
     record = dataclasses.replace(loading, model_class=type(model).__name__,
                                  base_model=base_name(args.model.model_name_or_path), base_config=base_config)
-    return attach_lora(model, args, task, sharded, adapter_dir, record, template)
+    compared_flags = args.given if adapter_starts_run else None
+    return attach_lora(model, args, task, sharded, adapter_dir, record, template, compared_flags)
 
 
 def logical_numel(param):
@@ -488,6 +538,13 @@ def size_mismatch_message(adapter, base, error_text):
         return (f"{adapter}: its weights do not match its {ADAPTER_CONFIG_FILE} ({detail}, rank {saved_shape[axis]} "
                 f"in the weights, r {expected_shape[axis]} in the config{more})")
     return f"{adapter}: its weights do not fit the base {base} ({detail}{more}): it was trained on another base"
+
+
+def note_other_model_class(adapter, saved_class, model, model_name_or_path):
+    """One line when the adapter's record names another model class than the base loaded under it."""
+    if saved_class not in (None, type(model).__name__):
+        logger.warning("note: %s was trained on a %s base, %s is a %s", adapter, saved_class, model_name_or_path,
+                       type(model).__name__)
 
 
 def load_adapter(model, adapter, **kwargs):
@@ -578,9 +635,8 @@ def load_for_inference(model_name_or_path, adapter=None, bits=None, compute_dtyp
     loading, saved = inference_loading(adapter, bits=bits, quant_type=quant_type, double_quant=double_quant,
                                        compute_dtype=compute_dtype)
     model, tokenizer = load_base_for_inference(model_name_or_path, loading, trust_remote_code, adapter)
-    if saved and saved.model_class not in (None, type(model).__name__):
-        logger.warning("note: %s was trained on a %s base, %s is a %s", adapter, saved.model_class,
-                       model_name_or_path, type(model).__name__)
+    if saved:
+        note_other_model_class(adapter, saved.model_class, model, model_name_or_path)
     if adapter:
         model = load_adapter(model, adapter)
     model.eval()

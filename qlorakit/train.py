@@ -13,7 +13,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from transformers import ProgressCallback, set_seed
 
 from . import checkpoints, jsonl, launcher, run_lock, run_settings
-from .base_loading import check_model_weights
+from .base_loading import check_adapter, check_model_weights, resolve_adapter
 from .best_model import best_evaluation
 from .callbacks import CheckpointCallback, EarlyStopping, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
@@ -23,7 +23,7 @@ from .generation import (build_generation_config, cut_at_stop_strings, describe_
                          stop_strings_of)
 from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
-                    model_task)
+                    model_task, read_adapter_config)
 from .preview import length_summary, preview_rows
 from .quiet import paged_optimizer_note
 from .trainer import QLoRATrainer
@@ -66,12 +66,13 @@ def saved_adapter_dir(checkpoint_dir):
     return adapter_dir if os.path.isdir(adapter_dir) else None
 
 
-def setup_trainer(args, resume_from=None):
+def setup_trainer(args, resume_from=None, start_adapter=None):
     """Everything before training, cheapest first so that bad input fails in seconds. Seeded
     first: the LoRA initialisation draws random numbers before the Trainer would seed.
 
     resume_from: a checkpoint whose adapter is loaded as it was saved (to resume, evaluate or
     predict) instead of a fresh one built from the LoRA flags.
+    start_adapter: otherwise, an adapter directory or hub id to train on from (--adapter_name_or_path).
     """
     model_args, data_args, training_args = args.model, args.data, args.training
     set_seed(training_args.seed)
@@ -91,7 +92,9 @@ def setup_trainer(args, resume_from=None):
                          f"{model_args.model_name_or_path} is an encoder-decoder: use an input-output format")
     mmlu_dataset = load_mmlu(args.mmlu, tokenizer) if args.mmlu.do_mmlu_eval else None
 
-    model = load_model(args, tokenizer, task, saved_adapter_dir(resume_from), template)
+    adapter_starts_run = resume_from is None and start_adapter is not None
+    adapter_dir = start_adapter if adapter_starts_run else saved_adapter_dir(resume_from)
+    model = load_model(args, tokenizer, task, adapter_dir, template, adapter_starts_run)
     if training_args.local_process_index == 0:
         print(f"world size: {training_args.world_size}")
         for line in describe_parameters(model):
@@ -334,6 +337,22 @@ def completed_run_plan(training_args, checkpoint):
     return "nothing else to do (add --do_eval or --do_predict to use it, or pick a new --output_dir to train anew)"
 
 
+def starting_adapter(args, resume_from):
+    """The adapter directory or hub id that --adapter_name_or_path names, or None. A checkpoint to
+    resume wins: the adapter only starts a run, which one line says."""
+    adapter = args.model.adapter_name_or_path
+    if not adapter:
+        return None
+    if resume_from:
+        logger.warning("--adapter_name_or_path %s is not loaded: %s continues this run (an adapter starts a new run "
+                       "only; pass another --output_dir to start from it)", adapter, resume_from)
+        return None
+    adapter = resolve_adapter(adapter)
+    check_adapter(adapter)
+    read_adapter_config(adapter)  # a hub id that is not there fails before the base loads
+    return adapter
+
+
 def train_evaluate_predict(args):
     training_args = args.training
     if training_args.resume_from_checkpoint:
@@ -344,11 +363,12 @@ def train_evaluate_predict(args):
             logger.warning("%s holds a 'completed' marker but no checkpoint of a finished run: ignoring the marker, "
                            "training", training_args.output_dir)
             completed = False
+    start_adapter = starting_adapter(args, resume_from)
     if training_args.do_train and not completed:
         check_resume_settings(args, resume_from)
     if completed and resume_from and training_args.load_best_model_at_end:
         resume_from = checkpoints.best_checkpoint_of(resume_from) or resume_from
-    trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from)
+    trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from, start_adapter)
     if completed and resume_from:
         logger.info("%s holds a completed run: skipping training; %s", training_args.output_dir,
                     completed_run_plan(training_args, resume_from))
@@ -357,6 +377,9 @@ def train_evaluate_predict(args):
     if training_args.do_train and not completed:
         if resume_from:
             logger.info("resuming from %s", resume_from)
+        elif start_adapter:
+            logger.info("starting from the weights of %s at step 0, with a fresh optimizer and learning-rate schedule",
+                        start_adapter)
         if trainer.is_world_process_zero():
             print(describe_plan(training_args, len(trainer.train_dataset), args.lora.full_finetune))
         try:
