@@ -80,6 +80,13 @@ NAMED_TEMPLATES = {
 TEMPLATE_CHOICES = (*NAMED_TEMPLATES, "tokenizer")
 
 
+def chat_template_help():
+    """--chat_template's help, written from NAMED_TEMPLATES."""
+    named = ", ".join(template.description for template in NAMED_TEMPLATES.values())
+    return (f"How chat rows are rendered: {named}, tokenizer (its own chat template) or a .jinja file. Default: the "
+            "tokenizer's if it has one, else guanaco. Tool calls need a template that mentions tools or tool_calls.")
+
+
 def message_text(content, number):
     """A message's text: a string, or the text parts of an OpenAI content list joined.
 

@@ -217,6 +217,20 @@ def columns_rule(data_format):
     return f"{rule} without {' or '.join(data_format.unless)}" if data_format.unless else rule
 
 
+def dataset_format_help():
+    """--dataset_format's help, written from FORMATS: adding a format is one entry there."""
+    detected = ", ".join(f"{columns_rule(f)}: {name}" for name, f in FORMATS.items() if f.detected)
+    asked = " and ".join(name for name, f in FORMATS.items() if not f.detected)
+    return (f"{' | '.join(FORMATS)}. Defaults to the built-in dataset's own format; for other data the columns "
+            f"decide ({detected}); {asked} only with this flag.")
+
+
+def dataset_help():
+    """--dataset's help, written from HUB_DATASETS and LOCAL_EXTENSIONS."""
+    return (f"Built-in name ({', '.join(HUB_DATASETS)}), a hub dataset id (owner/name) or a local "
+            f"{'/'.join(LOCAL_EXTENSIONS)} file; several, separated by commas, are mixed.")
+
+
 def format_fits(data_format, present):
     """The column set through which a format fits the columns present, or None."""
     if set(data_format.unless) & present:
