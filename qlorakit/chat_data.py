@@ -9,12 +9,20 @@ included, and on nothing else.
 The assistant spans are found from rendered text alone, so any template works, with or without
 ``{% generation %}`` markers: a turn starts where the conversation before it, rendered with the
 generation prompt, ends inside the whole rendering, and ends where the conversation through it
-stops matching; the reply's text must lie in between. Whitespace a template writes after an end-of-turn special token is glue, not
-part of the reply, and stays untrained.
+stops matching; the reply's text must lie in between. Whitespace a template writes after an
+end-of-turn special token is glue, not part of the reply, and stays untrained.
+
+Tool calls (OpenAI ``tool_calls`` and ``tool`` turns, ShareGPT ``function_call``/``observation``
+turns, a ``tools`` column) are read into OpenAI's shape and rendered by a template that has a
+layout for them (one that mentions ``tools`` or ``tool_calls``): the assistant's tool-call turns
+are trained like its replies, the tool results are not. Other templates refuse such rows.
 """
 
+import json
 import logging
 import os
+import re
+from dataclasses import dataclass
 
 from .errors import ConversationError
 
@@ -22,8 +30,17 @@ logger = logging.getLogger(__name__)
 
 # Role names of OpenAI-style messages and of ShareGPT turns, mapped to the three roles trained here.
 ROLE_NAMES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-# Turns that call or answer a tool: their layout is the chat template's, and text-only templates have none.
-TOOL_ROLES = ("function_call", "observation", "tool", "function", "ipython")
+# Turns that answer a tool call (OpenAI's tool, its older function, Llama's ipython, ShareGPT's observation),
+# read as OpenAI tool turns; ShareGPT's function_call turn is an assistant turn calling tools.
+TOOL_RESULT_ROLES = ("tool", "function", "ipython", "observation")
+SHAREGPT_TOOL_CALL = "function_call"
+# The keys a message keeps beside role and content: the calls it makes, or the call it answers.
+TOOL_RESULT_KEYS = ("tool_call_id", "name")
+TOOL_KEYS = ("tool_calls", *TOOL_RESULT_KEYS)
+# The column that carries a conversation's tool keys and definitions from formatting to rendering.
+TOOL_COLUMN = "tool_fields"
+# A template that never mentions these has no layout for tool calls: it would drop them or fail.
+TOOL_MARKS = re.compile(r"\btools\b|\btool_calls\b")
 TEXT_PART_TYPES = ("text", "input_text", "output_text")
 MEDIA_TAGS = ("<image>", "<video>", "<audio>")
 # The row number a conversation carries from formatting to tokenization, so errors can name it.
@@ -44,12 +61,30 @@ GUANACO_TEMPLATE = (
 # message (a system message too) is closed by eos, and a reply follows its question directly.
 FIREFLY_TEMPLATE = "{{ bos_token }}{% for message in messages %}{{ message['content'] }}{{ eos_token }}{% endfor %}"
 
-# --chat_template names: (Jinja source, description for the log).
+
+@dataclass(frozen=True)
+class NamedTemplate:
+    """A --chat_template name: its Jinja source, its description for the log and --help, and whether
+    it writes a system turn as a system prompt (firefly writes every message alike, as a question)."""
+
+    source: str
+    description: str
+    system_layout: bool
+
+
 NAMED_TEMPLATES = {
-    "guanaco": (GUANACO_TEMPLATE, "guanaco (### Human: / ### Assistant:, eos after each reply)"),
-    "firefly": (FIREFLY_TEMPLATE, "firefly (bos, then each message closed by eos: <s>q</s>a</s>...)"),
+    "guanaco": NamedTemplate(GUANACO_TEMPLATE, "guanaco (### Human: / ### Assistant:, eos after each reply)", True),
+    "firefly": NamedTemplate(FIREFLY_TEMPLATE, "firefly (bos, then each message closed by eos: <s>q</s>a</s>...)",
+                             False),
 }
 TEMPLATE_CHOICES = (*NAMED_TEMPLATES, "tokenizer")
+
+
+def chat_template_help():
+    """--chat_template's help, written from NAMED_TEMPLATES."""
+    named = ", ".join(template.description for template in NAMED_TEMPLATES.values())
+    return (f"How chat rows are rendered: {named}, tokenizer (its own chat template) or a .jinja file. Default: the "
+            "tokenizer's if it has one, else guanaco. Tool calls need a template that mentions tools or tool_calls.")
 
 
 def message_text(content, number):
@@ -74,19 +109,68 @@ def message_text(content, number):
     return content
 
 
+def json_value(value, what):
+    """A JSON text's value; a value that is not text is taken as given (the file held it parsed)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ConversationError(f"{what} is not valid JSON ({error.msg}): {value!r:.60}") from error
+
+
+def tool_call(call, number):
+    """One call as ``{"type": "function", "function": {"name", "arguments"}}`` with its arguments an
+    object, as chat templates read it: from OpenAI's shape (arguments as JSON text) or a bare
+    ``{"name", "arguments"}`` (ShareGPT's function_call turn, OpenAI's older function_call key).
+
+    >>> tool_call({"name": "天气", "arguments": '{"城市": "北京"}'}, 2)
+    {'type': 'function', 'function': {'name': '天气', 'arguments': {'城市': '北京'}}}
+    """
+    if not isinstance(call, dict):
+        raise ConversationError(f"message {number} has a tool call that is a {type(call).__name__}, not an object")
+    function = call["function"] if isinstance(call.get("function"), dict) else call
+    name = function.get("name")
+    arguments = json_value(function.get("arguments", {}), f"message {number}'s tool call arguments")
+    if not isinstance(name, str) or not name or not isinstance(arguments, dict):
+        raise ConversationError(f"message {number} has a tool call without a name and an object of arguments: "
+                                f"{call!r:.80}")
+    normalized = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    return {**normalized, "id": call["id"]} if isinstance(call.get("id"), str) else normalized
+
+
+def tool_calls(calls, number):
+    calls = calls if isinstance(calls, list) else [calls]
+    return [tool_call(call, number) for call in calls]
+
+
+def text_keys(message, keys):
+    """The message's keys among `keys` that hold text (absent and null keys are left out)."""
+    return {key: message[key] for key in keys if isinstance(message.get(key), str)}
+
+
 def normalize_message(message, number):
-    """One message, OpenAI-style (role/content) or ShareGPT (from/value), as {"role", "content"}."""
+    """One message, OpenAI-style (role/content) or ShareGPT (from/value), as {"role", "content"}
+    plus the tool keys of a tool call (``tool_calls``) or result (role tool, ``tool_call_id``, ``name``)."""
     if not isinstance(message, dict):
         raise ConversationError(f"message {number} is a {type(message).__name__}, not an object")
     role_key, content_key = ("from", "value") if "from" in message else ("role", "content")
-    role = message.get(role_key)
-    if role in TOOL_ROLES or message.get("tool_calls") or message.get("function_call"):
-        raise ConversationError(f"message {number} is a tool call or result ({role}): tool calls are not "
-                                "trained here; leave such conversations out")
+    role, content = message.get(role_key), message.get(content_key)
+    if role == SHAREGPT_TOOL_CALL:
+        calls = json_value(content, f"message {number} ({SHAREGPT_TOOL_CALL})")
+        return {"role": "assistant", "content": "", "tool_calls": tool_calls(calls, number)}
+    if role in TOOL_RESULT_ROLES:
+        return {"role": "tool", "content": message_text(content, number), **text_keys(message, TOOL_RESULT_KEYS)}
     if role not in ROLE_NAMES:
         raise ConversationError(f"message {number} has unknown {role_key} {role!r} "
-                                f"(known: {', '.join(ROLE_NAMES)})")
-    return {"role": ROLE_NAMES[role], "content": message_text(message.get(content_key), number)}
+                                f"(known: {', '.join((*ROLE_NAMES, *TOOL_RESULT_ROLES, SHAREGPT_TOOL_CALL))})")
+    calls = message.get("tool_calls") or message.get("function_call")
+    if not calls:
+        return {"role": ROLE_NAMES[role], "content": message_text(content, number)}
+    if ROLE_NAMES[role] != "assistant":
+        raise ConversationError(f"message {number} is a {role} turn with tool calls: only the assistant calls tools")
+    return {"role": "assistant", "content": "" if content is None else message_text(content, number),
+            "tool_calls": tool_calls(calls, number)}
 
 
 def row_system_message(row, messages):
@@ -108,7 +192,7 @@ def check_turns(messages):
         raise ConversationError(f"message {messages.index(first) + 1} is an assistant turn before any user turn: "
                                 "nothing prompts it")
     for number, message in enumerate(messages, start=1):
-        if message["role"] == "assistant" and not message["content"].strip():
+        if message["role"] == "assistant" and not message["content"].strip() and not message.get("tool_calls"):
             raise ConversationError(f"message {number} is an empty assistant reply: nothing to train")
     if not any(message["role"] == "assistant" for message in messages):
         raise ConversationError("has no assistant turn")
@@ -116,12 +200,10 @@ def check_turns(messages):
 
 
 def normalize_messages(row, messages):
-    """The row's messages (with its system column, if any) as checked {"role", "content"} dicts."""
+    """The row's messages (with its system column, if any) as checked {"role", "content"} dicts, with
+    the tool keys of tool calls and results."""
     if not isinstance(messages, list) or not messages:
         raise ConversationError("holds no list of messages")
-    if row.get("tools") not in (None, "", "[]", []):
-        raise ConversationError("has tool definitions (tools): tool calls are not trained here; leave such "
-                                "conversations out")
     normalized = [normalize_message(message, number) for number, message in enumerate(messages, start=1)]
     return check_turns(row_system_message(row, normalized) + normalized)
 
@@ -160,6 +242,50 @@ def chosen_conversation(row):
     return normalize_messages(row, whole)
 
 
+def row_tools(value):
+    """The row's `tools` (JSON text or a list) as the tool schemas chat templates read,
+    ``{"type": "function", "function": {"name", ...}}``; a bare ``{"name", ...}`` (LLaMA-Factory's
+    tools column) is wrapped in that shape.
+
+    >>> row_tools('[{"name": "天气", "parameters": {}}]')
+    [{'type': 'function', 'function': {'name': '天气', 'parameters': {}}}]
+    """
+    tools = [] if value is None or value == "" else json_value(value, "the tools column")
+    tools = [tools] if isinstance(tools, dict) else tools
+    wrapped = [tool if isinstance(tool.get("function"), dict) else {"type": "function", "function": tool}
+               for tool in tools if isinstance(tool, dict)] if isinstance(tools, list) else []
+    if len(wrapped) != len(tools) or not all(isinstance(tool["function"].get("name"), str) for tool in wrapped):
+        raise ConversationError(f"has a tools column that is not a list of named tool definitions: {value!r:.80}")
+    return wrapped
+
+
+def stored_conversation(messages, tools):
+    """The columns a conversation is kept in from formatting to rendering: its messages with role and
+    content alone (alike in every row, so the columns have one type), and its messages' tool keys with
+    its tool definitions as one JSON text, None for a conversation without tools."""
+    keys = {str(index): {key: message[key] for key in TOOL_KEYS if key in message}
+            for index, message in enumerate(messages)}
+    keys = {index: found for index, found in keys.items() if found}
+    uses_tools = tools or keys or any(message["role"] == "tool" for message in messages)
+    return {"messages": [{"role": message["role"], "content": message["content"]} for message in messages],
+            TOOL_COLUMN: json.dumps({"tools": tools, "messages": keys}, ensure_ascii=False) if uses_tools else None}
+
+
+def with_tool_fields(messages, fields):
+    """(messages, tools) as a chat template takes them: the stored tool keys put back on their messages."""
+    if fields is None:
+        return messages, None
+    stored = json.loads(fields)
+    return ([{**message, **stored["messages"].get(str(index), {})} for index, message in enumerate(messages)],
+            stored["tools"] or None)
+
+
+def renders_tools(template):
+    """Whether a Jinja template has a layout for tools: it mentions `tools` or `tool_calls` (a template
+    that does not would drop the calls, or write them as empty turns)."""
+    return bool(TOOL_MARKS.search(template))
+
+
 def tokenizer_template(tokenizer):
     template = getattr(tokenizer, "chat_template", None)
     return template.get("default") if isinstance(template, dict) else template
@@ -178,24 +304,26 @@ def resolve_chat_template(choice, tokenizer):
     unless `choice` names a template of NAMED_TEMPLATES, tokenizer or a .jinja file."""
     choice = template_name(choice, tokenizer)
     if choice in NAMED_TEMPLATES:
-        return NAMED_TEMPLATES[choice]
+        return NAMED_TEMPLATES[choice].source, NAMED_TEMPLATES[choice].description
     if choice == "tokenizer":
         if not tokenizer_template(tokenizer):
             raise ConversationError("--chat_template tokenizer: the tokenizer has no chat template; "
                                     "use guanaco or a .jinja file")
         return tokenizer_template(tokenizer), "the tokenizer's own"
     if not choice.endswith(".jinja"):
-        raise ConversationError(f"--chat_template must be {', '.join(TEMPLATE_CHOICES)} or a .jinja file, got {choice!r}")
+        raise ConversationError(f"--chat_template must be {', '.join(TEMPLATE_CHOICES)} or a .jinja file, "
+                                f"got {choice!r}")
     if not os.path.isfile(choice):
         raise ConversationError(f"--chat_template {choice}: no such file")
     with open(choice, encoding="utf-8") as handle:
         return handle.read(), choice
 
 
-def render(tokenizer, template, messages, add_generation_prompt=False):
-    """The conversation as text, exactly as the template writes it (special tokens as text)."""
+def render(tokenizer, template, messages, add_generation_prompt=False, tools=None):
+    """The conversation as text, exactly as the template writes it (special tokens as text); `tools`
+    are the tool schemas transformers hands the template as `tools`."""
     try:
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+        return tokenizer.apply_chat_template(messages, tools=tools, chat_template=template, tokenize=False,
                                              add_generation_prompt=add_generation_prompt)
     except Exception as error:  # jinja errors, and templates that raise_exception on a layout
         raise ConversationError(f"the chat template failed ({type(error).__name__}: {error})") from error
@@ -230,19 +358,25 @@ def turn_end(text, start, through, special_tokens):
     return stripped if ends_with_special(text, stripped, special_tokens) else end
 
 
-def find_assistant_spans(tokenizer, template, messages):
-    """(rendered text, [(start, end)] character spans of the assistant turns)."""
-    text = render(tokenizer, template, messages)
+def turn_is_located(message, rendered_turn):
+    """The reply's text, and the name of each tool it calls, lie in the turn's rendering."""
+    names = [call["function"]["name"] for call in message.get("tool_calls") or ()]
+    return all(part in rendered_turn for part in [message["content"].strip(), *names])
+
+
+def find_assistant_spans(tokenizer, template, messages, tools=None):
+    """(rendered text, [(start, end)] character spans of the assistant turns, tool-call turns included)."""
+    text = render(tokenizer, template, messages, tools=tools)
     special_tokens = tokenizer.all_special_tokens
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render(tokenizer, template, messages[:index], add_generation_prompt=True) if index else ""
-        through = render(tokenizer, template, messages[:index + 1])
+        before = render(tokenizer, template, messages[:index], add_generation_prompt=True, tools=tools) if index else ""
+        through = render(tokenizer, template, messages[:index + 1], tools=tools)
         start = len(before)
         end = turn_end(text, start, through, special_tokens)
-        located = text.startswith(before) and message["content"].strip() in text[start:end]
+        located = text.startswith(before) and turn_is_located(message, text[start:end])
         if not located or (spans and start < spans[-1][1]):
             raise ConversationError(f"assistant message {index + 1} cannot be located: the chat template does not "
                                     "render the turns before it as the start of the whole conversation")
@@ -271,9 +405,9 @@ def encode_text(tokenizer, text, with_offsets=False):
     return (ids, offsets) if with_offsets else ids
 
 
-def encode_conversation(tokenizer, template, messages):
+def encode_conversation(tokenizer, template, messages, tools=None):
     """(input_ids, assistant_mask) of one conversation."""
-    text, spans = find_assistant_spans(tokenizer, template, messages)
+    text, spans = find_assistant_spans(tokenizer, template, messages, tools)
     ids, offsets = encode_text(tokenizer, text, with_offsets=True)
     mask = mask_from_offsets(offsets, spans)
     if ids and ids[0] == tokenizer.bos_token_id and offsets[0] == (0, 0):
@@ -281,7 +415,7 @@ def encode_conversation(tokenizer, template, messages):
     return ids, mask
 
 
-def fit_conversation(tokenizer, template, messages, max_len):
+def fit_conversation(tokenizer, template, messages, max_len, tools=None):
     """(input_ids, assistant_mask, shortened) within max_len tokens.
 
     Messages after the last assistant turn are never trained and are dropped. An over-long
@@ -294,7 +428,7 @@ def fit_conversation(tokenizer, template, messages, max_len):
     encoded = {}  # turns kept -> (ids, mask); the first exchange's encoding is reused when nothing fits
 
     def encode(turns):
-        encoded[turns] = encode_conversation(tokenizer, template, messages[:ends[turns - 1]])
+        encoded[turns] = encode_conversation(tokenizer, template, messages[:ends[turns - 1]], tools)
         return encoded[turns]
 
     ids, mask = encode(len(ends))
@@ -327,9 +461,11 @@ def tokenize_conversations(batch, tokenizer, template, max_len, source):
     """datasets.map body: input_ids + assistant_mask (training), source_ids + input/output (generation)."""
     columns = {name: [] for name in ("input_ids", "assistant_mask", "length", "shortened", "source_ids", "input",
                                      "output")}
-    for messages, row in zip(batch["messages"], batch[ROW_COLUMN]):
+    tool_fields = batch[TOOL_COLUMN] if TOOL_COLUMN in batch else [None] * len(batch[ROW_COLUMN])
+    for stored, fields, row in zip(batch["messages"], tool_fields, batch[ROW_COLUMN]):
+        messages, tools = with_tool_fields(stored, fields)
         try:
-            ids, mask, shortened = fit_conversation(tokenizer, template, messages, max_len)
+            ids, mask, shortened = fit_conversation(tokenizer, template, messages, max_len, tools)
         except ConversationError as error:
             raise ConversationError(f"{source}: row {row + 1}: {error}") from error
         kept = any(mask)
@@ -343,13 +479,49 @@ def tokenize_conversations(batch, tokenizer, template, max_len, source):
     return columns
 
 
+# A plain exchange every template must render; with a system turn before it, it tells whether a
+# template has a system layout.
+PROBE_EXCHANGE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                  {"role": "user", "content": "Bye"}]
+PROBE_SYSTEM = "Answer in one word."
+
+
+def has_system_layout(choice, tokenizer):
+    """Whether the --chat_template `choice` writes a system turn as a system prompt: a named template
+    says so; any other does when it renders a probe system turn and keeps its text."""
+    name = template_name(choice, tokenizer)
+    if name in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[name].system_layout
+    template, _ = resolve_chat_template(name, tokenizer)
+    try:
+        text = render(tokenizer, template, [{"role": "system", "content": PROBE_SYSTEM}, *PROBE_EXCHANGE[:2]])
+    except ConversationError:
+        return False
+    return PROBE_SYSTEM in text
+
+
+def check_tool_layout(dataset, tokenizer, template, source):
+    """Refuse conversations with tool calls or tool definitions, naming the first, when the template has
+    no layout for them, and say which template has one."""
+    if TOOL_COLUMN not in dataset.column_names or renders_tools(template):
+        return
+    row = next((row for row, fields in zip(dataset[ROW_COLUMN], dataset[TOOL_COLUMN]) if fields is not None), None)
+    if row is None:
+        return
+    own = tokenizer_template(tokenizer)
+    which = ("the tokenizer's own has one: --chat_template tokenizer" if own and renders_tools(own) else
+             "a template that mentions tools or tool_calls has one: the tokenizer's own where it does (this "
+             "tokenizer's does not), or a .jinja file")
+    raise ConversationError(f"{source}: row {row + 1}: has tool calls or tool definitions, but the chat template "
+                            f"has no tool layout (it never mentions tools or tool_calls; guanaco and firefly have "
+                            f"none); {which}")
+
+
 def check_template(tokenizer, template, description):
     """Fail before any data is read when the template cannot render a plain exchange, and warn
     when it ends a reply with no special token: the model would never learn to stop."""
-    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-             {"role": "user", "content": "Bye"}]
     try:
-        text, spans = find_assistant_spans(tokenizer, template, probe)
+        text, spans = find_assistant_spans(tokenizer, template, PROBE_EXCHANGE)
     except ConversationError as error:
         raise ConversationError(f"chat template {description}: {error}") from error
     reply = text[slice(*spans[0])]
@@ -363,6 +535,7 @@ def tokenize_chat_dataset(dataset, tokenizer, template, max_len, source="convers
     """Tokenize conversations; drop those left with no assistant token and say how many changed."""
     if ROW_COLUMN not in dataset.column_names:
         dataset = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
+    check_tool_layout(dataset, tokenizer, template, source)
     tokenized = dataset.map(tokenize_conversations, batched=True, desc="Rendering and tokenizing conversations",
                             fn_kwargs={"tokenizer": tokenizer, "template": template, "max_len": max_len,
                                        "source": source})
@@ -371,4 +544,4 @@ def tokenize_chat_dataset(dataset, tokenizer, template, max_len, source="convers
     if shortened or skipped:
         logger.info("%d of %d conversations longer than %d tokens: whole turns dropped from the end (or the first "
                     "exchange cut); %d skipped, no assistant token left", shortened, len(tokenized), max_len, skipped)
-    return kept.remove_columns(["shortened", ROW_COLUMN])
+    return kept.remove_columns([c for c in ("shortened", ROW_COLUMN, TOOL_COLUMN) if c in kept.column_names])

@@ -24,6 +24,8 @@ import transformers
 import yaml
 from transformers import HfArgumentParser
 
+from .chat_data import chat_template_help
+from .data import dataset_format_help, dataset_help
 from .errors import ArgumentError
 from .generation import control_problem
 
@@ -114,19 +116,8 @@ class DataArguments:
     )
     source_max_len: int = field(default=1024, metadata={"help": "Tokens kept of each source (prompt)."})
     target_max_len: int = field(default=256, metadata={"help": "Tokens kept of each target (response)."})
-    dataset: str = field(
-        default="alpaca",
-        metadata={"help": "Built-in name (alpaca, alpaca-clean, chip2, self-instruct, hh-rlhf, longform, "
-                          "oasst1), a hub dataset id (owner/name) or a local .json/.jsonl (also .gz), .csv/.tsv or "
-                          ".parquet file; several, separated by commas, are mixed."},
-    )
-    dataset_format: str | None = field(
-        default=None,
-        metadata={"help": "alpaca | chip2 | self-instruct | hh-rlhf | oasst1 | input-output | chat | firefly. Defaults "
-                          "to the built-in dataset's own format; for other data the columns decide (messages "
-                          "or conversations: chat, instruction + output: alpaca, prompt + completion: "
-                          "self-instruct, text: oasst1, input + output: input-output, conversation: firefly)."},
-    )
+    dataset: str = field(default="alpaca", metadata={"help": dataset_help()})
+    dataset_format: str | None = field(default=None, metadata={"help": dataset_format_help()})
     dataset_field: str | None = field(
         default=None,
         metadata={"help": "For a JSON file that is one object holding its rows under a key "
@@ -138,13 +129,7 @@ class DataArguments:
                           "input=context,output=response for Dolly-style rows with --dataset_format alpaca); in "
                           "a YAML config a mapping {FIELD: COLUMN} works too."},
     )
-    chat_template: str | None = field(
-        default=None,
-        metadata={"help": "How chat rows are rendered: guanaco (### Human: / ### Assistant:), firefly "
-                          "(<s>q</s>a</s>...), tokenizer (its "
-                          "own chat template) or a .jinja file. Default: the tokenizer's if it has one, else "
-                          "guanaco."},
-    )
+    chat_template: str | None = field(default=None, metadata={"help": chat_template_help()})
     max_seq_len: int | None = field(
         default=None,
         metadata={"help": "Tokens kept of a conversation (chat format); longer ones lose whole turns from the "

@@ -15,9 +15,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from datasets import DatasetDict, concatenate_datasets, load_dataset
+from datasets import DatasetDict, Features, List, Value, concatenate_datasets, load_dataset
 
-from . import chat_data
+from . import chat_data, moss
 from .errors import DataError
 from .trained_template import template_record
 
@@ -134,6 +134,8 @@ class DataFormat:
     `needs` lists alternative column sets (any one must be present); `reads` the further columns
     it uses when present (every other column is logged as not used); `text` the columns that must
     hold strings. `detected` formats are chosen from a file's columns unless it has one of `unless`.
+    `optional_system` is a column the format writes as the system turn only when the chat template
+    has a system layout; otherwise it is named as not used (the rows train without it).
     """
 
     format_row: Callable[[dict], dict]
@@ -142,6 +144,7 @@ class DataFormat:
     text: tuple[str, ...] = ()
     detected: bool = True
     unless: tuple[str, ...] = ()
+    optional_system: str | None = None
 
 
 FORMATS = {
@@ -158,8 +161,17 @@ FORMATS = {
                                unless=("instruction",)),
     "chat": DataFormat(format_chat, (("messages",), ("conversations",)), ("system", "tools")),
     "firefly": DataFormat(format_firefly, (("conversation",),)),
+    # MOSS-003 SFT rows; its meta_instruction (the same preamble in every row) is the system turn only
+    # where the template has one: Firefly's conversion of these rows drops it too.
+    "moss": DataFormat(moss.format_moss, (("chat", "num_turns"),), ("meta_instruction",), text=("meta_instruction",),
+                       optional_system="meta_instruction"),
 }
 FORMATTED_COLUMNS = ("input", "output", "messages")
+# The columns of formatted conversations, given to datasets when a file has a `messages` column: its
+# formatted column would keep the file's type otherwise (free-form JSON where messages carry tool keys),
+# and would not concatenate with another source's.
+CONVERSATION_FEATURES = Features({"messages": List({"role": Value("string"), "content": Value("string")}),
+                                  chat_data.TOOL_COLUMN: Value("string"), chat_data.ROW_COLUMN: Value("int64")})
 PREFERENCE_COLUMNS = ("chosen", "rejected")
 # Columns of images, audio or video: this trainer trains text only, and would drop them unseen.
 MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
@@ -193,6 +205,30 @@ HUB_DATASETS = {
     "longform": HubDataset("akoksal/LongForm", "input-output"),
     "oasst1": HubDataset("timdettmers/openassistant-guanaco", "oasst1"),
 }
+
+
+def columns_rule(data_format):
+    """The columns that choose a format, as the help and the errors write them.
+
+    >>> columns_rule(FORMATS["chat"]), columns_rule(FORMATS["input-output"])
+    ('messages or conversations', 'input + output without instruction')
+    """
+    rule = " or ".join(" + ".join(columns) for columns in data_format.needs)
+    return f"{rule} without {' or '.join(data_format.unless)}" if data_format.unless else rule
+
+
+def dataset_format_help():
+    """--dataset_format's help, written from FORMATS: adding a format is one entry there."""
+    detected = ", ".join(f"{columns_rule(f)}: {name}" for name, f in FORMATS.items() if f.detected)
+    asked = " and ".join(name for name, f in FORMATS.items() if not f.detected)
+    return (f"{' | '.join(FORMATS)}. Defaults to the built-in dataset's own format; for other data the columns "
+            f"decide ({detected}); {asked} only with this flag.")
+
+
+def dataset_help():
+    """--dataset's help, written from HUB_DATASETS and LOCAL_EXTENSIONS."""
+    return (f"Built-in name ({', '.join(HUB_DATASETS)}), a hub dataset id (owner/name) or a local "
+            f"{'/'.join(LOCAL_EXTENSIONS)} file; several, separated by commas, are mixed.")
 
 
 def format_fits(data_format, present):
@@ -229,7 +265,7 @@ def no_fit_message(present):
     if close:
         best = [text for unmapped, minus_has, text in hints if (unmapped, minus_has) == hints[0][:2] and text in close]
         return f"they fit no format; closest: {'; '.join(best or close[:2])}"
-    rules = "; ".join(f"{name}: {' or '.join(' + '.join(cols) for cols in f.needs)}" for name, f in FORMATS.items())
+    rules = "; ".join(f"{name}: {columns_rule(f)}" for name, f in FORMATS.items())
     return f"they fit no format and no format reads any of them (formats and the columns they need: {rules})"
 
 
@@ -421,16 +457,20 @@ def check_row(row, data_format, needs):
 def format_checked_row(row, index, data_format, needs, source, split):
     """One row through its format, checked before (fields) and after (something to train).
 
-    A conversation keeps its row number, so a chat template that fails on it later names the row.
+    A conversation keeps its row number, so a chat template that fails on it later names the row,
+    and its tool keys and definitions in one text column (chat_data.stored_conversation).
     """
     try:
         check_row(row, data_format, needs)
         formatted = data_format.format_row(row)
         if "output" in formatted and not formatted["output"].strip():
             raise chat_data.ConversationError("has an empty output: nothing to train")
+        if "messages" not in formatted:
+            return formatted
+        tools = chat_data.row_tools(row.get("tools")) if "tools" in data_format.reads else []
+        return {**chat_data.stored_conversation(formatted["messages"], tools), chat_data.ROW_COLUMN: index}
     except chat_data.ConversationError as error:
         raise DataError(f"{source}: row {index + 1} of split {split!r}: {error}") from error
-    return {**formatted, chat_data.ROW_COLUMN: index} if "messages" in formatted else formatted
 
 
 def check_columns(columns, format_name, source):
@@ -440,11 +480,11 @@ def check_columns(columns, format_name, source):
     if media:
         raise DataError(f"{source}: column {media[0]!r} holds images, audio or video: this trainer is text-only; "
                         "drop the column and the <image>-style tags to train on the text")
-    needs = format_fits(replace(FORMATS[format_name], unless=()), set(columns))
+    asked = replace(FORMATS[format_name], unless=())
+    needs = format_fits(asked, set(columns))
     if needs is None:
-        wanted = " or ".join(" + ".join(cols) for cols in FORMATS[format_name].needs)
-        raise DataError(f"{source}: rows lack the columns {wanted} that --dataset_format {format_name} needs "
-                        f"(columns: {', '.join(columns)}; --dataset_columns FIELD=COLUMN maps them)")
+        raise DataError(f"{source}: rows lack the columns {columns_rule(asked)} that --dataset_format {format_name} "
+                        f"needs (columns: {', '.join(columns)}; --dataset_columns FIELD=COLUMN maps them)")
     return needs
 
 
@@ -484,6 +524,7 @@ def apply_format(dataset_dict, format_name, source):
             format_checked_row, with_indices=True,
             fn_kwargs={"data_format": data_format, "needs": needs, "source": source, "split": split},
             remove_columns=[c for c in split_data.column_names if c not in FORMATTED_COLUMNS],
+            features=CONVERSATION_FEATURES if "messages" in split_data.column_names else None,
         )
     return DatasetDict(formatted)
 
@@ -603,8 +644,25 @@ def chat_tokenizer(data_args, tokenizer, source):
 MIX_SEED = 42  # the seed of the eval hold-out too
 
 
-def load_formatted(dataset, data_args, cache_dir):
-    """(formatted DatasetDict, format name) of one source of --dataset."""
+def without_unrendered_system(raw, format_name, data_args, tokenizer, source):
+    """The rows without their format's optional system column when the chat template has no system
+    layout (--chat_template firefly), that column named in the log as not used."""
+    column = FORMATS[format_name].optional_system
+    if column is None or column not in raw["train"].column_names:
+        return raw
+    try:
+        if chat_data.has_system_layout(data_args.chat_template, tokenizer):
+            return raw
+    except chat_data.ConversationError as error:
+        raise DataError(str(error)) from error
+    logger.info("%s: columns not used by format %s: %s (the chat template %s has no system layout)", source,
+                format_name, column, chat_data.template_name(data_args.chat_template, tokenizer))
+    return raw.remove_columns(column)
+
+
+def load_formatted(dataset, data_args, cache_dir, tokenizer=None):
+    """(formatted DatasetDict, format name) of one source of --dataset; the tokenizer's template (or
+    --chat_template) decides whether a format's optional system column is written."""
     raw = load_raw_dataset(dataset, cache_dir, data_args.dataset_field)
     raw = map_columns(raw, parse_column_mapping(data_args.dataset_columns), dataset)
     try:
@@ -615,6 +673,7 @@ def load_formatted(dataset, data_args, cache_dir):
             raise
         raise DataError(f"{dataset}: one JSON object holding its rows under {key!r}; pass --dataset_field {key}") \
             from error
+    raw = without_unrendered_system(raw, format_name, data_args, tokenizer, dataset)
     return apply_format(raw, format_name, dataset), format_name
 
 
@@ -655,7 +714,7 @@ def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
         raise DataError(f"the tokenizer of {tokenizer.name_or_path} has no eos token, which ends each trained "
                         "answer: set eos_token in its tokenizer_config.json")
     names = [name.strip() for name in data_args.dataset.split(",") if name.strip()]
-    sources = [(name, *load_formatted(name, data_args, cache_dir)) for name in names]
+    sources = [(name, *load_formatted(name, data_args, cache_dir, tokenizer)) for name in names]
     if len(sources) == 1:
         _, formatted, format_name = sources[0]
     else:

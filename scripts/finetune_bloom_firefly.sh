@@ -6,7 +6,8 @@
 # linear layer, lr 2e-4 with 3000 warmup steps then constant, effective batch 16 (1 x 16),
 # conversations up to 1024 tokens, one epoch, max grad norm 0.3, paged AdamW 32-bit, seed 42.
 # They trained in fp16; here compute is bf16 (no loss scaling; add --bf16 False --fp16 on GPUs without bf16).
-# Assumes: one CUDA GPU; DATASET=path/to/firefly.jsonl (rows {"conversation": [{"human", "assistant"}, ...]}).
+# Assumes: one CUDA GPU; DATASET=path/to/firefly.jsonl (rows {"conversation": [{"human", "assistant"}, ...]}),
+# or MOSS-003's own moss-003-sft-no-tools.jsonl as published (read as format moss; meta_instruction unused).
 # Launch: DATASET=moss-003-sft-no-tools.jsonl scripts/finetune_bloom_firefly.sh [qlora.py flags, which win]
 # Check the layout and the lengths first: add --preview_data 2.
 source "$(dirname "${BASH_SOURCE[0]}")/qlora_common.sh"

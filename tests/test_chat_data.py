@@ -228,7 +228,8 @@ class TestDetection:
 
     def test_unknown_columns_list_every_format(self):
         with pytest.raises(DataError, match=r"\(version, data\): they fit no format and no format reads any of "
-                                            r"them.*hh-rlhf: chosen.*input-output: input \+ output; chat: messages or conversations"):
+                                            r"them.*hh-rlhf: chosen.*input-output: input \+ output without "
+                                            r"instruction; chat: messages or conversations.*moss: chat \+ num_turns"):
             data.resolve_format("rows.jsonl", None, ["version", "data"])
 
     def test_a_hub_id_is_loaded_and_needs_a_train_split(self, monkeypatch):

@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -70,6 +71,19 @@ class TestArgumentGroups:
         assert "--use_cache" in section["generation (--do_predict):"]
         assert "--gradient_checkpointing" in section["reference flags (read as their transformers 5 settings):"]
         assert "--generation_use_cache" not in text
+
+    def test_data_help_is_written_from_the_registries(self):
+        from qlorakit.chat_data import NAMED_TEMPLATES
+        from qlorakit.config import DataArguments
+        from qlorakit.data import FORMATS, HUB_DATASETS, columns_rule
+
+        help_of = {f.name: f.metadata["help"] for f in dataclasses.fields(DataArguments)}
+        assert help_of["dataset_format"].startswith(" | ".join(FORMATS) + ".")
+        for name, data_format in FORMATS.items():
+            rule = f"{columns_rule(data_format)}: {name}" if data_format.detected else name
+            assert rule in help_of["dataset_format"]
+        assert f"({', '.join(HUB_DATASETS)})" in help_of["dataset"]
+        assert all(template.description in help_of["chat_template"] for template in NAMED_TEMPLATES.values())
 
     def test_every_flag_name_is_unique_across_groups(self):
         names = flag_names()

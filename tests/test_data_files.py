@@ -160,15 +160,20 @@ class TestFiles:
             data.mix_sources([(name, *pair) for name, pair in zip(dataset.split(","), self.formatted(dataset))])
 
 
-def test_the_bloom_firefly_recipe_previews_on_the_tiny_model(tiny_model_dir, tmp_path):
-    """The recipe's flags parse and render Firefly rows with the firefly layout (preview: no model load)."""
+@pytest.mark.parametrize("row", [
+    {"conversation": [{"human": "你好", "assistant": "你好！"}]},
+    {"conversation_id": 1, "meta_instruction": "你是一个人工智能助手。\n", "num_turns": 1,
+     "chat": {"turn_1": {"Human": "<|Human|>: 你好<eoh>\n", "MOSS": "<|MOSS|>: 你好！<eom>\n"}}},
+], ids=["firefly", "moss"])
+def test_the_bloom_firefly_recipe_previews_on_the_tiny_model(tiny_model_dir, tmp_path, row):
+    """The recipe's flags parse and render Firefly rows, and MOSS-003 rows as they are, with the firefly
+    layout (preview: no model load)."""
     import subprocess
     import sys
 
     from conftest import REPO_ROOT
-    path = tmp_path / "firefly.jsonl"
-    path.write_text(json.dumps({"conversation": [{"human": "你好", "assistant": "你好！"}]}, ensure_ascii=False) + "\n",
-                    encoding="utf-8")
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
     result = subprocess.run([os.path.join(REPO_ROOT, "scripts", "finetune_bloom_firefly.sh"),
                              "--model_name_or_path", tiny_model_dir, "--preview_data", "1", "--bf16", "False"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300,

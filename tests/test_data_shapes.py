@@ -1,6 +1,7 @@
 """Rows in the shapes public instruction and chat data comes in, written here (Alpaca with history,
-ShareGPT with a system prompt, Dolly, KTO, DPO pairs, hh-rlhf, tool calls, images): each column is
-used, refused in one line, or named in the log, and nothing bad is trained."""
+ShareGPT with a system prompt, Dolly, KTO, DPO pairs, hh-rlhf, images): each column is used,
+refused in one line, or named in the log, and nothing bad is trained. MOSS rows and tool calls:
+test_moss_and_tools.py."""
 
 import json
 import logging
@@ -121,14 +122,8 @@ class TestEveryColumnIsUsedOrNamed:
           "images": ["a.jpg"]}, "column 'images' holds images"),
         ({"messages": [{"role": "user", "content": "<image>这是谁？"}, {"role": "assistant", "content": "猫。"}]},
          "message 1 holds <image>: this trainer is text-only"),
-        ({"conversations": [{"from": "human", "value": "北京天气？"},
-                            {"from": "function_call", "value": '{"name": "weather"}'},
-                            {"from": "observation", "value": '{"temp": 20}'}, {"from": "gpt", "value": "20度。"}]},
-         "message 2 is a tool call or result \\(function_call\\)"),
-        ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
-          "tools": '[{"name": "weather"}]'}, "has tool definitions \\(tools\\)"),
     ])
-    def test_media_and_tool_rows_are_refused_in_one_line(self, row, message):
+    def test_media_rows_are_refused_in_one_line(self, row, message):
         with pytest.raises(DataError, match=message):
             formatted([row], "chat")
 
@@ -192,10 +187,7 @@ class TestPreferencePairs:
 
 
 class TestHintsAndTemplateErrors:
-    @pytest.mark.parametrize("columns", [
-        ["conversation_id", "meta_instruction", "num_turns", "chat"],  # chat: {turn_1: {Human, MOSS}}
-        ["version", "data"],
-    ])
+    @pytest.mark.parametrize("columns", [["version", "data"], ["id", "dialogue"]])
     def test_unreadable_shapes_are_not_told_to_pass_a_format(self, columns):
         with pytest.raises(DataError, match="no format reads any of them") as error:
             data.resolve_format("rows.jsonl", None, columns)
