@@ -16,8 +16,6 @@ NF4_BLOCK = 64
 DQ_BLOCK = 256
 ADAM8_BLOCK = 256
 DEFAULT_OVERHEAD_MB = 768
-ALL_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-OUTPUT_HEAD = "lm_head"  # not in 'all', as in qlora.py; adaptable when named
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_torch")
 PAGED_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit")
 BITS = (4, 8, 16, 32)
@@ -61,74 +59,42 @@ def activation_profile(norms_in_fp32=False, bf16=True):
 
 
 @dataclass(frozen=True)
+class LinearLayer:
+    """One linear layer of the model (every instance has its own entry), as training finds it."""
+
+    name: str  # its short name, as --lora_modules names it: q_proj, c_attn, query_key_value, ...
+    in_features: int
+    out_features: int
+    quantized: bool  # a 4/8-bit load quantizes it: not the head, nor what transformers keeps (T5's wo)
+    head: bool = False  # the output head: counted with the embeddings, adapted only when named
+
+    @property
+    def weights(self):
+        return self.in_features * self.out_features
+
+
+@dataclass(frozen=True)
 class ModelShape:
+    """What the estimate needs of a model, read from a weightless skeleton (qlorakit.model_skeleton)."""
+
     hidden_size: int
     intermediate_size: int
     num_layers: int
     num_heads: int
     vocab_size: int
-    num_kv_heads: int | None = None
-    head_dim: int | None = None
     tie_word_embeddings: bool = False
-
-    @property
-    def kv_dim(self):
-        heads = self.num_kv_heads or self.num_heads
-        return heads * (self.head_dim or self.hidden_size // self.num_heads)
-
-    @property
-    def q_dim(self):
-        return self.num_heads * (self.head_dim or self.hidden_size // self.num_heads)
+    linear_layers: tuple[LinearLayer, ...] = ()
+    all_lora_targets: tuple[str, ...] = ()  # what --lora_modules all adapts, chosen as training chooses it
 
 
-# LLaMA-1 shapes (Touvron et al. 2023, Table 2; the Hugging Face conversions' config.json).
-LLAMA_CONFIGS = {
-    "llama-7b": ModelShape(4096, 11008, 32, 32, 32000),
-    "llama-13b": ModelShape(5120, 13824, 40, 40, 32000),
-    "llama-33b": ModelShape(6656, 17920, 60, 52, 32000),
-    "llama-65b": ModelShape(8192, 22016, 80, 64, 32000),
-}
-
-
-def shape_from_config(config):
-    """ModelShape of a transformers config (LLaMA-style: gate/up/down MLP, q/k/v/o attention)."""
-    return ModelShape(
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_layers=config.num_hidden_layers,
-        num_heads=config.num_attention_heads,
-        vocab_size=config.vocab_size,
-        num_kv_heads=getattr(config, "num_key_value_heads", None),
-        head_dim=getattr(config, "head_dim", None),
-        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-    )
-
-
-def load_shape(model_name_or_path):
-    """Read config.json through AutoConfig (a local directory works offline)."""
-    from transformers import AutoConfig
-
-    return shape_from_config(AutoConfig.from_pretrained(model_name_or_path))
-
-
-def linear_layer_shapes(shape):
-    """(in_features, out_features) of each base linear layer of one decoder layer."""
-    h, i = shape.hidden_size, shape.intermediate_size
-    return {
-        "q_proj": (h, shape.q_dim),
-        "k_proj": (h, shape.kv_dim),
-        "v_proj": (h, shape.kv_dim),
-        "o_proj": (shape.q_dim, h),
-        "gate_proj": (h, i),
-        "up_proj": (h, i),
-        "down_proj": (i, h),
-    }
+def base_layers(shape):
+    """The linear layers of the base proper: all but the output head."""
+    return [layer for layer in shape.linear_layers if not layer.head]
 
 
 def base_linear_params(shape):
-    """Weights of all decoder linear layers (the part that gets quantized)."""
-    per_layer = sum(fan_in * fan_out for fan_in, fan_out in linear_layer_shapes(shape).values())
-    return shape.num_layers * per_layer
+    """Weights of all linear layers but the head (the part that gets quantized)."""
+    return sum(layer.weights for layer in base_layers(shape))
 
 
 def bits_per_param(bits, double_quant=True):
@@ -141,16 +107,21 @@ def bits_per_param(bits, double_quant=True):
 
 
 def quantized_base_bytes(shape, bits=4, double_quant=True, bf16=True):
-    """Bytes of the decoder's linear weights: quantized at 4 or 8 bits, otherwise unquantized in
-    the dtype the model loads in (bf16 with --bf16, fp32 without, whether --bits is 16 or 32)."""
+    """Bytes of the linear weights but the head's: quantized at 4 or 8 bits, otherwise unquantized
+    in the dtype the model loads in (bf16 with --bf16, fp32 without, whether --bits is 16 or 32).
+    Layers a 4/8-bit load keeps unquantized (T5's wo) stay in that dtype too."""
     if bits not in BITS:
         raise ValueError(f"--bits: one of {', '.join(map(str, BITS))}; got {bits}")
+    dtype_bytes = BF16 if bf16 else FP32
+    if bits not in (4, 8):
+        return base_linear_params(shape) * dtype_bytes
+    quantized = [layer for layer in base_layers(shape) if layer.quantized]
+    weights = sum(layer.weights for layer in quantized)
+    kept_bytes = (base_linear_params(shape) - weights) * dtype_bytes
     if bits == 4:
-        return base_linear_params(shape) * bits_per_param(bits, double_quant) / 8
-    if bits == 8:  # int8 weights plus one fp32 scale per output row
-        rows = sum(fan_out for _, fan_out in linear_layer_shapes(shape).values()) * shape.num_layers
-        return base_linear_params(shape) + FP32 * rows
-    return base_linear_params(shape) * (BF16 if bf16 else FP32)
+        return weights * bits_per_param(bits, double_quant) / 8 + kept_bytes
+    rows = sum(layer.out_features for layer in quantized)  # int8 weights plus one fp32 scale per output row
+    return weights + FP32 * rows + kept_bytes
 
 
 def embedding_bytes(shape, dtype_bytes=BF16):
@@ -166,27 +137,23 @@ def norm_bytes(shape, norms_in_fp32=False, bf16=True):
     return (2 * shape.num_layers + 1) * shape.hidden_size * dtype_bytes
 
 
-def parse_lora_modules(lora_modules):
+def parse_lora_modules(lora_modules, shape):
+    """The short names LoRA targets: 'all' as training chooses them, or a comma list of the model's
+    linear layers (its head included)."""
     if lora_modules == "all":
-        return ALL_LORA_MODULES
+        return shape.all_lora_targets
     names = tuple(name.strip() for name in lora_modules.split(",") if name.strip())
-    unknown = [name for name in names if name not in (*ALL_LORA_MODULES, OUTPUT_HEAD)]
-    if unknown or not names:
-        raise ValueError(f"--lora_modules: 'all' or a comma list of {', '.join(ALL_LORA_MODULES)} "
-                         f"(and {OUTPUT_HEAD}); got {lora_modules!r}")
+    known = sorted({layer.name for layer in shape.linear_layers})
+    if not names or set(names) - set(known):
+        raise ValueError(f"--lora_modules: 'all' or a comma list of this model's linear layers, "
+                         f"{', '.join(known)}; got {lora_modules!r}")
     return names
 
 
-def lora_params_per_layer(shape, lora_r, modules=ALL_LORA_MODULES):
-    """r * (in + out) for each adapted linear layer of one decoder layer (A is r x in, B out x r)."""
-    shapes = linear_layer_shapes(shape)
-    return sum(lora_r * (shapes[name][0] + shapes[name][1]) for name in modules if name != OUTPUT_HEAD)
-
-
-def lora_params(shape, lora_r, modules=ALL_LORA_MODULES):
-    """Over all decoder layers, plus the output head's adapter (hidden -> vocab) when it is adapted."""
-    head = lora_r * (shape.hidden_size + shape.vocab_size) if OUTPUT_HEAD in modules else 0
-    return shape.num_layers * lora_params_per_layer(shape, lora_r, modules) + head
+def lora_params(shape, lora_r, targets):
+    """r * (in + out) over every linear layer named in `targets` (A is r x in, B out x r)."""
+    return sum(lora_r * (layer.in_features + layer.out_features) for layer in shape.linear_layers
+               if layer.name in targets)
 
 
 def lora_weight_bytes(n_params, dtype_bytes=BF16):
@@ -261,7 +228,7 @@ def dequant_buffer_bytes(shape, bits=4, bf16=True):
     for an unquantized base)."""
     if bits not in (4, 8):
         return 0
-    largest = max(fan_in * fan_out for fan_in, fan_out in linear_layer_shapes(shape).values())
+    largest = max((layer.weights for layer in base_layers(shape) if layer.quantized), default=0)
     return largest * (BF16 if bf16 else FP32)
 
 
@@ -283,7 +250,7 @@ def estimate(shape, bits=4, double_quant=True, lora_r=64, lora_modules="all", so
     """Ordered {component: bytes}; the peak estimate is their sum. The arguments are named as
     qlora.py's flags; attn_implementation None is transformers' default, sdpa."""
     param_bytes = BF16 if bf16 else FP32  # LoRA layers, embeddings and head: cast to bf16 with --bf16
-    n_lora = lora_params(shape, lora_r, parse_lora_modules(lora_modules))
+    n_lora = lora_params(shape, lora_r, parse_lora_modules(lora_modules, shape))
     batch, seq = per_device_train_batch_size, longest_row(source_max_len, target_max_len, max_seq_len)
     attn = attn_implementation or "sdpa"
     return {

@@ -5,7 +5,7 @@ import os
 import subprocess
 
 import pytest
-from transformers import HfArgumentParser, LlamaConfig
+from transformers import AutoConfig, HfArgumentParser, LlamaConfig
 
 from conftest import REPO_ROOT, run_python
 
@@ -13,6 +13,7 @@ from qlorakit import memory as em
 from qlorakit.cli import estimate_memory as cli
 from qlorakit.config import ARGUMENT_CLASSES
 from qlorakit.errors import run_main
+from qlorakit.model_skeleton import load_shape, preset_shape
 
 SCRIPT = os.path.join(REPO_ROOT, "scripts", "estimate_memory.py")
 DEMO_CONFIG = os.path.join(REPO_ROOT, "examples", "configs", "tiny_demo.yaml")
@@ -80,12 +81,12 @@ def test_demo_config_file_is_read_and_its_model_shape_used(tmp_path, monkeypatch
                 vocab_size=500).save_pretrained(model_dir)
     monkeypatch.chdir(tmp_path)
     report = estimate_json(capsys, DEMO_CONFIG)
-    shape = em.load_shape(str(model_dir))
+    shape = load_shape(str(model_dir))
     assert report["model"] == "demo/tiny-llama"
     assert (report["seq_len"], report["per_device_train_batch_size"], report["bf16"]) == (32 + 32, 4, True)
     head_adapter = 16 * (96 + 500)  # the demo adapts the output head too
     assert report["components_mb"]["lora_weights"] == pytest.approx(
-        (em.lora_params(shape, 16) + head_adapter) * 2 / MB, abs=0.05)
+        (em.lora_params(shape, 16, em.parse_lora_modules("all", shape)) + head_adapter) * 2 / MB, abs=0.05)
     assert report["components_mb"]["embeddings_and_lm_head"] == pytest.approx(2 * 500 * 96 * 2 / MB, abs=0.05)
     # flags after the file override it
     halved = estimate_json(capsys, DEMO_CONFIG, "--per_device_train_batch_size", "2")
@@ -150,7 +151,7 @@ def test_precise_effects_of_flags(capsys):
 def test_defaults_are_qlora_py_defaults(capsys):
     report = estimate_json(capsys, "--config", "llama-7b")
     assert (report["seq_len"], report["bf16"], report["norms_in_fp32"]) == (1024 + 256, False, False)
-    components = em.estimate(em.LLAMA_CONFIGS["llama-7b"], source_max_len=1024, target_max_len=256, bf16=False,
+    components = em.estimate(preset_shape("llama-7b"), source_max_len=1024, target_max_len=256, bf16=False,
                              lora_dropout=0.0)
     assert report["components_mb"] == em.summarize(components, 24, "paged_adamw_32bit")["components_mb"]
 
@@ -161,7 +162,7 @@ def test_json_components_sum_to_total_and_fit(capsys):
     assert report["total_mb"] == pytest.approx(sum(report["components_mb"].values()), abs=0.05)
     assert report["fits"] is True
     assert report["components_mb"]["quantized_base_weights"] == pytest.approx(
-        em.quantized_base_bytes(em.LLAMA_CONFIGS["llama-65b"]) / MB, abs=0.05)
+        em.quantized_base_bytes(preset_shape("llama-65b")) / MB, abs=0.05)
     assert estimate_json(capsys, *RECIPE_7B[2:], "--config", "llama-65b")["fits"] is False
 
 
@@ -174,21 +175,43 @@ def test_table(capsys):
 
 
 def test_model_name_or_path_reads_a_local_config(tmp_path, capsys):
+    """A LLaMA-shaped config read through its skeleton gives the numbers of LLaMA's q/k/v/o and
+    gate/up/down layers computed by hand (what the estimate counted before it read skeletons)."""
     LlamaConfig(
         hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
         num_key_value_heads=2, vocab_size=1000,
     ).save_pretrained(tmp_path)
-    shape = em.load_shape(str(tmp_path))
-    assert shape == em.ModelShape(256, 704, 4, 8, 1000, num_kv_heads=2, head_dim=32, tie_word_embeddings=False)
+    shape = load_shape(str(tmp_path))
+    assert (shape.hidden_size, shape.intermediate_size, shape.num_layers, shape.num_heads, shape.vocab_size,
+            shape.tie_word_embeddings) == (256, 704, 4, 8, 1000, False)
     # grouped-query attention: k and v project to 2 heads * 32 = 64
     per_layer = 4 * (256 + 256) + 2 * 4 * (256 + 64) + 4 * (256 + 256) + 3 * 4 * (256 + 704)
-    assert em.lora_params_per_layer(shape, 4) == per_layer
+    assert em.lora_params(shape, 4, em.parse_lora_modules("all", shape)) == 4 * per_layer
+    weights = 4 * (2 * 256 * 256 + 2 * 256 * 64 + 3 * 256 * 704)
+    assert em.base_linear_params(shape) == weights
+    assert em.quantized_base_bytes(shape, 8) == weights + 4 * 4 * (256 + 64 + 64 + 256 + 704 + 704 + 256)
+    assert em.dequant_buffer_bytes(shape) == 256 * 704 * 2
     report = estimate_json(capsys, "--model_name_or_path", str(tmp_path), "--lora_r", "4", "--bf16")
     assert report["components_mb"]["lora_weights"] == pytest.approx(4 * per_layer * 2 / MB, abs=0.05)
     assert report["fits"] is True
     # a preset names the shape itself: the path is not read
     assert estimate_json(capsys, "--model_name_or_path", str(tmp_path / "absent"), "--config", "llama-7b")["model"] == (
         "llama-7b")
+
+
+def test_other_architectures_are_estimated_with_their_own_layers(tmp_path, capsys):
+    """GPT-2: Conv1D layers c_attn (hidden -> 3 hidden), c_proj and c_fc/c_proj (4 x hidden MLP)."""
+    AutoConfig.for_model("gpt2", n_embd=256, n_layer=4, n_head=4, vocab_size=1000).save_pretrained(tmp_path)
+    report = estimate_json(capsys, "--model_name_or_path", str(tmp_path), "--lora_r", "64", "--bf16")
+    per_layer = 64 * ((256 + 768) + (256 + 256) + (256 + 1024) + (1024 + 256))
+    assert 4 * per_layer * 2 == 2 * MB
+    assert report["components_mb"]["lora_weights"] == 2.0
+    weights = 4 * (256 * 768 + 256 * 256 + 2 * 256 * 1024)
+    assert report["components_mb"]["quantized_base_weights"] == pytest.approx(weights * 4.126953125 / 8 / MB, abs=0.05)
+    status, out, err = run_cli(capsys, "--model_name_or_path", str(tmp_path), "--lora_modules", "q_proj,v_proj")
+    assert status == 2 and out == "" and err == (
+        "error: --lora_modules: 'all' or a comma list of this model's linear layers, c_attn, c_fc, c_proj, lm_head; "
+        "got 'q_proj,v_proj'\n")
 
 
 def test_unknown_flag_is_one_line_exit_2():
@@ -248,7 +271,7 @@ def test_a_run_that_does_not_fit_lists_the_nearest_settings_that_do(capsys):
 
 
 def test_shard_over_divides_only_weights_gradients_and_optimizer_states():
-    components = dict.fromkeys(em.estimate(em.LLAMA_CONFIGS["llama-7b"]), 8.0)
+    components = dict.fromkeys(em.estimate(preset_shape("llama-7b")), 8.0)
     sharded = em.shard_over(components, 4)
     assert {name for name, value in sharded.items() if value == 2.0} == set(em.SHARDED_COMPONENTS)
     assert sharded["logits"] == sharded["checkpointed_activations"] == 8.0

@@ -10,10 +10,11 @@ import pytest
 from conftest import REPO_ROOT
 
 from qlorakit import memory as em
+from qlorakit.model_skeleton import preset_shape
 
 BENCHMARK = os.path.join(REPO_ROOT, "benchmarks", "activation_bytes.py")
 
-LLAMA_7B = em.LLAMA_CONFIGS["llama-7b"]
+LLAMA_7B = preset_shape("llama-7b")
 MB = 2**20
 
 
@@ -50,15 +51,19 @@ def test_embeddings_norms_and_tied_head():
     assert em.norm_bytes(LLAMA_7B, norms_in_fp32=True) == (2 * 32 + 1) * 4096 * 4
 
 
-def test_lora_params_one_llama_7b_layer_r64():
-    # q,k,v,o: 4 * 64 * (4096 + 4096); gate, up: 2 * 64 * (4096 + 11008); down: 64 * (11008 + 4096)
-    expected = 4 * 64 * 8192 + 2 * 64 * 15104 + 64 * 15104
-    assert expected == 4_997_120
-    assert em.lora_params_per_layer(LLAMA_7B, 64) == expected
-    assert em.lora_params(LLAMA_7B, 64) == 32 * expected == 159_907_840
-    assert em.lora_params_per_layer(LLAMA_7B, 64, em.parse_lora_modules("q_proj,v_proj")) == 2 * 64 * 8192
-    with pytest.raises(ValueError):
-        em.parse_lora_modules("q_proj,wrong")
+def test_lora_params_llama_7b_r64():
+    # per layer q,k,v,o: 4 * 64 * (4096 + 4096); gate, up: 2 * 64 * (4096 + 11008); down: 64 * (11008 + 4096)
+    per_layer = 4 * 64 * 8192 + 2 * 64 * 15104 + 64 * 15104
+    assert per_layer == 4_997_120
+    assert em.parse_lora_modules("all", LLAMA_7B) == ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj",
+                                                       "up_proj", "v_proj")
+    assert em.lora_params(LLAMA_7B, 64, em.parse_lora_modules("all", LLAMA_7B)) == 32 * per_layer == 159_907_840
+    assert em.lora_params(LLAMA_7B, 64, em.parse_lora_modules("q_proj,v_proj", LLAMA_7B)) == 32 * 2 * 64 * 8192
+    # the head is adapted only when named: hidden -> vocab
+    assert em.lora_params(LLAMA_7B, 64, em.parse_lora_modules("lm_head", LLAMA_7B)) == 64 * (4096 + 32000)
+    for bad in ("q_proj,wrong", "", " , "):
+        with pytest.raises(ValueError, match="down_proj, gate_proj, k_proj, lm_head, o_proj"):
+            em.parse_lora_modules(bad, LLAMA_7B)
 
 
 def test_lora_weights_gradients_and_optimizer_states():
@@ -206,7 +211,7 @@ def test_estimate_sums_the_components():
 
 @pytest.mark.parametrize("norms_in_fp32", [False, True])
 def test_paper_claims_65b_fits_48gb_not_24gb(norms_in_fp32):
-    components = em.estimate(em.LLAMA_CONFIGS["llama-65b"], norms_in_fp32=norms_in_fp32)
+    components = em.estimate(preset_shape("llama-65b"), norms_in_fp32=norms_in_fp32)
     base = components["quantized_base_weights"] + components["embeddings_and_lm_head"]
     assert 34.4e9 < base < 34.5e9  # the same floor for 65B: 34.5 GB
     assert em.summarize(components, 48, "paged_adamw_32bit")["fits"]

@@ -19,8 +19,9 @@ from transformers import HfArgumentParser
 
 from qlorakit.config import ARGUMENT_CLASSES, read_settings, translate_reference_flags
 from qlorakit.errors import ArgumentError, InputError, run_main
-from qlorakit.memory import (DEFAULT_OVERHEAD_MB, GB, LLAMA_CONFIGS, describe_assumptions, estimate, load_shape,
-                             longest_row, nearest_fitting_settings, summarize)
+from qlorakit.memory import (DEFAULT_OVERHEAD_MB, GB, describe_assumptions, estimate, longest_row,
+                             nearest_fitting_settings, summarize)
+from qlorakit.model_skeleton import LLAMA_CONFIGS, load_shape, preset_shape
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def main(argv=None):
     name = values["config"] or values["model_name_or_path"]
     capacity = values["gpu_memory_gb"] * GB
     try:
-        shape = LLAMA_CONFIGS[values["config"]] if values["config"] else load_shape(values["model_name_or_path"])
+        shape = preset_shape(values["config"]) if values["config"] else load_shape(values["model_name_or_path"])
         components = estimate(shape, overhead_mb=values["overhead_mb"], **arguments)
         report = summarize(components, values["gpu_memory_gb"], arguments["optim"])
         nearest = [] if report["fits"] else nearest_fitting_settings(
