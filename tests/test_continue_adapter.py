@@ -177,7 +177,7 @@ def test_an_adapter_of_another_base_is_one_line(tiny_model_dir, random_adapter_d
 
     wider = AutoConfig.from_pretrained(tiny_model_dir)
     wider.hidden_size, wider.intermediate_size = 320, 960
-    with pytest.raises(ModelError, match=f"{random_adapter_dir}: its weights do not fit this base model"):
+    with pytest.raises(ModelError, match=f"{random_adapter_dir}: its weights do not fit the base "):
         load_adapter(AutoModelForCausalLM.from_config(wider), random_adapter_dir)
 
 
