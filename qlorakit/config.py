@@ -309,11 +309,6 @@ class GenerationArguments:
     max_time: float | None = field(default=None, metadata={"help": "Stop a generate call after this many seconds."})
 
 
-def build_generation_config(generation_args):
-    """The GenerationConfig that --do_predict decodes with (and a merged model is served with)."""
-    return transformers.GenerationConfig(**{k: v for k, v in vars(generation_args).items() if v is not None})
-
-
 @dataclass
 class ReferenceFlags:
     """The reference's flags that transformers 5 renamed or dropped, with the reference's defaults.

@@ -86,6 +86,13 @@ def generation_settings(args):
     return {name: value for name, value in settings.items() if value is not None}
 
 
+def decoding_settings(generation_args):
+    """GenerationConfig values of qlora.py's generation flags (GenerationArguments) that are set;
+    its stop strings are resolved apart, against the prompt template."""
+    return {name: value for name, value in vars(generation_args).items()
+            if value is not None and name != "stop_strings"}
+
+
 def build_generation_config(settings, stop_strings=(), pad_token_id=None):
     """The ``GenerationConfig`` every command generates with. Stop strings need the tokenizer passed
     to ``generate(tokenizer=...)``; settings it leaves unset come from the model's own config."""

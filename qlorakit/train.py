@@ -19,8 +19,8 @@ from .callbacks import CheckpointCallback, EarlyStopping, MMLUEvalCallback, NonF
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
 from .errors import ArgumentError, InputError, TrainingInterrupted, TrainingStopped
-from .generation import (build_generation_config, cut_at_stop_strings, describe_stop_strings, resolve_stop_strings,
-                         stop_strings_of)
+from .generation import (build_generation_config, cut_at_stop_strings, decoding_settings, describe_stop_strings,
+                         resolve_stop_strings, stop_strings_of)
 from .mmlu import load_mmlu
 from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
                     model_task, read_adapter_config)
@@ -35,8 +35,7 @@ def predict_generation_config(generation_args, tokenizer, template):
     """The GenerationConfig of --do_predict from the generation flags. Stop strings default to the
     turn markers of the chat template conversation rows are prompted with (template: None for other
     data: an oasst1 row's whole conversation is its answer)."""
-    settings = {name: value for name, value in vars(generation_args).items()
-                if value is not None and name != "stop_strings"}
+    settings = decoding_settings(generation_args)
     stop_strings = resolve_stop_strings(generation_args.stop_strings, tokenizer, template)
     logger.info(describe_stop_strings(stop_strings, generation_args.stop_strings))
     return build_generation_config(settings, stop_strings)

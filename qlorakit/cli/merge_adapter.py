@@ -103,9 +103,10 @@ def trained_generation_config(model, tokenizer):
     with the merged model's special tokens, including the [PAD] row the tokenizer loader may add."""
     from transformers import GenerationConfig
 
-    from qlorakit.config import GenerationArguments, build_generation_config
+    from qlorakit.config import GenerationArguments
+    from qlorakit.generation import build_generation_config, decoding_settings
 
-    settings = build_generation_config(GenerationArguments())
+    settings = build_generation_config(decoding_settings(GenerationArguments()))
     own = model.generation_config or GenerationConfig.from_model_config(model.config)
     settings.bos_token_id, settings.eos_token_id = own.bos_token_id, own.eos_token_id
     settings.pad_token_id = tokenizer.pad_token_id
