@@ -184,6 +184,27 @@ def test_released_oa_rating_file_as_shipped():
     judgments = load_judgments(sorted(OA_RATINGS.glob("*.jsonl")))
     assert judgments and all(isinstance(j.question_id, str) and len(j.question_id) == 36 for j in judgments)
     ratings, skipped = elo.compute_elo(judgments, orderings=200)
-    assert len(judgments) == 953 and skipped == sum(1 for j in judgments if elo.outcome_of(j.score) is None)
+    assert len(judgments) == 953 and skipped == sum(1 for j in judgments if elo.outcome_of(j) is None)
     assert ratings[0].model == "gpt-3.5-oa-generations"  # ChatGPT ahead of Guanaco 13B, as in the paper
     assert sum(r.elo for r in ratings) == pytest.approx(2000)
+
+
+def test_each_row_is_scored_by_its_verdict_kind_not_by_its_score_type(tmp_path):
+    from judgekit.reviews import load_judgments
+
+    # One file of both kinds (the judge writes each row's kind in "verdict"); the pairs hold ints,
+    # as some of the reference's relative files do.
+    path = tmp_path / "p-vs-q-gpt-4-reviewer.jsonl"
+    path.write_text("".join(json.dumps({"question_id": q, "score": s, "verdict": v}) + "\n" for q, s, v in [
+        (1, [8, 6], "scores"),  # p wins
+        (2, 2, "threeclass"),  # q wins
+        (3, [7, 7], "scores"),  # tie
+        (4, 2, "scores"),  # not a pair: no game (three-class would read "answer 2 better")
+        (5, [6, 8], "threeclass"),  # not a class: no game (a pair would read "q wins")
+    ]))
+    judgments = load_judgments([path])
+    ratings, skipped = elo.compute_elo(judgments, orderings=10)
+    assert skipped == 2
+    assert {(r.model, r.wins, r.losses, r.ties) for r in ratings} == {("p", 1, 1, 1), ("q", 1, 1, 1)}
+    assert [j.verdict for j in judgments] == ["scores", "threeclass", "scores", "scores", "threeclass"]
+    assert [elo.outcome_of(j) for j in judgments] == [1.0, 0.0, 0.5, None, None]

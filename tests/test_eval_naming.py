@@ -31,7 +31,7 @@ class TestSplitReviewFilename:
             naming.split_review_filename("a-vs-b-vs-c-gpt-4-reviewer.jsonl")
 
     def test_round_trip_with_the_writer(self):
-        name = naming.review_filename("org/model-x", "answer-gpt35", "gpt-4o", threeclass=True)
+        name = naming.review_filename("org/model-x", "answer-gpt35", "gpt-4o", "threeclass")
         assert naming.split_review_filename(name, "gpt-4o") == ("org_model-x", "answer-gpt35")
 
 
@@ -58,6 +58,19 @@ class TestLoadJudgments:
         judgments = reviews.load_judgments([path], judge="gpt4", owners=owners, stats=stats)
         assert [(j.model1, j.model2) for j in judgments] == [("ref", "sys"), ("sys", "ref")]
         assert stats.reoriented == 1 and stats.rows == 2
+
+    def test_the_row_keeps_its_verdict_kind(self, tmp_path):
+        path = write_rows(tmp_path / "x-vs-y-gpt-4-reviewer.jsonl", [
+            {"question_id": 1, "score": 1, "verdict": "threeclass"},
+            {"question_id": 2, "score": [8, 6], "verdict": "scores"},
+            {"question_id": 3, "score": [8, 6]}])  # no field (the reference's rows): the shape says
+        assert [j.verdict for j in reviews.load_judgments([path])] == ["threeclass", "scores", "scores"]
+
+    def test_an_unknown_verdict_kind_is_refused_with_its_line(self, tmp_path):
+        path = write_rows(tmp_path / "x-vs-y-gpt-4-reviewer.jsonl", [
+            {"question_id": 1, "score": 1, "verdict": "threeclass"}, {"question_id": 2, "score": 1, "verdict": "5pt"}])
+        with pytest.raises(InputError, match=r"reviewer.jsonl:2: unknown verdict kind '5pt'; known: threeclass"):
+            reviews.load_judgments([path])
 
     def test_bad_answers_spec(self):
         with pytest.raises(InputError, match="NAME=FILE"):

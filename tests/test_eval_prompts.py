@@ -61,7 +61,8 @@ class TestPackagedDefaults:
 
     def test_defaults_are_readable_files_inside_the_package(self):
         package_dir = Path(judgekit.__file__).resolve().parent
-        for kind, path in prompts.PACKAGED_PROMPT_FILES.items():
+        for kind in verdicts.KINDS:
+            path = prompts.packaged_prompt_file(kind)
             assert Path(path).resolve().parent.parent == package_dir
             assert len(prompts.load_prompts(path)) == 3
             assert verdicts.infer_verdict_kind(path) == kind  # the file name says its verdict shape
@@ -71,7 +72,7 @@ class TestPackagedDefaults:
                                                    ("scores", verdicts.SCORES)])
     def test_review_picks_the_prompt_of_its_verdict(self, verdict, expected):
         args = review.parse_args(self.ARGS + (["--verdict", verdict] if verdict else []))
-        assert args.prompt_file == prompts.PACKAGED_PROMPT_FILES[expected]
+        assert args.prompt_file == prompts.packaged_prompt_file(expected) and args.verdict == expected
         assert args.reviewer_file == prompts.PACKAGED_REVIEWER_FILE
 
     def test_named_files_win(self):

@@ -6,7 +6,8 @@ parse flags and call these:
 - ``records``: read questions, answers and review rows; resume index (JSONL writing: qlorakit.jsonl).
 - ``prompts``: load prompt and reviewer files (the packaged ones in prompt_files/ by default),
   pick by category, render (pure).
-- ``verdicts``: parse a judge's reply into a score (pure).
+- ``verdicts``: the registry of verdict kinds: each kind's prompt file, reply parser, outcome
+  rule and file-name tail (pure); adding a kind is one entry there.
 - ``naming``: model names from review file names.
 - ``reviews``: review rows -> judgments with both model names resolved.
 - ``client``: the only module that imports ``openai``: concurrency, retries, resume-aware runs.

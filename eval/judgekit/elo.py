@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from .verdicts import is_parsed
+from .verdicts import get_kind
 
 INITIAL_RATING = 1000.0
 K_FACTOR = 32.0
@@ -55,18 +55,11 @@ class EloRating:
     ties: int
 
 
-def outcome_of(score):
-    """First model's points for a verdict, or None when it is no game.
-
-    Three-class: 1 -> 1.0, 2 -> 0.0, 3 -> 0.5. A score pair [s1, s2] is turned into the same
-    three classes by comparing the two scores.
-    """
-    if not is_parsed(score):
-        return None
-    if isinstance(score, (list, tuple)):
-        first, second = score
-        return 1.0 if first > second else 0.0 if first < second else 0.5
-    return {1: 1.0, 2: 0.0, 3: 0.5}[score]
+def outcome_of(judgment):
+    """First model's points for a ``reviews.Judgment`` (1 win, 0.5 tie, 0 loss), or None when it
+    is no game: the outcome rule of the judgment's verdict kind decides, never the score's type
+    (three-class: 1, 2, 3; score pairs: the higher score wins; see ``verdicts.KINDS``)."""
+    return get_kind(judgment.verdict).outcome(judgment.score)
 
 
 def build_games(judgments):
@@ -75,7 +68,7 @@ def build_games(judgments):
     A verdict that cannot be parsed, or a model judged against itself, is no game (counted in
     ``skipped``).
     """
-    kept = [(j.model1, j.model2, outcome_of(j.score)) for j in judgments]
+    kept = [(j.model1, j.model2, outcome_of(j)) for j in judgments]
     kept = [game for game in kept if game[2] is not None and game[0] != game[1]]
     models = sorted({name for m1, m2, _ in kept for name in (m1, m2)})
     index = {name: i for i, name in enumerate(models)}

@@ -1,15 +1,18 @@
 """Model names from review file names. Pure.
 
-Review files are named ``<A>-vs-<B>-<judge>-reviewer[-threeclass].jsonl`` (the reference's
-convention; ``_vs_`` also accepted). Model names may contain hyphens, and so may the judge
-("gpt-4"), so the judge's name is given rather than guessed: strip the known
-``-<judge>-reviewer[-threeclass]`` tail, then split what is left at its single ``-vs-``.
+Review files are named ``<A>-vs-<B>-<judge>-reviewer[-<tail>].jsonl`` (the reference's
+convention; ``_vs_`` also accepted), the tail being the verdict kind's ``file_tail``
+(``-threeclass`` for three-class verdicts, none for score pairs; see ``verdicts.KINDS``). Model
+names may contain hyphens, and so may the judge ("gpt-4"), so the judge's name is given rather
+than guessed: strip the known ``-<judge>-reviewer[-<tail>]`` ending, then split what is left at
+its single ``-vs-``.
 """
 
 import os
 import re
 
 from .errors import InputError
+from .verdicts import KINDS, get_kind
 
 SEPARATORS = ("-vs-", "_vs_")
 DEFAULT_JUDGE = "gpt-4"
@@ -20,14 +23,30 @@ def safe_name(name):
     return re.sub(r"[^A-Za-z0-9._+-]", "_", str(name))
 
 
-def review_filename(model_a, model_b, judge, threeclass):
-    """The file name eval_gpt_review.py writes into an output directory.
+def _tails():
+    """The registered kinds' file-name tails, longest first (so that none hides a longer one)."""
+    return sorted({kind.file_tail for kind in KINDS.values() if kind.file_tail}, key=len, reverse=True)
 
-    >>> review_filename("guanaco-7b", "answer-gpt35", "gpt-4", True)
-    'guanaco-7b-vs-answer-gpt35-gpt-4-reviewer-threeclass.jsonl'
+
+def review_filename_shape(judge="<judge>"):
+    """How review files are named, for help texts and messages.
+
+    >>> review_filename_shape()
+    '<A>-vs-<B>-<judge>-reviewer[-threeclass].jsonl'
     """
-    tail = "-threeclass" if threeclass else ""
-    return f"{safe_name(model_a)}-vs-{safe_name(model_b)}-{safe_name(judge)}-reviewer{tail}.jsonl"
+    return f"<A>-vs-<B>-{judge}-reviewer[{'|'.join('-' + tail for tail in _tails())}].jsonl"
+
+
+def review_filename(model_a, model_b, judge, kind):
+    """The file name eval_gpt_review.py writes into an output directory for verdicts of ``kind``.
+
+    >>> review_filename("guanaco-7b", "answer-gpt35", "gpt-4", "threeclass")
+    'guanaco-7b-vs-answer-gpt35-gpt-4-reviewer-threeclass.jsonl'
+    >>> review_filename("guanaco-7b", "gpt-3.5", "gpt4", "scores")
+    'guanaco-7b-vs-gpt-3.5-gpt4-reviewer.jsonl'
+    """
+    tail = get_kind(kind).file_tail
+    return f"{safe_name(model_a)}-vs-{safe_name(model_b)}-{safe_name(judge)}-reviewer{'-' * bool(tail)}{tail}.jsonl"
 
 
 def split_review_filename(path, judge=DEFAULT_JUDGE):
@@ -44,11 +63,12 @@ def split_review_filename(path, judge=DEFAULT_JUDGE):
     for suffix in (".jsonl", ".json"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
-    tail = re.compile(rf"[-_]{re.escape(safe_name(judge))}[-_]reviewer(?:[-_]threeclass)?$")
-    match = tail.search(stem)
+    kind_tail = "|".join(re.escape(tail) for tail in _tails())
+    ending = re.compile(rf"[-_]{re.escape(safe_name(judge))}[-_]reviewer(?:[-_](?:{kind_tail}))?$")
+    match = ending.search(stem)
     if not match:
         raise InputError(
-            f"{path}: file name does not end with '-{judge}-reviewer[-threeclass].jsonl'; "
+            f"{path}: file name does not end as in '{review_filename_shape(judge)}'; "
             f"pass the judge's name as it appears there with --judge (e.g. --judge gpt4)"
         )
     pair = stem[: match.start()]

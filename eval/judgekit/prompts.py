@@ -20,14 +20,9 @@ import os
 from qlorakit.jsonl import read_jsonl
 
 from .errors import InputError
-from .verdicts import SCORES, THREECLASS
+from .verdicts import get_kind
 
 PACKAGED_FILES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompt_files")
-# One packaged prompt file per verdict shape; both name their shape the way infer_verdict_kind reads it.
-PACKAGED_PROMPT_FILES = {
-    THREECLASS: os.path.join(PACKAGED_FILES_DIR, "judge_prompt_threeclass.jsonl"),
-    SCORES: os.path.join(PACKAGED_FILES_DIR, "judge_prompt_relative.jsonl"),
-}
 PACKAGED_REVIEWER_FILE = os.path.join(PACKAGED_FILES_DIR, "judge_reviewer.jsonl")
 FALLBACK_CATEGORY = "general"
 PROMPT_FIELDS = ("prompt_id", "system_prompt", "prompt_template", "defaults", "category")
@@ -52,6 +47,11 @@ class Reviewer:
     temperature: float = 0.2
     max_tokens: int = 1024
     description: str = ""
+
+
+def packaged_prompt_file(kind):
+    """The prompt file that asks for verdicts of ``kind`` (its ``prompt_file``, in prompt_files/)."""
+    return os.path.join(PACKAGED_FILES_DIR, get_kind(kind).prompt_file)
 
 
 def _check_fields(row, fields, path, number):

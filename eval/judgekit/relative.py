@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from .verdicts import is_parsed
+from .verdicts import SCORES, score_pair
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -43,10 +43,11 @@ def collect_pairs(judgments, reference):
         system = judgment.model1 if shown_first else judgment.model2
         pairs.setdefault(system, [])
         unparsable.setdefault(system, 0)
-        if not isinstance(judgment.score, (list, tuple)) or not is_parsed(judgment.score):
+        pair = score_pair(judgment.score) if judgment.verdict == SCORES else None
+        if pair is None:  # an unparsable reply, or a verdict of another kind: no scores to add up
             unparsable[system] += 1
             continue
-        first, second = judgment.score
+        first, second = pair
         system_score, reference_score = (first, second) if shown_first else (second, first)
         pairs[system].append((judgment.question_id, shown_first, system_score, reference_score))
     return pairs, unparsable

@@ -1,4 +1,8 @@
-"""Review rows -> judgments: who was answer 1, who was answer 2, and the verdict.
+"""Review rows -> judgments: who was answer 1, who was answer 2, and the verdict (score and kind).
+
+A row's verdict kind is its ``verdict`` field (written by eval_gpt_review.py; one of
+``verdicts.KINDS``, else the file is refused), so a file may mix kinds; rows without the field
+(the reference's files) get the kind their score's shape implies (``verdicts.kind_of_score``).
 
 Model names come from the row's own ``answer1_model``/``answer2_model`` fields (written by
 eval_gpt_review.py) when present, else from the file name (``naming``). Optionally, answer
@@ -19,6 +23,7 @@ from qlorakit.questions import detect_id_key
 from .errors import InputError
 from .naming import DEFAULT_JUDGE, split_review_filename
 from .records import load_answers
+from .verdicts import get_kind, kind_of_score
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +33,13 @@ class Judgment:
     question_id: object
     model1: str  # the model whose answer was shown first
     model2: str
-    score: object  # int class (threeclass) or [s1, s2] (scores); sentinels when unparsable
+    score: object  # as the verdict kind's parser wrote it, e.g. 1 (threeclass), [8, 6] (scores), or a sentinel
     source: str = ""
+    verdict: str | None = None  # the kind (verdicts.KINDS) whose outcome rule scores it; None: from the score's shape
+
+    def __post_init__(self):
+        if self.verdict is None:
+            object.__setattr__(self, "verdict", kind_of_score(self.score))
 
 
 @dataclasses.dataclass
@@ -60,6 +70,16 @@ def _orient(row, file_pair, owners):
     return model1, model2, False
 
 
+def row_verdict(row, path, number):
+    """The kind named by a row's ``verdict`` field, None when it has none; refused if unknown."""
+    if "verdict" not in row:
+        return None
+    try:
+        return get_kind(row["verdict"]).name
+    except InputError as err:
+        raise InputError(f"{path}:{number}: {err}") from None
+
+
 def load_judgments(paths, judge=DEFAULT_JUDGE, owners=None, stats=None, id_key=None, id_flag=None):
     """All judgments of the review files, in file order (``id_flag``: see ``qlorakit.questions.detect_id_key``)."""
     owners = owners or {}
@@ -79,7 +99,8 @@ def load_judgments(paths, judge=DEFAULT_JUDGE, owners=None, stats=None, id_key=N
                 file_pair = file_pair or split_review_filename(path, judge)
                 model1, model2, swapped = _orient(row, file_pair, owners)
                 stats.reoriented += swapped
-            judgments.append(Judgment(row[file_key], model1, model2, row["score"], str(path)))
+            judgments.append(Judgment(row[file_key], model1, model2, row["score"], str(path),
+                                      row_verdict(row, path, number)))
             stats.rows += 1
     logger.info("questions identified by %s", ", ".join(f"{key} ({count} file{'s' * (count > 1)})"
                                                         for key, count in stats.files_by_id_key.items()))

@@ -1,8 +1,9 @@
-"""Elo ratings from pairwise (three-class) review files, as in the QLoRA paper's tables.
+"""Elo ratings from pairwise review files, as in the QLoRA paper's tables.
 
 Assumes review files named <A>-vs-<B>-<judge>-reviewer[-threeclass].jsonl (or rows carrying
 answer1_model / answer2_model, as eval_gpt_review.py writes), keyed by question_id or
-message_id. Launch from any directory:
+message_id. Each verdict counts by its kind's outcome rule (judgekit.verdicts.KINDS: three-class,
+or the higher of a score pair wins). Launch from any directory:
 
     python eval/elo.py reviews/*.jsonl --orderings 10000 --seed 0 --plot elo.png
     python eval/elo.py reviews/ --method bt --bootstrap 1000      # Bradley-Terry, order-free

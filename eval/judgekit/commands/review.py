@@ -2,8 +2,9 @@
 
 Assumes: a questions file, two answer files (any reference shape), OPENAI_API_KEY set
 (OPENAI_BASE_URL for any other OpenAI-compatible server). The judge prompts and reviewers are
-the package's own (pairwise three-class verdicts; 1-10 score pairs with --verdict scores);
--p/-r take other files, the reference's included. Launch from any directory:
+the package's own (pairwise three-class verdicts by default; --verdict picks another kind of
+judgekit.verdicts.KINDS, e.g. 1-10 score pairs); -p/-r take other files, the reference's
+included. Launch from any directory:
 
     qlora-judge -q questions.jsonl -a answers_a.jsonl answers_b.jsonl -o reviews/ -m gpt-4 --both-orders
 
@@ -37,19 +38,18 @@ def parse_args(argv):
     parser.add_argument("-a", "--answer-file-list", nargs="+", required=True, metavar="ANSWERS",
                         help="two answer files (further ones are ignored, as the reference did)")
     parser.add_argument("-p", "--prompt-file",
-                        help="judge prompts (default: the packaged three-class prompt, or its 1-10 score "
-                             "pair version with --verdict scores)")
+                        help="judge prompts (default: the packaged prompt of the --verdict kind, three-class "
+                             "unless --verdict names another)")
     parser.add_argument("-r", "--reviewer-file", help="reviewers by question category (default: the packaged one)")
     parser.add_argument("-o", "--output-review-file", required=True,
-                        help="output file, or an existing directory to name it <A>-vs-<B>-<judge>-reviewer[-threeclass].jsonl")
+                        help=f"output file, or an existing directory to name it {naming.review_filename_shape()}")
     parser.add_argument("-m", "--model", default="gpt-4", help="judge model (default gpt-4)")
     cli.add_id_key_argument(parser)
     parser.add_argument("--max-tokens", type=int, default=1024, help="judge reply length (default 1024)")
     parser.add_argument("--model-names", nargs=2, metavar=("A", "B"),
                         help="names of the two answer files' models (default: file stems, _ -> -)")
     parser.add_argument("--both-orders", action="store_true", help="judge each pair in both positions")
-    parser.add_argument("--verdict", choices=["auto", *verdicts.VERDICT_KINDS], default="auto",
-                        help="reply shape to parse; auto: threeclass if the prompt file name says so")
+    parser.add_argument("--verdict", choices=["auto", *verdicts.KINDS], default="auto", help=verdict_help())
     parser.add_argument("-v", "--verbose", action="store_true", help="log every retry")
     client.add_request_arguments(parser)
     args = parser.parse_args(cli.expand_reference_abbreviations(argv, REFERENCE_FLAGS, parser))
@@ -62,12 +62,22 @@ def parse_args(argv):
     return with_packaged_prompt_files(args)
 
 
+def verdict_help():
+    """--verdict's help, one clause per registered kind."""
+    kinds = "; ".join(f"{kind.name}: {kind.description}" for kind in verdicts.KINDS.values())
+    return (f"reply to ask for and parse ({kinds}); auto (default): the kind the -p file's name holds, else "
+            f"{verdicts.UNNAMED_PROMPT_KIND}; without -p, {verdicts.DEFAULT_KIND}")
+
+
 def with_packaged_prompt_files(args):
-    """Fill in the packaged prompt and reviewer files the user did not name. Without -p the
-    prompt is the three-class one unless --verdict asks for score pairs."""
+    """Settle ``args.verdict`` to a kind and fill in the packaged prompt and reviewer files the
+    user did not name: without -p, the prompt is the kind's own (``verdicts.DEFAULT_KIND`` for
+    auto); with it, auto is the kind its file name holds."""
+    if args.verdict == "auto":
+        named = args.prompt_file is not None
+        args.verdict = verdicts.infer_verdict_kind(args.prompt_file) if named else verdicts.DEFAULT_KIND
     if args.prompt_file is None:
-        kind = verdicts.SCORES if args.verdict == verdicts.SCORES else verdicts.THREECLASS
-        args.prompt_file = prompts.PACKAGED_PROMPT_FILES[kind]
+        args.prompt_file = prompts.packaged_prompt_file(args.verdict)
     if args.reviewer_file is None:
         args.reviewer_file = prompts.PACKAGED_REVIEWER_FILE
     return args
@@ -81,10 +91,10 @@ def review_key(row, id_keys):
             str(row.get("prompt_id")))
 
 
-def output_path(args, model_a, model_b, kind):
+def output_path(args, model_a, model_b):
     if os.path.isdir(args.output_review_file) or args.output_review_file.endswith(("/", os.sep)):
         os.makedirs(args.output_review_file, exist_ok=True)
-        name = naming.review_filename(model_a, model_b, args.model, kind == verdicts.THREECLASS)
+        name = naming.review_filename(model_a, model_b, args.model, args.verdict)
         return os.path.join(args.output_review_file, name)
     return args.output_review_file
 
@@ -146,12 +156,11 @@ def main(argv=None):
     args = parse_args(argv)
     cli.configure_logging(args.verbose)
     questions, answers_a, answers_b, reviewers, prompt_table = load_inputs(args)
-    kind = verdicts.infer_verdict_kind(args.prompt_file) if args.verdict == "auto" else args.verdict
     model_a = next(iter(answers_a[1].values())).model if answers_a[1] else "A"
     model_b = next(iter(answers_b[1].values())).model if answers_b[1] else "B"
     if model_a == model_b:
         raise InputError(f"both answer files are named {model_a!r}; pass --model-names A B")
-    out = output_path(args, model_a, model_b, kind)
+    out = output_path(args, model_a, model_b)
 
     jobs = build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args)
     key_of = functools.partial(review_key, id_keys=tuple(questions[0].ids) if questions else ())
@@ -163,18 +172,19 @@ def main(argv=None):
         return 0
 
     unreadable = []
+    kind = verdicts.get_kind(args.verdict)
 
     def make_row(job, text):
-        score = verdicts.parse_verdict(text, kind)
-        if not verdicts.is_parsed(score):
+        score = kind.parse(text)
+        if kind.outcome(score) is None:
             unreadable.append(score)
-        return {"review_id": uuid.uuid4().hex[:22], **job.payload, "text": text, "score": score, "verdict": kind}
+        return {"review_id": uuid.uuid4().hex[:22], **job.payload, "text": text, "score": score, "verdict": kind.name}
 
     status = client.run_jobs_to_file(client.runner_from_args(args, args.model), todo, out, make_row, "judging")
     if unreadable:
         # Paid for and kept: asking again costs as much and the scorers count these as unparsable.
         logger.warning("%d replies hold no readable %s verdict; written with score %s and not asked again",
-                       len(unreadable), kind, unreadable[0])
+                       len(unreadable), kind.name, unreadable[0])
     return status
 
 
