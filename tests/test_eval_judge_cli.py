@@ -422,3 +422,61 @@ class TestReferenceCommandLines:
             result = run(command, stub, tmp_path)
         assert result.returncode == 0, result.stderr
         assert {body["max_tokens"] for body in stub.bodies} == {33} and len(read_rows(out)) == 5
+
+
+def parse_a_or_b(text):
+    """The toy kind's parser: the reply's last line, "A" or "B", else "?"."""
+    last = text.strip().splitlines()[-1].strip() if text.strip() else ""
+    return last if last in ("A", "B") else "?"
+
+
+class TestANewVerdictKind:
+    """A verdict kind is one registry entry: with it, the judge asks for it, parses it, names its
+    files, and the Elo command scores it by its own outcome rule."""
+
+    def test_one_entry_runs_from_judge_to_elo_table(self, inputs, tmp_path, monkeypatch, capsys):
+        from judgekit import naming, verdicts
+        from judgekit.commands import elo as elo_command
+        from judgekit.commands import review
+        from qlorakit.errors import run_main
+
+        prompt_file = write_jsonl(tmp_path / "toy_prompts.jsonl", [
+            {"prompt_id": i, "category": c, "system_prompt": "Pick A or B.", "description": "toy",
+             "prompt_template": "Q {question}\nA: {answer_1}\nB: {answer_2}\n{prompt}",
+             "defaults": {"prompt": "Last line: A or B."}} for i, c in [(1, "general"), (2, "coding")]])
+        toy = verdicts.VerdictKind(name="a_or_b", description="last line A or B", prompt_file=str(prompt_file),
+                                   parse=parse_a_or_b, outcome={"A": 1.0, "B": 0.0}.get, file_tail="a_or_b")
+        monkeypatch.setitem(verdicts.KINDS, toy.name, toy)  # the one entry
+
+        def reply(messages):  # A wins questions 1-3, B question 4, no verdict for question 5
+            number = int(messages[1]["content"].split("Question number ")[1][0])
+            return "Reasons.\n" + {5: "cannot tell"}.get(number, "A" if number <= 3 else "B")
+
+        for name in [name for name in os.environ if name.startswith("OPENAI_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+        out_dir = tmp_path / "reviews"
+        with StubServer(reply=reply) as stub:
+            monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+            status = run_main(review.main, ["-q", str(inputs["q"]), "-a", str(inputs["a"]), str(inputs["b"]),
+                                            "-r", str(inputs["r"]), "-o", f"{out_dir}{os.sep}", "--verdict", "a_or_b"])
+        assert status == 0
+        assert {body["messages"][0]["content"] for body in stub.bodies} == {"Pick A or B."}  # the entry's prompt
+        (path,) = out_dir.glob("*.jsonl")
+        assert path.name == "model-a-vs-model-b-gpt-4-reviewer-a_or_b.jsonl"
+        assert naming.split_review_filename(path) == ("model-a", "model-b")
+        rows = sorted(read_rows(path), key=lambda row: row["question_id"])
+        assert [(row["score"], row["verdict"]) for row in rows] == [
+            ("A", "a_or_b"), ("A", "a_or_b"), ("A", "a_or_b"), ("B", "a_or_b"), ("?", "a_or_b")]
+        capsys.readouterr()
+
+        assert run_main(elo_command.main, [str(out_dir), "--orderings", "20", "--json"]) == 0
+        captured = capsys.readouterr()
+        table = json.loads(captured.out)
+        assert [(r["model"], r["wins"], r["losses"], r["ties"]) for r in table] == [
+            ("model-a", 3, 1, 0), ("model-b", 1, 3, 0)]
+        assert "5 judgments from 1 files, 1 skipped" in captured.err
+
+        with pytest.raises(SystemExit):
+            review.parse_args(["--help"])
+        assert "a_or_b: last line A or B" in capsys.readouterr().out  # --verdict's help lists the entry
