@@ -534,7 +534,8 @@ def tokenize_rows(batch, tokenizer, source_max_len, target_max_len):
 
     A cut source keeps its start (the instruction), as the reference's did. A cut target keeps no
     eos: it stops mid-sentence, and an eos there would teach the model to stop mid-sentence (TRL's
-    SFT truncation likewise cuts the tail). The tokens each side lost are kept for the log.
+    SFT truncation likewise cuts the tail; benchmarks/cut_target_eos.py measures it, docs/BENCHMARKS.md).
+    The tokens each side lost are kept for the log.
     """
     sources = [f"{tokenizer.bos_token or ''}{text}" for text in batch["input"]]
     targets = [f"{text}{tokenizer.eos_token}" for text in batch["output"]]
