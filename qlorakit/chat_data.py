@@ -83,8 +83,10 @@ TEMPLATE_CHOICES = (*NAMED_TEMPLATES, "tokenizer")
 def chat_template_help():
     """--chat_template's help, written from NAMED_TEMPLATES."""
     named = ", ".join(template.description for template in NAMED_TEMPLATES.values())
-    return (f"How chat rows are rendered: {named}, tokenizer (its own chat template) or a .jinja file. Default: the "
-            "tokenizer's if it has one, else guanaco. Tool calls need a template that mentions tools or tool_calls.")
+    return (f"How chat rows are rendered: {named}, tokenizer (its own chat template; of named templates, tool_use "
+            "for rows with tools where it has one, else default), tokenizer:NAME (one of its named templates) or a "
+            ".jinja file. Default: the tokenizer's if it has one, else guanaco. Tool calls need a template that "
+            "mentions tools or tool_calls.")
 
 
 def message_text(content, number):
@@ -242,20 +244,20 @@ def chosen_conversation(row):
     return normalize_messages(row, whole)
 
 
-def row_tools(value):
+def row_tools(value, what="a tools column"):
     """The row's `tools` (JSON text or a list) as the tool schemas chat templates read,
     ``{"type": "function", "function": {"name", ...}}``; a bare ``{"name", ...}`` (LLaMA-Factory's
-    tools column) is wrapped in that shape.
+    tools column) is wrapped in that shape. `what` names the value in errors.
 
     >>> row_tools('[{"name": "天气", "parameters": {}}]')
     [{'type': 'function', 'function': {'name': '天气', 'parameters': {}}}]
     """
-    tools = [] if value is None or value == "" else json_value(value, "the tools column")
+    tools = [] if value is None or value == "" else json_value(value, what)
     tools = [tools] if isinstance(tools, dict) else tools
     wrapped = [tool if isinstance(tool.get("function"), dict) else {"type": "function", "function": tool}
                for tool in tools if isinstance(tool, dict)] if isinstance(tools, list) else []
     if len(wrapped) != len(tools) or not all(isinstance(tool["function"].get("name"), str) for tool in wrapped):
-        raise ConversationError(f"has a tools column that is not a list of named tool definitions: {value!r:.80}")
+        raise ConversationError(f"has {what} that is not a list of named tool definitions: {value!r:.80}")
     return wrapped
 
 
@@ -286,33 +288,71 @@ def renders_tools(template):
     return bool(TOOL_MARKS.search(template))
 
 
-def tokenizer_template(tokenizer):
+# A tokenizer may hold named chat templates (a dict); --chat_template tokenizer:NAME picks one, and without a
+# name "tool_use" renders conversations with tools where the tokenizer has it, "default" all others.
+TOKENIZER_NAMED = "tokenizer:"
+DEFAULT_TEMPLATE, TOOL_USE_TEMPLATE = "default", "tool_use"
+
+
+def tokenizer_templates(tokenizer):
+    """The tokenizer's chat templates by name: its named templates, or its one template as "default"."""
     template = getattr(tokenizer, "chat_template", None)
-    return template.get("default") if isinstance(template, dict) else template
+    if isinstance(template, dict):
+        return dict(template)
+    return {DEFAULT_TEMPLATE: template} if template else {}
 
 
-def template_name(choice, tokenizer):
+def tokenizer_template_name(tokenizer, uses_tools):
+    """Which of the tokenizer's named templates renders the rows: tool_use for rows (or --tools) with tools
+    when it has one, else default; None for a tokenizer with a single template (or none)."""
+    if not isinstance(getattr(tokenizer, "chat_template", None), dict):
+        return None
+    names = tokenizer_templates(tokenizer)
+    if uses_tools and TOOL_USE_TEMPLATE in names:
+        return TOOL_USE_TEMPLATE
+    if DEFAULT_TEMPLATE not in names:
+        raise ConversationError(f"the tokenizer's chat templates have no {DEFAULT_TEMPLATE!r}: pick one with "
+                                f"--chat_template {TOKENIZER_NAMED}NAME ({', '.join(sorted(names))})")
+    return DEFAULT_TEMPLATE
+
+
+def template_name(choice, tokenizer, uses_tools=False):
     """The --chat_template value `choice` stands for: without one, the tokenizer's own template if
-    it has one, else guanaco."""
+    it has one, else guanaco; "tokenizer" of a tokenizer with named templates is the one it picks
+    (tokenizer:tool_use or tokenizer:default), so the name saved with an adapter says which."""
     if choice is None:
-        return "tokenizer" if tokenizer_template(tokenizer) else "guanaco"
-    return choice
+        choice = "tokenizer" if tokenizer_templates(tokenizer) else "guanaco"
+    named = tokenizer_template_name(tokenizer, uses_tools) if choice == "tokenizer" else None
+    return f"{TOKENIZER_NAMED}{named}" if named else choice
 
 
-def resolve_chat_template(choice, tokenizer):
+def named_tokenizer_template(name, tokenizer):
+    """(Jinja source, description) of the tokenizer's template called `name`; an unknown name lists the names."""
+    names = tokenizer_templates(tokenizer)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none: it has no chat template"
+        raise ConversationError(f"--chat_template {TOKENIZER_NAMED}{name}: the tokenizer has no chat template "
+                                f"named {name!r} (its names: {known})")
+    return names[name], f"the tokenizer's own, its {name!r} of {', '.join(sorted(names))}"
+
+
+def resolve_chat_template(choice, tokenizer, uses_tools=False):
     """(Jinja source, description): the tokenizer's own template if it has one, else Guanaco's,
-    unless `choice` names a template of NAMED_TEMPLATES, tokenizer or a .jinja file."""
-    choice = template_name(choice, tokenizer)
+    unless `choice` names a template of NAMED_TEMPLATES, tokenizer (tokenizer:NAME for one of its
+    named templates) or a .jinja file. `uses_tools`: the rows (or --tools) carry tools."""
+    choice = template_name(choice, tokenizer, uses_tools)
     if choice in NAMED_TEMPLATES:
         return NAMED_TEMPLATES[choice].source, NAMED_TEMPLATES[choice].description
+    if choice.startswith(TOKENIZER_NAMED):
+        return named_tokenizer_template(choice[len(TOKENIZER_NAMED):], tokenizer)
     if choice == "tokenizer":
-        if not tokenizer_template(tokenizer):
+        if not tokenizer_templates(tokenizer):
             raise ConversationError("--chat_template tokenizer: the tokenizer has no chat template; "
                                     "use guanaco or a .jinja file")
-        return tokenizer_template(tokenizer), "the tokenizer's own"
+        return tokenizer_templates(tokenizer)[DEFAULT_TEMPLATE], "the tokenizer's own"
     if not choice.endswith(".jinja"):
-        raise ConversationError(f"--chat_template must be {', '.join(TEMPLATE_CHOICES)} or a .jinja file, "
-                                f"got {choice!r}")
+        raise ConversationError(f"--chat_template must be {', '.join(TEMPLATE_CHOICES)}, {TOKENIZER_NAMED}NAME or a "
+                                f".jinja file, got {choice!r}")
     if not os.path.isfile(choice):
         raise ConversationError(f"--chat_template {choice}: no such file")
     with open(choice, encoding="utf-8") as handle:
@@ -500,21 +540,42 @@ def has_system_layout(choice, tokenizer):
     return PROBE_SYSTEM in text
 
 
-def check_tool_layout(dataset, tokenizer, template, source):
-    """Refuse conversations with tool calls or tool definitions, naming the first, when the template has
-    no layout for them, and say which template has one."""
-    if TOOL_COLUMN not in dataset.column_names or renders_tools(template):
+def own_tool_template(tokenizer, flag):
+    """The template flag's value for the tokenizer's own template with a tool layout (tokenizer, or
+    tokenizer:NAME of named templates), or None when it has none."""
+    named = isinstance(getattr(tokenizer, "chat_template", None), dict)
+    found = [name for name, source in sorted(tokenizer_templates(tokenizer).items()) if renders_tools(source)]
+    if not found:
+        return None
+    return f"{flag} {TOKENIZER_NAMED}{found[0]}" if named else f"{flag} tokenizer"
+
+
+def refuse_without_tool_layout(tokenizer, template, where, flag="--chat_template"):
+    """Refuse tools (of a row, or of --tools: `where`) when the template has no layout for them, and say
+    which template has one; `flag` is the command's template flag."""
+    if renders_tools(template):
         return
-    row = next((row for row, fields in zip(dataset[ROW_COLUMN], dataset[TOOL_COLUMN]) if fields is not None), None)
-    if row is None:
-        return
-    own = tokenizer_template(tokenizer)
-    which = ("the tokenizer's own has one: --chat_template tokenizer" if own and renders_tools(own) else
+    own = own_tool_template(tokenizer, flag)
+    which = (f"the tokenizer's own has one: {own}" if own else
              "a template that mentions tools or tool_calls has one: the tokenizer's own where it does (this "
              "tokenizer's does not), or a .jinja file")
-    raise ConversationError(f"{source}: row {row + 1}: has tool calls or tool definitions, but the chat template "
-                            f"has no tool layout (it never mentions tools or tool_calls; guanaco and firefly have "
-                            f"none); {which}")
+    raise ConversationError(f"{where}: has tool calls or tool definitions, but the chat template has no tool "
+                            f"layout (it never mentions tools or tool_calls; guanaco and firefly have none); {which}")
+
+
+def first_tool_row(dataset):
+    """The index of the first conversation with tool calls or tool definitions, or None."""
+    if TOOL_COLUMN not in dataset.column_names:
+        return None
+    return next((index for index, fields in enumerate(dataset[TOOL_COLUMN]) if fields is not None), None)
+
+
+def check_tool_layout(dataset, tokenizer, template, source):
+    """Refuse conversations with tool calls or tool definitions, naming the first, when the template has
+    no layout for them."""
+    index = None if renders_tools(template) else first_tool_row(dataset)
+    if index is not None:
+        refuse_without_tool_layout(tokenizer, template, f"{source}: row {dataset[ROW_COLUMN][index] + 1}")
 
 
 def check_template(tokenizer, template, description):

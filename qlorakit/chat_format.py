@@ -17,12 +17,36 @@ NEXT_TURN_MARKERS = (HUMAN, ASSISTANT, "A chat between a curious human")
 
 def template_choice(value):
     """argparse type of the inference commands' template flag: a named template of training's
-    --chat_template (guanaco, tokenizer, ...) or a .jinja file that exists, checked before the model loads."""
-    from .chat_data import TEMPLATE_CHOICES
+    --chat_template (guanaco, tokenizer, tokenizer:NAME, ...) or a .jinja file that exists, checked before
+    the model loads (a NAME the tokenizer lacks is refused once it is loaded)."""
+    from .chat_data import TEMPLATE_CHOICES, TOKENIZER_NAMED
 
-    if value in TEMPLATE_CHOICES or (value.endswith(".jinja") and os.path.isfile(value)):
+    named = value.startswith(TOKENIZER_NAMED) and len(value) > len(TOKENIZER_NAMED)
+    if value in TEMPLATE_CHOICES or named or (value.endswith(".jinja") and os.path.isfile(value)):
         return value
-    raise argparse.ArgumentTypeError(f"{value!r} is not {' or '.join(TEMPLATE_CHOICES)} or an existing .jinja file")
+    raise argparse.ArgumentTypeError(f"{value!r} is not {', '.join(TEMPLATE_CHOICES)}, {TOKENIZER_NAMED}NAME or an "
+                                     "existing .jinja file")
+
+
+def tools_file(path):
+    """argparse type of the inference commands' --tools: a JSON file holding a list of tool (function)
+    schemas, the shape of training's tools column, read as chat templates take them."""
+    from .chat_data import ConversationError, row_tools
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            tools = row_tools(handle.read(), "a JSON file")
+    except (OSError, ConversationError) as error:
+        raise argparse.ArgumentTypeError(f"{path}: {getattr(error, 'strerror', None) or error}") from error
+    if not tools:
+        raise argparse.ArgumentTypeError(f"{path}: holds no tool definitions")
+    return tools
+
+
+def add_tools_argument(parser):
+    parser.add_argument("--tools", type=tools_file, metavar="FILE.json",
+                        help="a JSON list of tool (function) schemas, the shape of qlora.py's tools column, handed "
+                             "to the chat template as tools (a template without a tool layout refuses them)")
 
 
 def cut_at_next_turn(generation):

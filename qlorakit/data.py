@@ -534,7 +534,8 @@ def tokenize_rows(batch, tokenizer, source_max_len, target_max_len):
 
     A cut source keeps its start (the instruction), as the reference's did. A cut target keeps no
     eos: it stops mid-sentence, and an eos there would teach the model to stop mid-sentence (TRL's
-    SFT truncation likewise cuts the tail). The tokens each side lost are kept for the log.
+    SFT truncation likewise cuts the tail; benchmarks/cut_target_eos.py measures it, docs/BENCHMARKS.md).
+    The tokens each side lost are kept for the log.
     """
     sources = [f"{tokenizer.bos_token or ''}{text}" for text in batch["input"]]
     targets = [f"{text}{tokenizer.eos_token}" for text in batch["output"]]
@@ -629,10 +630,11 @@ def split_train_eval(dataset_dict, data_args, hold_out_eval):
     return train, evaluation
 
 
-def chat_tokenizer(data_args, tokenizer, source):
-    """The function that tokenizes conversations with the chosen template, checked up front."""
+def chat_tokenizer(data_args, tokenizer, source, uses_tools):
+    """The function that tokenizes conversations with the chosen template, checked up front; `uses_tools`:
+    some conversation carries tools (a tokenizer's named templates then give tool_use)."""
     try:
-        template, description = chat_data.resolve_chat_template(data_args.chat_template, tokenizer)
+        template, description = chat_data.resolve_chat_template(data_args.chat_template, tokenizer, uses_tools)
         chat_data.check_template(tokenizer, template, description)
     except chat_data.ConversationError as error:
         raise DataError(str(error)) from error
@@ -693,12 +695,12 @@ def mix_sources(sources):
                         for split in splits})
 
 
-def trained_template(data_args, tokenizer, format_name, chat):
+def trained_template(data_args, tokenizer, format_name, chat, uses_tools=False):
     """The record (qlorakit.trained_template) of the prompt layout the rows are trained in: the
     resolved --chat_template for conversations, Guanaco's for formats written in its markers,
     None for layouts no chat template writes."""
     if chat:
-        name = chat_data.template_name(data_args.chat_template, tokenizer)
+        name = chat_data.template_name(data_args.chat_template, tokenizer, uses_tools)
         return template_record(name, chat_data.resolve_chat_template(name, tokenizer)[0])
     if format_name in GUANACO_LAYOUT_FORMATS:
         return template_record("guanaco", chat_data.GUANACO_TEMPLATE)
@@ -721,10 +723,12 @@ def build_datasets(data_args, tokenizer, cache_dir=None, hold_out_eval=False):
         formats = {format_name for _, _, format_name in sources}
         formatted, format_name = mix_sources(sources), (formats.pop() if len(formats) == 1 else None)
     train, evaluation = split_train_eval(formatted, data_args, hold_out_eval)
-    if "messages" in train.column_names:
-        tokenize = chat_tokenizer(data_args, tokenizer, data_args.dataset)
+    chat = "messages" in train.column_names
+    uses_tools = chat and any(chat_data.first_tool_row(ds) is not None for ds in (train, evaluation) if ds is not None)
+    if chat:
+        tokenize = chat_tokenizer(data_args, tokenizer, data_args.dataset, uses_tools)
     else:
         tokenize = lambda ds, split: tokenize_dataset(ds, tokenizer, data_args.source_max_len, data_args.target_max_len,
                                                       data_args.max_truncated_share, split)
-    template = trained_template(data_args, tokenizer, format_name, "messages" in train.column_names)
+    template = trained_template(data_args, tokenizer, format_name, chat, uses_tools)
     return tokenize(train, "train"), (tokenize(evaluation, "eval") if evaluation is not None else None), template

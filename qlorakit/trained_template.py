@@ -36,21 +36,34 @@ def read_template_record(adapter_dir):
         return json.load(handle)
 
 
-def inference_template(choice, tokenizer, adapter, flag, default=None):
+def inference_template(choice, tokenizer, adapter, flag, default=None, tools=None):
     """(name, Jinja text) to prompt with: the flag's template if given, else the one the adapter
     was trained with, else `default` (None: the tokenizer's own if it has one, else guanaco).
-    The choice is said in one line on stderr whenever the adapter has a saved template."""
-    from .chat_data import resolve_chat_template
+    The choice is said in one line on stderr whenever the adapter has a saved template or the name picks
+    one of the tokenizer's named templates. `tools` (of --tools) are refused by a template without a
+    tool layout."""
+    from .chat_data import refuse_without_tool_layout
+
+    name, template = chosen_template(choice, tokenizer, adapter, flag, default, uses_tools=bool(tools))
+    if tools:
+        refuse_without_tool_layout(tokenizer, template, "--tools", flag)
+    return name, template
+
+
+def chosen_template(choice, tokenizer, adapter, flag, default, uses_tools):
+    from .chat_data import TOKENIZER_NAMED, resolve_chat_template, template_name
 
     saved = read_template_record(adapter)
     where = os.path.join(adapter, TEMPLATE_FILE) if saved else None
     if choice is None and saved:
         print(f"prompt template: {saved['name']} (as trained, from {where})", file=sys.stderr)
         return saved["name"], saved["template"]
-    name = choice or default
-    template, _ = resolve_chat_template(name, tokenizer)
+    name = template_name(choice or default, tokenizer, uses_tools)
+    template, description = resolve_chat_template(name, tokenizer)
     if saved:
         same = "the same as" if template == saved["template"] else "differs from"
         print(f"prompt template: {name} ({flag}; {same} the {saved['name']} template it was trained with, {where})",
               file=sys.stderr)
+    elif name.startswith(TOKENIZER_NAMED):
+        print(f"prompt template: {name} ({description})", file=sys.stderr)
     return name, template

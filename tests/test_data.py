@@ -119,6 +119,12 @@ class TestTokenization:
         rows = data.tokenize_rows({"input": [long_text], "output": [long_text]}, tokenizer, 7, 5)
         assert len(rows["source_ids"][0]) == 7 and len(rows["target_ids"][0]) == 5
 
+    def test_a_cut_target_keeps_no_eos(self, tokenizer):
+        """Measured by benchmarks/cut_target_eos.py: an eos on cut targets teaches stopping mid-sentence."""
+        rows = data.tokenize_rows({"input": ["q"], "output": ["many words " * 50]}, tokenizer, 64, 5)
+        full = tokenizer("many words " * 50, add_special_tokens=False)["input_ids"]
+        assert rows["target_ids"][0] == full[:5] and tokenizer.eos_token_id not in rows["target_ids"][0]
+
 
 class TestSplit:
     class Args:

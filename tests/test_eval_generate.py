@@ -73,7 +73,8 @@ def test_a_jinja_template_file_renders_prompts_as_training_does(tiny_model, tmp_
     assert generate.build_prompt("Hi?", tokenizer, "guanaco", "Be kind.") == render(tokenizer, template, question, True)
     with pytest.raises(SystemExit) as exit_info:
         generate.parse_args(["--model", "m", "-q", "q.jsonl", "-o", "o.jsonl", "--prompt-format", "vicuna"])
-    assert exit_info.value.code == 2 and "'vicuna' is not guanaco or firefly or tokenizer" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'vicuna' is not guanaco, firefly, tokenizer, tokenizer:NAME" in error
 
 
 def test_prompt_format_is_spelt_as_training_spells_it_and_the_old_spelling_is_announced(capsys):

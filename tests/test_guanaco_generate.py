@@ -20,5 +20,5 @@ def test_the_prompt_is_rendered_by_the_chosen_training_template(tiny_model_dir, 
 def test_a_template_that_is_no_choice_is_refused_before_loading(tmp_path):
     result = run_python(["examples/guanaco_generate.py", "--model_name_or_path", str(tmp_path / "no-model"),
                          "--chat_template", "missing.jinja"], check=False)
-    assert result.returncode == 2 and (f"'missing.jinja' is not {' or '.join(TEMPLATE_CHOICES)}"
+    assert result.returncode == 2 and (f"'missing.jinja' is not {', '.join(TEMPLATE_CHOICES)}, tokenizer:NAME"
                                           in result.stderr.splitlines()[-1])

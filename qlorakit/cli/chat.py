@@ -7,7 +7,8 @@
 Every reply is generated from the whole conversation so far, rendered by the chat template qlora.py
 trains chat data with: the one the adapter was trained with (its prompt_template.json), else the
 tokenizer's own if it has one, else the Guanaco markers "### Human: ...### Assistant: ..."; --chat_template
-names another (guanaco, tokenizer or a .jinja file). So the adapter is prompted the way it was trained;
+names another (guanaco, tokenizer, tokenizer:NAME or a .jinja file), and --tools FILE.json hands it tool
+schemas. So the adapter is prompted the way it was trained;
 the oldest turns are dropped when the conversation outgrows the model's context. A reply ends at eos
 or at a stop string (by default the template's turn markers; the flags of qlorakit.generation). Input
 is read line by line, so piped input works; an empty line, "exit" or end of input (Ctrl-D) ends the
@@ -26,7 +27,7 @@ from transformers import TextIteratorStreamer
 
 from qlorakit import chat_data
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
-from qlorakit.chat_format import ASSISTANT, HUMAN, template_choice
+from qlorakit.chat_format import ASSISTANT, HUMAN, add_tools_argument, template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import (add_generation_arguments, check_generation_arguments, cut_at_stop_strings,
                                  held_back_length, inference_generation_config, stop_strings_of)
@@ -46,9 +47,11 @@ def to_messages(history, message):
     return [message for turn in turns for message in turn] + [{"role": "user", "content": message}]
 
 
-def build_chat_prompt(tokenizer, template, history, message):
-    """The prompt for the reply to `message`, rendered as training rendered conversations."""
-    return chat_data.render(tokenizer, template, to_messages(history, message), add_generation_prompt=True)
+def build_chat_prompt(tokenizer, template, history, message, tools=None):
+    """The prompt for the reply to `message`, rendered as training rendered conversations (with the
+    tool definitions of --tools, if any)."""
+    return chat_data.render(tokenizer, template, to_messages(history, message), add_generation_prompt=True,
+                            tools=tools)
 
 
 def fit_history(history, message, prompt_length, budget):
@@ -130,12 +133,12 @@ def chat(model, tokenizer, template, args):
     interactive = sys.stdin.isatty()
     budget = getattr(model.config, "max_position_embeddings", 2048) - args.max_new_tokens
     prompt_length = lambda messages: len(chat_data.encode_text(  # noqa: E731
-        tokenizer, chat_data.render(tokenizer, template, messages, add_generation_prompt=True)))
+        tokenizer, chat_data.render(tokenizer, template, messages, add_generation_prompt=True, tools=args.tools)))
     generation_config = inference_generation_config(args, tokenizer, template)
     history = []
     while (message := read_message(interactive)) is not None and message.lower() not in EXIT_WORDS:
         history = fit_history(history, message, prompt_length, budget)
-        prompt = build_chat_prompt(tokenizer, template, history, message)
+        prompt = build_chat_prompt(tokenizer, template, history, message, args.tools)
         if args.show_prompt:
             print(f"prompt: {json.dumps(prompt)}", file=sys.stderr, flush=True)
         if interactive:
@@ -156,6 +159,7 @@ def parse_args(argv=None):
     parser.add_argument("--chat_template", type=template_choice,
                         help="guanaco, tokenizer or a .jinja file, as given to qlora.py (default: the adapter's "
                              "training template, else the tokenizer's own if it has one, else guanaco)")
+    add_tools_argument(parser)
     add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
     check_generation_arguments(parser, args)
@@ -168,7 +172,7 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
-    _, template = inference_template(args.chat_template, tokenizer, args.adapter, "--chat_template")
+    _, template = inference_template(args.chat_template, tokenizer, args.adapter, "--chat_template", tools=args.tools)
     try:
         chat(model, tokenizer, template, args)
     except KeyboardInterrupt:

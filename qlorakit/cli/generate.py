@@ -13,7 +13,8 @@ model, ~40 GB for 65B) plus activations for --batch-size prompts. Launch from an
 Prompts are rendered by the chat template qlora.py trains chat data with (qlorakit.chat_data):
 the one the adapter was trained with (its prompt_template.json), else the Guanaco markers
 ("### Human: ...### Assistant:"); --prompt-format guanaco, --prompt-format tokenizer
-for the tokenizer's own, or --prompt-format PATH.jinja; tokens are counted as in training. Sampling defaults to the paper's
+for the tokenizer's own (tokenizer:NAME for one of its named templates), or --prompt-format PATH.jinja;
+--tools FILE.json hands the template tool schemas; tokens are counted as in training. Sampling defaults to the paper's
 top_p 0.9 / temperature 0.7; the generation flags (qlorakit.generation) are those of every inference
 command. Rows are written in the reference's generation format (question_id, text, category, prompt,
 generation: the raw continuation, generation_truncated: the reply, cut before the first stop string),
@@ -26,7 +27,7 @@ import sys
 
 from qlorakit import chat_data
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
-from qlorakit.chat_format import template_choice
+from qlorakit.chat_format import add_tools_argument, template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import (add_generation_arguments, check_generation_arguments, inference_generation_config,
                                  reply_text)
@@ -59,6 +60,7 @@ def parse_args(argv):
                         help="guanaco, tokenizer (the tokenizer's own template) or a .jinja file (default: the "
                              "adapter's training template, else guanaco)")
     parser.add_argument("--system-prompt", default="", help="text put before the first turn (guanaco format)")
+    add_tools_argument(parser)
     parser.add_argument("--batch-size", type=int, default=8)
     add_generation_arguments(parser, max_new_tokens=1024)
     parser.add_argument("--trust-remote-code", action="store_true")
@@ -75,10 +77,10 @@ def prompt_template(tokenizer, prompt_format):
     return chat_data.resolve_chat_template(prompt_format, tokenizer)[0]
 
 
-def build_prompt(question_text, tokenizer, prompt_format, system_prompt="", template=None):
+def build_prompt(question_text, tokenizer, prompt_format, system_prompt="", template=None, tools=None):
     """The model input for one question. OA questions already hold a whole "### Human: ...
     ### Assistant:" conversation and are used as they are in the Guanaco format. template: the
-    resolved --prompt-format, when the caller builds many prompts."""
+    resolved --prompt-format, when the caller builds many prompts; tools: those of --tools."""
     from qlorakit.chat_format import HUMAN
 
     if prompt_format == "guanaco" and question_text.lstrip().startswith(HUMAN):
@@ -86,7 +88,7 @@ def build_prompt(question_text, tokenizer, prompt_format, system_prompt="", temp
     template = template or prompt_template(tokenizer, prompt_format)
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": question_text})
-    return chat_data.render(tokenizer, template, messages, add_generation_prompt=True)
+    return chat_data.render(tokenizer, template, messages, add_generation_prompt=True, tools=tools)
 
 
 def generate_batch(model, tokenizer, prompts, generation_config):
@@ -127,13 +129,14 @@ def main(argv=None):
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter,
                                           trust_remote_code=args.trust_remote_code, **loading_overrides(args))
     prompt_name, template = inference_template(args.prompt_format, tokenizer, args.adapter, "--prompt-format",
-                                               default="guanaco")
+                                               default="guanaco", tools=args.tools)
     generation_config = inference_generation_config(args, tokenizer, template)
     torch.manual_seed(args.seed)
     with JsonlAppender(args.output) as writer, tqdm(total=len(todo), desc="generating") as bar:
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start:start + args.batch_size]
-            prompts = [build_prompt(q.text, tokenizer, prompt_name, args.system_prompt, template) for q in batch]
+            prompts = [build_prompt(q.text, tokenizer, prompt_name, args.system_prompt, template, args.tools)
+                       for q in batch]
             generations = generate_batch(model, tokenizer, prompts, generation_config)
             for question, prompt, generation in zip(batch, prompts, generations):
                 writer.write({"question_id": question.question_id, "text": question.text,

@@ -15,7 +15,7 @@ import torch
 
 from qlorakit import chat_data
 from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
-from qlorakit.chat_format import template_choice
+from qlorakit.chat_format import add_tools_argument, template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import (add_generation_arguments, check_generation_arguments, inference_generation_config,
                                  reply_text)
@@ -23,9 +23,11 @@ from qlorakit.model import load_for_inference
 from qlorakit.trained_template import inference_template
 
 
-def build_question_prompt(tokenizer, template, question):
-    """The prompt for a reply to ``question``, rendered by the chat template training used."""
-    return chat_data.render(tokenizer, template, [{"role": "user", "content": question}], add_generation_prompt=True)
+def build_question_prompt(tokenizer, template, question, tools=None):
+    """The prompt for a reply to ``question``, rendered by the chat template training used (with the
+    tool definitions of --tools, if any)."""
+    return chat_data.render(tokenizer, template, [{"role": "user", "content": question}], add_generation_prompt=True,
+                            tools=tools)
 
 
 def generate_answer(model, tokenizer, prompt, generation_config, seed=0):
@@ -48,6 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--chat_template", type=template_choice,
                         help="guanaco, tokenizer or a .jinja file, as given to qlora.py (default: the adapter's "
                              "training template, else guanaco)")
+    add_tools_argument(parser)
     add_generation_arguments(parser, max_new_tokens=128)
     add_base_loading_arguments(parser)
     args = parser.parse_args(argv)
@@ -58,9 +61,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
-    _, template = inference_template(args.chat_template, tokenizer, args.adapter, "--chat_template", default="guanaco")
+    _, template = inference_template(args.chat_template, tokenizer, args.adapter, "--chat_template", default="guanaco",
+                                     tools=args.tools)
     generation_config = inference_generation_config(args, tokenizer, template)
-    prompt = build_question_prompt(tokenizer, template, args.question)
+    prompt = build_question_prompt(tokenizer, template, args.question, args.tools)
     print(f"{prompt}{generate_answer(model, tokenizer, prompt, generation_config, args.seed)}")
 
 
