@@ -3,7 +3,7 @@
     pip install trl==1.16.0 --no-deps      # benchmark only; qlora.py never imports trl
     python benchmarks/chat_peer.py [--steps 6] [--repeats 3] [--json]
 
-All pipelines train the same model object, built by qlorakit.model.load_model (the tiny local
+All pipelines train the same model object, built by qlorakit.training_model.load_model (the tiny local
 LLaMA in 4-bit NF4 + double quant, LoRA r 64 / alpha 16 on every linear layer, bf16, gradient
 checkpointing, paged AdamW) on the bundled multi-turn conversations (qlorakit/sample_data/
 chat_sample.jsonl, repeated), with the loss on the assistant turns only, micro-batch 16, for the

@@ -14,19 +14,22 @@ from transformers import ProgressCallback, set_seed
 
 from . import checkpoints, jsonl, launcher, run_lock, run_settings
 from .base_loading import check_adapter, check_model_weights, resolve_adapter
+from .base_model import SEQ2SEQ, hub_kwargs, load_model_config, model_task
 from .best_model import best_evaluation
 from .callbacks import CheckpointCallback, EarlyStopping, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
-from .errors import ArgumentError, InputError, TrainingInterrupted, TrainingStopped
+from .errors import ArgumentError, InputError, ModelError, TrainingInterrupted, TrainingStopped
 from .generation import (build_generation_config, cut_at_stop_strings, decoding_settings, describe_stop_strings,
                          resolve_stop_strings, stop_strings_of)
+from .layers import describe_parameters
+from .lora import read_adapter_config
 from .mmlu import load_mmlu
-from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
-                    model_task, read_adapter_config)
 from .preview import length_summary, preview_rows
 from .quiet import paged_optimizer_note
+from .tokenizer import load_tokenizer
 from .trainer import QLoRATrainer
+from .training_model import load_model
 
 logger = logging.getLogger(__name__)
 

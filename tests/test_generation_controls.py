@@ -37,14 +37,14 @@ def control_flags(separator):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model_dir):
-    from qlorakit.model import load_for_inference
+    from qlorakit.inference_model import load_for_inference
 
     return load_for_inference(tiny_model_dir, bits=32, compute_dtype="float32")
 
