@@ -85,7 +85,7 @@ def run_pipeline(name, model_dir, data_path, workdir, batch, steps):
     if name != "ours":
         trainer = build_trl_trainer(trainer, tokenizer, data_path, grouped=name == "trl-grouped")
     tokens_per_s, _, losses = train_metered(trainer, cuda=False)
-    return {"tokens_per_s": round(tokens_per_s, 1), "peak_mem_mb": peak_memory_mb(trainer.args),
+    return {"tokens_per_s": round(tokens_per_s, 1), "peak_mem_mb": peak_memory_mb(trainer.args.device),
             "final_loss": round(losses[-1], 4), "first_loss": round(losses[0], 4)}
 
 

@@ -214,7 +214,7 @@ def test_qlora_do_predict_stops_at_a_stop_string_and_cuts_before_it(tiny_model_d
                                 *flags])
         trainer, tokenizer, eval_dataset = setup_trainer(args)
         spy = GenerateSpy(trainer.model, monkeypatch)
-        predict(trainer, tokenizer, eval_dataset, args.data, output_dir)
+        predict(trainer, tokenizer, eval_dataset, output_dir)
         row = json.loads(open(os.path.join(output_dir, "predictions.jsonl")).read())
         return trainer.model.generation_config, spy.new_tokens[0], row, tokenizer
 
