@@ -4,7 +4,7 @@ activation coefficients in qlorakit/memory.py.
     python benchmarks/activation_bytes.py [--json]
 
 Tiny LLaMA models (random weights, no download) are loaded the project's way (4-bit NF4 + double
-quant, LoRA on all seven linears: qlorakit.model.load_base_model + attach_lora) and run forward
+quant, LoRA on all seven linears: qlorakit.training_model.load_base_model + attach_lora) and run forward
 once on CPU, without gradient checkpointing: with --bf16 under bf16 autocast (as the Trainer runs
 it), without it in fp32. A saved-tensor hook records every tensor saved for backward while the
 middle decoder layer runs; each storage counts once, and storages that exist before the layer
@@ -32,7 +32,7 @@ from transformers.utils import logging
 
 from qlorakit.cli.make_tiny_model import build_model
 from qlorakit.config import parse_arguments
-from qlorakit.model import attach_lora, load_base_model
+from qlorakit.training_model import attach_lora, load_base_model
 
 HIDDEN, INTERMEDIATE, RANKS, SEQS = (64, 128), (192, 384), (8, 16), (32, 64)
 BATCH, HEAD_DIM, NUM_LAYERS, MEASURED_LAYER = 2, 32, 3, 1

@@ -3,7 +3,7 @@
     pip install trl==1.16.0 --no-deps      # benchmark only; qlora.py never imports trl
     python benchmarks/chat_peer.py [--steps 6] [--repeats 3] [--json]
 
-All pipelines train the same model object, built by qlorakit.model.load_model (the tiny local
+All pipelines train the same model object, built by qlorakit.training_model.load_model (the tiny local
 LLaMA in 4-bit NF4 + double quant, LoRA r 64 / alpha 16 on every linear layer, bf16, gradient
 checkpointing, paged AdamW) on the bundled multi-turn conversations (qlorakit/sample_data/
 chat_sample.jsonl, repeated), with the loss on the assistant turns only, micro-batch 16, for the
@@ -85,7 +85,7 @@ def run_pipeline(name, model_dir, data_path, workdir, batch, steps):
     if name != "ours":
         trainer = build_trl_trainer(trainer, tokenizer, data_path, grouped=name == "trl-grouped")
     tokens_per_s, _, losses = train_metered(trainer, cuda=False)
-    return {"tokens_per_s": round(tokens_per_s, 1), "peak_mem_mb": peak_memory_mb(trainer.args),
+    return {"tokens_per_s": round(tokens_per_s, 1), "peak_mem_mb": peak_memory_mb(trainer.args.device),
             "final_loss": round(losses[-1], 4), "first_loss": round(losses[0], 4)}
 
 

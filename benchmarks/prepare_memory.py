@@ -4,7 +4,7 @@
 
 peft's prepare_model_for_kbit_training upcasts every non-quantized weight (embeddings, head,
 norms) to fp32; with --bf16 qlorakit then casts embeddings and head back to bf16, so the copy is
-pure waste. qlorakit.model.prepare_base_for_training only freezes and sets up checkpointing.
+pure waste. qlorakit.training_model.prepare_base_for_training only freezes and sets up checkpointing.
 Each method runs in a fresh process on the same saved model (random weights, LLaMA shapes, large
 vocabulary so the embeddings matter, as in a real LLaMA); reported: peak and final resident
 memory (RSS) of the preparation, above the RSS of the loaded 4-bit model. CPU only.
@@ -55,7 +55,7 @@ def prepare(method, model_dir):
     from peft import prepare_model_for_kbit_training
 
     from qlorakit.config import parse_arguments
-    from qlorakit.model import attach_lora, load_base_model
+    from qlorakit.training_model import attach_lora, load_base_model
 
     arguments = parse_arguments(["--model_name_or_path", model_dir, "--output_dir", os.path.dirname(model_dir),
                                  "--bf16", "--use_cpu", "--lora_r", "64", "--lora_alpha", "16"])

@@ -167,7 +167,7 @@ def run_pipeline(name, model_dir, data_path, preset, steps, workdir, batch, accu
         make_baseline(trainer, tokenizer, arguments.data)
     tokens_per_s, step_time_s, losses = train_metered(trainer, cuda=not preset.cpu)
     result = {"tokens_per_s": round(tokens_per_s, 1), "step_time_s": round(step_time_s, 3),
-              "peak_mem_mb": peak_memory_mb(trainer.args), "final_loss": round(losses[-1], 4),
+              "peak_mem_mb": peak_memory_mb(trainer.args.device), "final_loss": round(losses[-1], 4),
               "micro_batch": batch, "accumulation": accumulation, "steps": steps}
     del trainer
     gc.collect()

@@ -18,6 +18,7 @@ import re
 import sys
 
 from .errors import CheckpointError, ModelError
+from .jsonl import write_json_atomic
 
 BASE_LOADING_FILE = "base_loading.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's
@@ -30,20 +31,54 @@ IDENTITY_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden
 HUB_CACHE_FOLDER = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+/?$")
 
 
+def parse_bool(text):
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(text)
+
+
+# Field metadata of BaseLoading, which drives everything that handles the record:
+# FLAG: the field is a flag of the inference commands (--NAME, add_base_loading_arguments), with these
+#   argparse settings besides `default=None` (None: as the adapter's record says).
+# TRAINED_BY_FLAG: qlora.py has a flag of the same name (QuantizationArguments) that sets it in training;
+#   a checkpoint's saved value wins over that flag, and differences are named (base_loading_conflicts).
+FLAG, TRAINED_BY_FLAG = "flag", "trained_by_flag"
+
+
+def setting(default, trained_by_flag=False, **flag):
+    """A BaseLoading field that a command line can set (`flag`: argparse settings, help included)."""
+    return dataclasses.field(default=default, metadata={FLAG: flag, TRAINED_BY_FLAG: trained_by_flag})
+
+
 @dataclasses.dataclass(frozen=True)
 class BaseLoading:
     """Precision of the base weights, 4-bit data type, double quantization, compute dtype, the
     model class (informational: a different class under the same adapter means a different base)
     and which base it was: base_name of the model trained on and its config_fields (None in
-    records saved before they were kept)."""
+    records saved before they were kept).
 
-    bits: int = 4
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    compute_dtype: str = "bfloat16"
+    The one list of what the record holds: saving, reading back (a field missing from an older
+    file takes its default), inference flags, training flags and conflict checks all go over
+    these fields and their metadata (FLAG, TRAINED_BY_FLAG). A new quantization setting is a field
+    here, its meaning in quantization.build_quantization_config, and, if training sets it, a field
+    of the same name in config.QuantizationArguments.
+    """
+
+    bits: int = setting(4, trained_by_flag=True, type=int, choices=(4, 8, 16, 32), help="base weight precision")
+    quant_type: str = setting("nf4", trained_by_flag=True, choices=("nf4", "fp4"), help="4-bit data type")
+    double_quant: bool = setting(True, trained_by_flag=True, type=parse_bool, metavar="{True,False}",
+                                 help="quantize the quantization constants too")
+    # Training computes in the dtype of --bf16/--fp16 instead of a flag of its own.
+    compute_dtype: str = setting("bfloat16", choices=("bfloat16", "float16", "float32"),
+                                 help="dtype the layers compute in")
     model_class: str | None = None
     base_model: str | None = None
     base_config: dict | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "compute_dtype", dtype_name(self.compute_dtype))  # torch.bfloat16 -> 'bfloat16'
 
     def describe(self):
         """
@@ -55,6 +90,26 @@ class BaseLoading:
         if self.bits == 4:
             return f"4-bit {self.quant_type}{' + double quant' if self.double_quant else ''}, {self.compute_dtype} compute"
         return f"{self.bits}-bit, {self.compute_dtype} compute"
+
+
+def flag_fields():
+    """The BaseLoading fields that are flags of the inference commands."""
+    return [field for field in dataclasses.fields(BaseLoading) if FLAG in field.metadata]
+
+
+def trained_settings():
+    """Names of the BaseLoading fields that qlora.py's flags of the same name set in training."""
+    return [field.name for field in flag_fields() if field.metadata[TRAINED_BY_FLAG]]
+
+
+def setting_choices(name):
+    """The values a BaseLoading setting takes (its flag's choices), or None when any value goes.
+
+    >>> setting_choices("quant_type")
+    ('nf4', 'fp4')
+    """
+    field = next(field for field in dataclasses.fields(BaseLoading) if field.name == name)
+    return field.metadata.get(FLAG, {}).get("choices")
 
 
 def dtype_name(dtype):
@@ -151,6 +206,11 @@ def read_base_loading(adapter_dir):
     return BaseLoading(**{key: value for key, value in saved.items() if key in known})
 
 
+def write_base_loading(adapter_dir, record):
+    """Save a BaseLoading beside an adapter: every field, by name (read_base_loading reads it back)."""
+    write_json_atomic(os.path.join(adapter_dir, BASE_LOADING_FILE), dataclasses.asdict(record))
+
+
 def base_name(model_name_or_path):
     """A local folder as its real absolute path (the same folder however it was spelt: relative, with
     ~, through a link), a hub id as it is.
@@ -244,42 +304,47 @@ def base_difference(trained_name, trained_config, given_name, given_config):
     return "another name, and no config of the trained base to compare"
 
 
-def resolve_base_loading(saved, bits=None, quant_type=None, double_quant=None, compute_dtype=None):
-    """The saved loading (or the default: NF4 + double quant, bf16) with the explicit values on top.
+def resolve_base_loading(saved, **overrides):
+    """The saved loading (or the default: NF4 + double quant, bf16) with the explicit values on top
+    (overrides: BaseLoading fields by name; None leaves a field as it is).
 
     >>> resolve_base_loading(BaseLoading(quant_type="fp4", double_quant=False), bits=8).describe()
     '8-bit, bfloat16 compute'
     >>> resolve_base_loading(None, quant_type="fp4").quant_type
     'fp4'
     """
-    overrides = {"bits": bits, "quant_type": quant_type, "double_quant": double_quant,
-                 "compute_dtype": dtype_name(compute_dtype)}
     return dataclasses.replace(saved or BaseLoading(), **{k: v for k, v in overrides.items() if v is not None})
 
 
-def parse_bool(text):
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise ValueError(text)
+def base_loading_for_flags(quantization_args, compute_dtype, model_class=None):
+    """The record of a base loaded as qlora.py's flags say: the trained_settings from its
+    quantization flags (QuantizationArguments), computing in compute_dtype."""
+    trained = {name: getattr(quantization_args, name) for name in trained_settings()}
+    return BaseLoading(**trained, compute_dtype=compute_dtype, model_class=model_class)
 
 
-def add_base_loading_arguments(parser, compute_dtype=True):
-    """--bits, --quant_type, --double_quant (and --compute_dtype) for inference command lines; each
-    defaults to what the adapter's base_loading.json says (NF4 + double quant, bf16 without it)."""
+def base_loading_conflicts(saved, flags):
+    """'name=saved (flags: value)' for each trained_setting where two records differ.
+
+    >>> base_loading_conflicts(BaseLoading(quant_type="fp4"), BaseLoading(compute_dtype="float32"))
+    ['quant_type=fp4 (flags: nf4)']
+    """
+    return [f"{name}={getattr(saved, name)} (flags: {getattr(flags, name)})"
+            for name in trained_settings() if getattr(saved, name) != getattr(flags, name)]
+
+
+def add_base_loading_arguments(parser, without=()):
+    """The flag_fields as flags of an inference command line (--bits, --quant_type, --double_quant,
+    --compute_dtype, each also spelt with hyphens), but those named in `without`; each defaults to
+    what the adapter's base_loading.json says (NF4 + double quant, bf16 without it)."""
     group = parser.add_argument_group("base model loading (default: as the adapter was trained)")
-    group.add_argument("--bits", type=int, choices=(4, 8, 16, 32), help="base weight precision")
-    group.add_argument("--quant_type", "--quant-type", choices=("nf4", "fp4"), help="4-bit data type")
-    group.add_argument("--double_quant", "--double-quant", type=parse_bool, metavar="{True,False}",
-                       help="quantize the quantization constants too")
-    if compute_dtype:
-        group.add_argument("--compute_dtype", "--compute-dtype", choices=("bfloat16", "float16", "float32"),
-                           help="dtype the layers compute in")
+    for field in flag_fields():
+        if field.name not in without:
+            spellings = dict.fromkeys((f"--{field.name}", f"--{field.name.replace('_', '-')}"))
+            group.add_argument(*spellings, **field.metadata[FLAG])
     return group
 
 
 def loading_overrides(args):
     """The base-loading flags of a parsed command line, as keyword arguments for load_for_inference."""
-    names = ("bits", "quant_type", "double_quant", "compute_dtype")
-    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return {field.name: getattr(args, field.name) for field in flag_fields() if hasattr(args, field.name)}

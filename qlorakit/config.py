@@ -24,6 +24,7 @@ import transformers
 import yaml
 from transformers import HfArgumentParser
 
+from .base_loading import setting_choices, trained_settings
 from .chat_data import chat_template_help
 from .data import dataset_format_help, dataset_help
 from .errors import ArgumentError
@@ -31,8 +32,6 @@ from .generation import control_problem
 
 logger = logging.getLogger(__name__)
 
-BITS_CHOICES = (4, 8, 16, 32)
-QUANT_TYPES = ("nf4", "fp4")
 ADAPTER_MODULES_ALL = "all"
 PREVIEW_FORMATS = ("text", "json")
 
@@ -71,6 +70,9 @@ class ModelArguments:
 
 @dataclass
 class QuantizationArguments:
+    """bits, quant_type and double_quant are the base_loading.BaseLoading fields marked
+    trained_by_flag: the record saved beside every adapter takes them from here by name."""
+
     _argument_group_name = "quantization of the frozen base"
 
     bits: int = field(default=4, metadata={"help": "Base weight precision: 4, 8, 16 or 32."})
@@ -379,10 +381,10 @@ def check_optional_package(flag):
 def validate_arguments(args):
     """Reject bad values and combinations before anything slow is loaded."""
     quantization, training, data = args.quantization, args.training, args.data
-    if quantization.bits not in BITS_CHOICES:
-        raise ArgumentError(f"--bits must be one of {BITS_CHOICES}, got {quantization.bits}")
-    if quantization.quant_type not in QUANT_TYPES:
-        raise ArgumentError(f"--quant_type must be one of {QUANT_TYPES}, got {quantization.quant_type!r}")
+    for name in trained_settings():  # --bits, --quant_type: the values a base_loading.json may hold
+        choices, value = setting_choices(name), getattr(quantization, name)
+        if choices and value not in choices:
+            raise ArgumentError(f"--{name} must be one of {choices}, got {value!r}")
     if args.lora.full_finetune and quantization.bits in (4, 8):
         raise ArgumentError("--full_finetune trains 16/32-bit weights: pass --bits 16 or --bits 32")
     if args.lora.full_finetune and args.model.adapter_name_or_path:

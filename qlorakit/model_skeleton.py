@@ -1,7 +1,7 @@
 """The model a run would train, as a weightless skeleton: the shape the memory estimate reads.
 
 The skeleton is built from the config alone on the meta device (no weight is read or allocated),
-with the model class qlora.py picks for that config (qlorakit.model.model_task). Its linear layers
+with the model class qlora.py picks for that config (qlorakit.base_model.model_task). Its linear layers
 are found by type and LoRA's targets chosen by the functions training uses, and the layers a
 4/8-bit load leaves unquantized by transformers' own rule, so the estimate counts what qlora.py
 would adapt and quantize, whatever the architecture.
@@ -14,8 +14,8 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .memory import LinearLayer, ModelShape
-from .model import (AUTO_MODEL_CLASSES, UNCALLED_LINEAR_TYPES, base_linear_layers, find_linear_module_names,
-                    model_task, short_name)
+from .base_model import AUTO_MODEL_CLASSES, model_task
+from .layers import UNCALLED_LINEAR_TYPES, base_linear_layers, find_linear_module_names, short_name
 
 # LLaMA-1 shapes (Touvron et al. 2023, Table 2; the Hugging Face conversions' config.json).
 LLAMA_CONFIGS = {
@@ -44,7 +44,7 @@ def linear_layers(model):
     """Every linear layer of the model, found by type as training finds them. Quantized: what
     transformers' bitsandbytes loader converts (it skips the head, tied and last modules and the
     model's fp32 modules; qlora.py sets no skip list) plus the Linear subclasses qlora.py quantizes
-    after it (qlorakit.model.ensure_quantized)."""
+    after it (qlorakit.quantization.ensure_quantized)."""
     kept = HfQuantizer.get_modules_to_not_convert(model, None, model._keep_in_fp32_modules)
     head = model.get_output_embeddings()
 

@@ -6,13 +6,14 @@ import json
 import os
 
 from . import jsonl
+from .base_loading import trained_settings
 
 SETTINGS_FILE = "run_settings.json"
 
 # (argument group, field): what changes the trained weights if it changes mid-run.
 TRAINING_SETTINGS = (
     ("model", "model_name_or_path"),
-    ("quantization", "bits"), ("quantization", "quant_type"), ("quantization", "double_quant"),
+    *(("quantization", name) for name in trained_settings()),
     ("lora", "lora_r"), ("lora", "lora_alpha"), ("lora", "lora_dropout"), ("lora", "lora_modules"),
     ("lora", "full_finetune"),
     ("data", "dataset"), ("data", "dataset_format"), ("data", "max_train_samples"),

@@ -1,5 +1,6 @@
 """The qlora.py recipe: set up tokenizer, data and model, then train, evaluate and predict."""
 
+import dataclasses
 import logging
 import math
 import os
@@ -14,19 +15,22 @@ from transformers import ProgressCallback, set_seed
 
 from . import checkpoints, jsonl, launcher, run_lock, run_settings
 from .base_loading import check_adapter, check_model_weights, resolve_adapter
+from .base_model import SEQ2SEQ, hub_kwargs, load_model_config, model_task
 from .best_model import best_evaluation
 from .callbacks import CheckpointCallback, EarlyStopping, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
-from .errors import ArgumentError, InputError, TrainingInterrupted, TrainingStopped
+from .errors import ArgumentError, InputError, ModelError, TrainingInterrupted, TrainingStopped
 from .generation import (build_generation_config, cut_at_stop_strings, decoding_settings, describe_stop_strings,
                          resolve_stop_strings, stop_strings_of)
+from .layers import describe_parameters
+from .lora import read_adapter_config
 from .mmlu import load_mmlu
-from .model import (SEQ2SEQ, ModelError, describe_parameters, hub_kwargs, load_model, load_model_config, load_tokenizer,
-                    model_task, read_adapter_config)
 from .preview import length_summary, preview_rows
 from .quiet import paged_optimizer_note
+from .tokenizer import load_tokenizer
 from .trainer import QLoRATrainer
+from .training_model import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +52,13 @@ def setup_logging(training_args):
     logging.getLogger("qlorakit").setLevel(logging.INFO if main_process else logging.WARNING)
 
 
-def build_collator(tokenizer, data_args, seq2seq, for_generation=False):
+def build_collator(pad_token_id, seq2seq, train_on_source=False, padding_free=False):
     """Encoder-decoder models get the source in the encoder and the target as labels; causal
-    models one sequence, source then target."""
+    models one sequence, source then target (train_on_source, padding_free: --train_on_source and
+    --padding_free, which apply to causal models only)."""
     if seq2seq:
-        return Seq2SeqCollator(tokenizer.pad_token_id, for_generation=for_generation)
-    return CausalLMCollator(tokenizer.pad_token_id, train_on_source=data_args.train_on_source,
-                            for_generation=for_generation, padding_free=data_args.padding_free)
+        return Seq2SeqCollator(pad_token_id)
+    return CausalLMCollator(pad_token_id, train_on_source=train_on_source, padding_free=padding_free)
 
 
 def saved_adapter_dir(checkpoint_dir):
@@ -112,7 +116,8 @@ def setup_trainer(args, resume_from=None, start_adapter=None):
         processing_class=tokenizer,
         train_dataset=train_dataset if training_args.do_train else None,
         eval_dataset=eval_dataset,
-        data_collator=build_collator(tokenizer, data_args, task == SEQ2SEQ),
+        data_collator=build_collator(tokenizer.pad_token_id, task == SEQ2SEQ, train_on_source=data_args.train_on_source,
+                                     padding_free=data_args.padding_free),
         callbacks=[CheckpointCallback(keep_checkpoints),
                    NonFiniteGuardCallback(training_args.max_consecutive_nonfinite_steps),
                    PreemptionCallback()],
@@ -174,14 +179,14 @@ def prediction_fields(prompt, text, stop_strings):
     return {"prediction_with_input": (head + answer).strip(), "prediction": answer.strip()}
 
 
-def predict(trainer, tokenizer, dataset, data_args, output_dir):
+def predict(trainer, tokenizer, dataset, output_dir):
     """Generate for every eval row and write predictions.jsonl in the reference's shape.
 
     A causal model's output continues its prompt; an encoder-decoder's holds the answer alone.
     Answers are cut before the first stop string of the generation config.
     """
     seq2seq = trainer.model.config.is_encoder_decoder
-    trainer.data_collator = build_collator(tokenizer, data_args, seq2seq, for_generation=True)
+    trainer.data_collator = dataclasses.replace(trainer.data_collator, for_generation=True)
     with trainer.accelerator.autocast():  # generate() bypasses the autocast wrapped around forward()
         result = trainer.predict(test_dataset=dataset, metric_key_prefix="predict")
     texts = decode_predictions(result.predictions, tokenizer)
@@ -196,11 +201,11 @@ def predict(trainer, tokenizer, dataset, data_args, output_dir):
     return result.metrics
 
 
-def peak_memory_mb(training_args):
-    """This process's peak so far: CUDA max allocated on a GPU (what scripts/estimate_memory.py
+def peak_memory_mb(device):
+    """This process's peak so far: CUDA max allocated on a GPU `device` (what scripts/estimate_memory.py
     predicts), the maximum resident set size on CPU (Linux reports it in KiB)."""
-    if training_args.device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(training_args.device) / 2**20)
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -399,7 +404,7 @@ def train_evaluate_predict(args):
                 "try --bf16 instead of --fp16 or a lower --learning_rate")
         if launcher.world_size() > 1:
             check_replicas(trainer)
-        result.metrics["train_peak_memory_mb"] = peak_memory_mb(training_args)
+        result.metrics["train_peak_memory_mb"] = peak_memory_mb(training_args.device)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
@@ -418,7 +423,7 @@ def train_evaluate_predict(args):
         trainer.save_metrics("eval", metrics)
         all_metrics.update(metrics)
     if training_args.do_predict:
-        metrics = predict(trainer, tokenizer, eval_dataset, args.data, training_args.output_dir)
+        metrics = predict(trainer, tokenizer, eval_dataset, training_args.output_dir)
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
         all_metrics.update(metrics)

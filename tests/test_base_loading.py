@@ -44,6 +44,130 @@ class TestResolve:
         assert read_base_loading(str(tmp_path / "missing")) is None
 
 
+def other_value(field):
+    """A value of a BaseLoading field other than its default: another choice of its flag, the other
+    bool, twice a number, or a made-up name or config for the fields no flag sets."""
+    choices = field.metadata.get(base_loading.FLAG, {}).get("choices")
+    if choices:
+        return next(choice for choice in choices if choice != field.default)
+    if isinstance(field.default, bool):
+        return not field.default
+    if isinstance(field.default, int):
+        return 2 * field.default
+    return {"base_config": {"hidden_size": 64}}.get(field.name, f"other-{field.name}")
+
+
+class TestEveryField:
+    """Saving, reading back, flags and conflict checks go over BaseLoading's fields: each field is
+    covered here without being named, so a new field is tested as soon as it is added."""
+
+    def test_every_field_is_saved_and_read_back(self, tmp_path):
+        record = BaseLoading(**{field.name: other_value(field) for field in dataclasses.fields(BaseLoading)})
+        base_loading.write_base_loading(str(tmp_path), record)
+        assert read_base_loading(str(tmp_path)) == record
+
+    def test_a_file_without_newer_fields_takes_their_defaults(self, tmp_path):
+        (tmp_path / "base_loading.json").write_text(json.dumps({"bits": 8, "quant_type": "fp4"}))
+        assert read_base_loading(str(tmp_path)) == BaseLoading(bits=8, quant_type="fp4")
+
+    @pytest.mark.parametrize("field", base_loading.flag_fields(), ids=lambda field: field.name)
+    def test_every_flag_field_is_set_by_its_flag_over_the_record(self, field):
+        parser = argparse.ArgumentParser()
+        add_base_loading_arguments(parser)
+        value = other_value(field)
+        overrides = loading_overrides(parser.parse_args([f"--{field.name}", str(value)]))
+        assert overrides[field.name] == value
+        assert getattr(resolve_base_loading(BaseLoading(), **overrides), field.name) == value
+
+    @pytest.mark.parametrize("name", base_loading.trained_settings())
+    def test_every_trained_setting_is_compared_and_is_a_qlora_flag(self, name):
+        from qlorakit.config import QuantizationArguments
+        from qlorakit.run_settings import TRAINING_SETTINGS
+
+        field = next(field for field in dataclasses.fields(BaseLoading) if field.name == name)
+        assert base_loading.base_loading_conflicts(BaseLoading(**{name: other_value(field)}), BaseLoading()) == [
+            f"{name}={other_value(field)} (flags: {field.default})"]
+        flag = next(flag for flag in dataclasses.fields(QuantizationArguments) if flag.name == name)
+        assert flag.default == field.default
+        assert ("quantization", name) in TRAINING_SETTINGS  # a resume with another value is noticed
+
+    def test_fields_without_a_flag_are_not_compared(self):
+        record = BaseLoading(compute_dtype="float32", model_class="GPT2LMHeadModel", base_model="gpt2")
+        assert base_loading.base_loading_conflicts(record, BaseLoading()) == []
+
+
+class TestOneMoreField:
+    """Adding a setting to the record is the field and its metadata alone: with one more field
+    (block_size, a trained setting with a flag), every reader and writer of the record handles it."""
+
+    @pytest.fixture
+    def extended(self, monkeypatch):
+        record = dataclasses.make_dataclass(
+            "ExtendedLoading",
+            [("block_size", int, base_loading.setting(64, trained_by_flag=True, type=int, choices=(32, 64),
+                                                      help="quantization block size"))],
+            bases=(BaseLoading,), frozen=True)
+        monkeypatch.setattr(base_loading, "BaseLoading", record)
+        return record
+
+    def test_it_is_a_flag_of_the_inference_commands(self, extended):
+        parser = argparse.ArgumentParser()
+        add_base_loading_arguments(parser)
+        overrides = loading_overrides(parser.parse_args(["--block-size", "32"]))
+        assert overrides["block_size"] == 32
+        assert resolve_base_loading(None, **overrides) == extended(block_size=32)
+
+    def test_it_is_saved_read_back_and_defaults_in_older_files(self, extended, tmp_path):
+        base_loading.write_base_loading(str(tmp_path), extended(block_size=32))
+        assert json.loads((tmp_path / "base_loading.json").read_text())["block_size"] == 32
+        assert read_base_loading(str(tmp_path)) == extended(block_size=32)
+        (tmp_path / "base_loading.json").write_text(json.dumps({"bits": 4}))
+        assert read_base_loading(str(tmp_path)).block_size == 64
+
+    def test_training_takes_it_from_the_flag_and_a_checkpoint_keeps_its_own(self, extended, tmp_path):
+        from qlorakit.training_model import checkpoint_base_loading, starting_adapter_base_loading
+
+        args = argparse.Namespace(
+            quantization=argparse.Namespace(bits=4, quant_type="nf4", double_quant=True, block_size=64),
+            training=argparse.Namespace(bf16=False, fp16=False), given=frozenset({"block_size"}))
+        assert base_loading.base_loading_for_flags(args.quantization, "float32").block_size == 64
+        base_loading.write_base_loading(str(tmp_path), extended(block_size=32))
+        assert base_loading.base_loading_conflicts(extended(block_size=32), extended()) == [
+            "block_size=32 (flags: 64)"]
+        assert checkpoint_base_loading(args, str(tmp_path)).block_size == 32  # a resume loads it as trained
+        assert starting_adapter_base_loading(args, str(tmp_path)).block_size == 64  # a given flag wins
+
+
+class TestOneLoader:
+    """Training and inference build the base a record describes through one loader (load_base_weights)."""
+
+    class Loaded(Exception):
+        pass
+
+    def test_both_quantize_as_the_record_says(self, tiny_model_dir, monkeypatch):
+        from qlorakit import base_model
+        from qlorakit.config import parse_arguments
+        from qlorakit.inference_model import load_base_for_inference
+        from qlorakit.training_model import load_base_model
+
+        configs = []
+
+        def stop_at_the_weights(model_class, name, quantization_config, **kwargs):
+            configs.append(quantization_config.to_dict())
+            raise self.Loaded
+
+        monkeypatch.setattr(base_model, "load_weights", stop_at_the_weights)
+        record = BaseLoading(quant_type="fp4", double_quant=False, compute_dtype="float16")
+        with pytest.raises(self.Loaded):
+            load_base_for_inference(tiny_model_dir, record)
+        args = parse_arguments(["--model_name_or_path", tiny_model_dir, "--output_dir", "unused", "--use_cpu",
+                                "--bf16", "False"])  # the flags alone would load NF4 computing in float32
+        with pytest.raises(self.Loaded):
+            load_base_model(args, loading=record)
+        assert configs[0] == configs[1]
+        assert (configs[0]["bnb_4bit_quant_type"], configs[0]["bnb_4bit_compute_dtype"]) == ("fp4", "float16")
+
+
 @pytest.fixture(scope="module")
 def fp4_adapter(tiny_model_dir, tmp_path_factory):
     """3 steps on the FP4 (no double quant) tiny base, fp32 compute, as qlora.py runs them."""
@@ -68,7 +192,7 @@ def test_the_record_says_how_the_base_was_loaded(fp4_adapter):
 
 
 def test_inference_loads_the_recorded_base_and_flags_override_it(tiny_model_dir, fp4_adapter, caplog):
-    from qlorakit.model import load_for_inference
+    from qlorakit.inference_model import load_for_inference
 
     model, _ = load_for_inference(tiny_model_dir, adapter=fp4_adapter)
     weight = first_projection(model).weight
@@ -80,7 +204,7 @@ def test_inference_loads_the_recorded_base_and_flags_override_it(tiny_model_dir,
 
 
 def test_an_adapter_without_a_record_falls_back_with_a_notice(tiny_model_dir, fp4_adapter, tmp_path, caplog):
-    from qlorakit.model import load_for_inference
+    from qlorakit.inference_model import load_for_inference
 
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         (tmp_path / name).write_bytes(open(os.path.join(fp4_adapter, name), "rb").read())
@@ -100,7 +224,7 @@ def test_merge_dequantize_matches_the_fp4_base_it_was_trained_on(tiny_model_dir,
                          "--dtype", "fp32", "--dequantize"])
     assert "into the dequantized 4-bit fp4 + double quant base" not in result.stdout
     assert "into the dequantized 4-bit fp4 base" in result.stdout
-    from qlorakit.model import load_for_inference
+    from qlorakit.inference_model import load_for_inference
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
@@ -138,7 +262,7 @@ class TestMissingAdapter:
     def test_a_hub_adapter_that_cannot_be_fetched_is_one_line(self, tiny_model_dir, monkeypatch):
         from transformers import AutoModelForCausalLM
 
-        from qlorakit.model import load_adapter
+        from qlorakit.lora import load_adapter
 
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

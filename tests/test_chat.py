@@ -22,7 +22,7 @@ CHAT = os.path.join(REPO_ROOT, "examples", "chat.py")
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
     return load_tokenizer(tiny_model_dir)
 
 
@@ -85,7 +85,7 @@ def run_chat(tiny_model_dir, adapter_dir, stdin_text, *flags):
 
 
 def test_piped_questions_get_streamed_replies_and_eof_ends_the_chat(tiny_model_dir, random_adapter_dir):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
 
     result, prompts = run_chat(tiny_model_dir, random_adapter_dir, "What is rain?\nAnd snow?\n")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -42,7 +42,7 @@ CONVERSATION = [
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
 
     loaded = load_tokenizer(tiny_model_dir)
     loaded.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|end|>"]})

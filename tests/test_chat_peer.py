@@ -8,7 +8,7 @@ import chat_peer
 
 from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.chat_data import GUANACO_TEMPLATE, encode_conversation, normalize_conversation
-from qlorakit.model import load_tokenizer
+from qlorakit.tokenizer import load_tokenizer
 
 
 def test_generation_marker_masks_equal_ours_on_the_chat_sample(tiny_model_dir):

@@ -173,7 +173,7 @@ def test_an_adapter_of_another_base_is_one_line(tiny_model_dir, random_adapter_d
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from qlorakit.errors import ModelError
-    from qlorakit.model import load_adapter
+    from qlorakit.lora import load_adapter
 
     wider = AutoConfig.from_pretrained(tiny_model_dir)
     wider.hidden_size, wider.intermediate_size = 320, 960

@@ -103,7 +103,7 @@ def test_local_tsv_and_csv_load(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
     return load_tokenizer(tiny_model_dir)
 
 

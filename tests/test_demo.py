@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, run_python
 from qlorakit import chat_data
 from qlorakit.chat_format import cut_at_next_turn
 from qlorakit.cli.guanaco_generate import build_question_prompt
-from qlorakit.model import load_for_inference
+from qlorakit.inference_model import load_for_inference
 
 DEMO_CONFIG = os.path.join(REPO_ROOT, "examples", "configs", "tiny_demo.yaml")
 DEMO_FACTS = os.path.join(REPO_ROOT, "qlorakit", "sample_data", "demo_facts.jsonl")

@@ -8,7 +8,7 @@ import torch
 from qlorakit.chat_data import GUANACO_TEMPLATE, render
 from qlorakit.collate import CausalLMCollator
 from qlorakit.data import tokenize_rows
-from qlorakit.model import load_for_inference
+from qlorakit.inference_model import load_for_inference
 
 # Lengths differ by several tokens, so the shorter prompts carry real left padding.
 QUESTIONS = [

@@ -37,14 +37,14 @@ def control_flags(separator):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model_dir):
-    from qlorakit.model import load_for_inference
+    from qlorakit.inference_model import load_for_inference
 
     return load_for_inference(tiny_model_dir, bits=32, compute_dtype="float32")
 
@@ -214,7 +214,7 @@ def test_qlora_do_predict_stops_at_a_stop_string_and_cuts_before_it(tiny_model_d
                                 *flags])
         trainer, tokenizer, eval_dataset = setup_trainer(args)
         spy = GenerateSpy(trainer.model, monkeypatch)
-        predict(trainer, tokenizer, eval_dataset, args.data, output_dir)
+        predict(trainer, tokenizer, eval_dataset, output_dir)
         row = json.loads(open(os.path.join(output_dir, "predictions.jsonl")).read())
         return trainer.model.generation_config, spy.new_tokens[0], row, tokenizer
 

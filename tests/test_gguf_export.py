@@ -80,7 +80,7 @@ class TestGgufFile:
         assert gguf_gap(merged_f16[0], tmp_path) < F16_TOLERANCE
 
     def test_the_adapter_is_in_the_exported_weights(self, tiny_model_dir, merged_f16, tmp_path):
-        from qlorakit.model import load_for_inference
+        from qlorakit.inference_model import load_for_inference
 
         base = logits_of(*load_for_inference(tiny_model_dir, bits=16, compute_dtype=torch.float32))
         from_gguf = logits(gguf_alone(merged_f16[0], tmp_path), tokenizer_dir=merged_f16[0], gguf_file=GGUF_FILE)

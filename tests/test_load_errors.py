@@ -62,7 +62,8 @@ def other_vocab_dir(tmp_path_factory):
 def recorded_adapter_dir(tiny_model_dir, tmp_path_factory):
     """An adapter saved by qlora.py's own loading code (untrained): its base_loading.json records the base."""
     from qlorakit.config import parse_arguments
-    from qlorakit.model import load_model, load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
+    from qlorakit.training_model import load_model
 
     output_dir = tmp_path_factory.mktemp("recorded-run")
     args = parse_arguments(["--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir),
@@ -102,7 +103,7 @@ class TestModelFolderWithoutWeights:
 
 
 def test_a_truncated_weights_file_is_named_in_one_line(tiny_model_dir, tmp_path):
-    from qlorakit.model import load_for_inference
+    from qlorakit.inference_model import load_for_inference
 
     folder = copy_model(tiny_model_dir, tmp_path / "model")
     weights = os.path.join(folder, "model.safetensors")
@@ -129,7 +130,7 @@ def r_edited_adapter_dir(random_adapter_dir, tmp_path_factory):
 
 class TestAdapterWeightsThatDoNotMatchItsConfig:
     def test_inference_refuses_it_in_one_line(self, tiny_model_dir, r_edited_adapter_dir):
-        from qlorakit.model import load_for_inference
+        from qlorakit.inference_model import load_for_inference
 
         with pytest.raises(ModelError) as raised:
             load_for_inference(tiny_model_dir, adapter=r_edited_adapter_dir, bits=16, compute_dtype="float32")
@@ -183,7 +184,7 @@ def test_training_records_the_base_as_its_config_says(recorded_adapter_dir, tiny
 class TestAnotherBase:
     def test_the_same_base_copied_elsewhere_loads_without_a_warning(self, tiny_model_dir, recorded_adapter_dir,
                                                                     tmp_path, caplog):
-        from qlorakit.model import load_for_inference
+        from qlorakit.inference_model import load_for_inference
 
         copy = copy_model(tiny_model_dir, tmp_path / "copy-of-tiny")
         with caplog.at_level(logging.WARNING):
@@ -192,7 +193,7 @@ class TestAnotherBase:
 
     def test_a_base_of_the_same_shapes_loads_with_one_warning(self, other_vocab_dir, recorded_adapter_dir,
                                                               tiny_model_dir, caplog):
-        from qlorakit.model import load_for_inference
+        from qlorakit.inference_model import load_for_inference
 
         with caplog.at_level(logging.WARNING):
             load_for_inference(other_vocab_dir, adapter=recorded_adapter_dir)
@@ -203,7 +204,7 @@ class TestAnotherBase:
     def test_an_adapter_without_a_record_is_compared_with_the_base_peft_named(self, other_base_dir,
                                                                               random_adapter_dir, caplog):
         """The random adapter has no base_loading.json; its adapter_config.json names the tiny model's folder."""
-        from qlorakit.model import load_for_inference
+        from qlorakit.inference_model import load_for_inference
 
         with caplog.at_level(logging.WARNING), pytest.raises(ModelError) as raised:
             load_for_inference(other_base_dir, adapter=random_adapter_dir)
@@ -214,7 +215,7 @@ class TestAnotherBase:
 
     def test_a_base_named_otherwise_without_a_config_to_compare_warns(self, tiny_model_dir, random_adapter_dir,
                                                                       tmp_path, caplog):
-        from qlorakit.model import load_for_inference
+        from qlorakit.inference_model import load_for_inference
 
         adapter = copy_model(random_adapter_dir, tmp_path / "adapter")
         config_path = os.path.join(adapter, "adapter_config.json")

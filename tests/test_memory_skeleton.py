@@ -2,15 +2,17 @@
 4-bit layers counted on a weightless skeleton equal those of the real tiny model (peft, bitsandbytes)."""
 
 import pytest
-import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig
 
 from qlorakit import memory as em
+from qlorakit.base_loading import BaseLoading
+from qlorakit.base_model import AUTO_MODEL_CLASSES, model_task
 from qlorakit.cli.make_tiny_model import ARCHITECTURES, build_model
-from qlorakit.model import (AUTO_MODEL_CLASSES, PEFT_TASK_TYPES, QUANTIZED_LINEAR_TYPES, base_linear_layers,
-                            build_quantization_config, ensure_quantized, lora_target_modules, model_task, short_name)
+from qlorakit.layers import QUANTIZED_LINEAR_TYPES, base_linear_layers, short_name
+from qlorakit.lora import PEFT_TASK_TYPES, lora_target_modules
 from qlorakit.model_skeleton import load_shape, preset_shape
+from qlorakit.quantization import build_quantization_config, ensure_quantized
 
 R = 4
 
@@ -23,7 +25,7 @@ def tiny_model_dir(arch, directory):
 
 
 def peft_trainable(model, lora_modules):
-    """Trainable parameters of the model wrapped as qlora.py wraps it (qlorakit.model.attach_lora)."""
+    """Trainable parameters of the model wrapped as qlora.py wraps it (qlorakit.training_model.attach_lora)."""
     task = model_task(model.config, "tiny")
     config = LoraConfig(r=R, lora_alpha=8, target_modules=lora_target_modules(model, lora_modules), bias="none",
                         task_type=PEFT_TASK_TYPES[task])
@@ -54,7 +56,7 @@ def test_named_layers_and_the_head_count_as_peft_adapts_them(arch, lora_modules,
 def loaded_4bit_layers(model_dir):
     """(short name, in, out) of every 4-bit layer of the model loaded as qlora.py loads it."""
     config = AutoConfig.from_pretrained(model_dir)
-    quantization = build_quantization_config(4, compute_dtype=torch.float32)
+    quantization = build_quantization_config(BaseLoading(compute_dtype="float32"))
     model = AUTO_MODEL_CLASSES[model_task(config, model_dir)].from_pretrained(
         model_dir, quantization_config=quantization, device_map={"": "cpu"})
     model = ensure_quantized(model, quantization, model_dir)

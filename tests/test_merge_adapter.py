@@ -47,7 +47,7 @@ def logits_of(model, tokenizer):
 
 def reference_logits(tiny_model_dir, adapter_dir, bits):
     """base + adapter, unmerged, as qlorakit loads them for inference (fp32 compute)."""
-    from qlorakit.model import load_for_inference
+    from qlorakit.inference_model import load_for_inference
 
     model, tokenizer = load_for_inference(tiny_model_dir, adapter=adapter_dir, bits=bits, compute_dtype=torch.float32)
     # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for a bf16 kernel in eval-mode
@@ -82,7 +82,7 @@ class TestMergeIntoOriginalWeights:
         torch.testing.assert_close(merged_logits(merged_16bit), expected, atol=1e-4, rtol=1e-4)
 
     def test_the_adapter_is_in_the_weights(self, tiny_model_dir, merged_16bit):
-        from qlorakit.model import load_for_inference
+        from qlorakit.inference_model import load_for_inference
 
         base, tokenizer = load_for_inference(tiny_model_dir, bits=16, compute_dtype=torch.float32)
         gap = (merged_logits(merged_16bit) - logits_of(base, tokenizer)).abs().max().item()

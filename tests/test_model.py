@@ -3,26 +3,29 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from qlorakit.model import (build_quantization_config, describe_parameters, find_linear_module_names,
-                            load_tokenizer, resize_embeddings_for)
+from qlorakit.base_loading import BaseLoading
+from qlorakit.layers import describe_parameters, find_linear_module_names
+from qlorakit.quantization import build_quantization_config
+from qlorakit.tokenizer import load_tokenizer, resize_embeddings_for
 
+FP32_4BIT = BaseLoading(compute_dtype="float32")
 LLAMA_PROJECTIONS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
 @pytest.fixture(scope="module")
 def quantized_model(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(
-        tiny_model_dir, quantization_config=build_quantization_config(4, compute_dtype=torch.bfloat16),
+        tiny_model_dir, quantization_config=build_quantization_config(BaseLoading()),
         device_map={"": "cpu"}, dtype=torch.bfloat16,
     )
 
 
 def test_quantization_config_per_bits():
-    config = build_quantization_config(4, "fp4", double_quant=False, compute_dtype=torch.bfloat16)
+    config = build_quantization_config(BaseLoading(4, "fp4", double_quant=False, compute_dtype="bfloat16"))
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "fp4" and not config.bnb_4bit_use_double_quant
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
-    assert build_quantization_config(8).load_in_8bit
-    assert build_quantization_config(16) is None and build_quantization_config(32) is None
+    assert build_quantization_config(BaseLoading(bits=8)).load_in_8bit
+    assert all(build_quantization_config(BaseLoading(bits=bits)) is None for bits in (16, 32))
 
 
 def test_linear_layers_are_found_by_type_without_the_head(quantized_model):
@@ -57,7 +60,7 @@ def lora_model_and_residual_dtype(tiny_model_dir, norms_in_fp32):
     """A bf16 4-bit LoRA model as qlora.py builds it, its loss on one batch and the dtype of the
     residual stream that leaves the first decoder layer."""
     from qlorakit.config import parse_arguments
-    from qlorakit.model import load_model
+    from qlorakit.training_model import load_model
 
     arguments = parse_arguments([
         "--model_name_or_path", tiny_model_dir, "--output_dir", "unused", "--use_cpu", "--bf16",
@@ -105,20 +108,21 @@ def tiny_falcon(tmp_path_factory):
 
 def load_falcon_4bit(model_dir):
     """As transformers loads it: its bitsandbytes integration converts only exact nn.Linear."""
-    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=build_quantization_config(4),
+    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=build_quantization_config(FP32_4BIT),
                                                 device_map={"": "cpu"}, dtype=torch.float32)
 
 
 class TestSkippedLinearLayers:
     def test_falcon_linear_layers_are_quantized_after_loading(self, tiny_falcon):
-        from qlorakit.model import count_linear_layers, ensure_quantized
+        from qlorakit.layers import count_linear_layers
+        from qlorakit.quantization import ensure_quantized
 
         model = load_falcon_4bit(tiny_falcon)
         assert count_linear_layers(model)[0] == 0  # transformers left every FalconLinear in 16-bit
         batch = torch.tensor([[5, 6, 7, 8]])
         with torch.no_grad():
             before = model(batch).logits
-        model = ensure_quantized(model, build_quantization_config(4), tiny_falcon)
+        model = ensure_quantized(model, build_quantization_config(FP32_4BIT), tiny_falcon)
         assert count_linear_layers(model)[:2] == (8, 9)
         assert isinstance(model.transformer.h[0].self_attention.query_key_value, bnb.nn.Linear4bit)
         with torch.no_grad():
@@ -127,17 +131,19 @@ class TestSkippedLinearLayers:
         assert 0 < gap < 0.5  # NF4 rounding, not a different function
 
     def test_a_model_with_nothing_quantizable_is_refused(self, tiny_falcon):
-        from qlorakit.model import ModelError, ensure_quantized
+        from qlorakit.errors import ModelError
+        from qlorakit.quantization import ensure_quantized
 
         model = load_falcon_4bit(tiny_falcon)
         model.hf_quantizer.modules_to_not_convert = ["transformer"]
         with pytest.raises(ModelError, match="no linear layer of FalconForCausalLM could be quantized to 4 bits"):
-            ensure_quantized(model, build_quantization_config(4), tiny_falcon)
+            ensure_quantized(model, build_quantization_config(FP32_4BIT), tiny_falcon)
 
     def test_the_report_counts_4bit_layers(self, tiny_falcon):
-        from qlorakit.model import describe_linear_layers, ensure_quantized
+        from qlorakit.layers import describe_linear_layers
+        from qlorakit.quantization import ensure_quantized
 
-        model = ensure_quantized(load_falcon_4bit(tiny_falcon), build_quantization_config(4), tiny_falcon)
+        model = ensure_quantized(load_falcon_4bit(tiny_falcon), build_quantization_config(FP32_4BIT), tiny_falcon)
         assert describe_linear_layers(model) == "4-bit linear layers: 8 of 9 (not quantized: lm_head)"
 
 
@@ -148,7 +154,8 @@ class TestLayersByType:
         ("t5", {"layer_norm", "final_layer_norm"}),
     ])
     def test_norms_are_found_by_type_and_kept_in_fp32(self, arch, norms, tmp_path):
-        from qlorakit.model import cast_for_training, is_norm_layer
+        from qlorakit.layers import is_norm_layer
+        from qlorakit.training_model import cast_for_training
 
         model = AutoModelForCausalLM if arch != "t5" else __import__("transformers").AutoModelForSeq2SeqLM
         model = model.from_pretrained(build_tiny(arch, tmp_path), dtype=torch.bfloat16)
@@ -173,7 +180,7 @@ class TestModelTask:
     def test_task_comes_from_the_config(self, model_type, task):
         from transformers import AutoConfig
 
-        from qlorakit.model import model_task
+        from qlorakit.base_model import model_task
 
         assert model_task(AutoConfig.for_model(model_type), "m") == task
 

@@ -38,7 +38,7 @@ def firefly_row(exchanges):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
     return load_tokenizer(tiny_model_dir)
 
 

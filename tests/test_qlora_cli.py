@@ -91,7 +91,7 @@ def test_a_completed_run_is_not_trained_again(trained_run, tiny_model_dir):
 
 def test_reloaded_adapter_reproduces_the_trained_logits(tiny_model_dir, tmp_path):
     from qlorakit.config import parse_arguments
-    from qlorakit.model import load_for_inference
+    from qlorakit.inference_model import load_for_inference
     from qlorakit.train import setup_trainer
 
     # fp32 compute on both sides, so the comparison is exact up to kernel rounding.

@@ -79,7 +79,8 @@ def load_as_launched(tiny_model_dir, tmp_path, monkeypatch, launcher_env):
     from transformers import AutoModelForCausalLM
 
     from qlorakit.config import parse_arguments
-    from qlorakit.model import load_model, load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
+    from qlorakit.training_model import load_model
 
     arguments = parse_arguments(
         quick_flags(tiny_model_dir, str(tmp_path), "--norms_in_fp32")[1:])

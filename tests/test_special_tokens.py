@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoConfig, AutoTokenizer
 
 from qlorakit.data import tokenize_rows
-from qlorakit.model import align_special_tokens, load_tokenizer
+from qlorakit.tokenizer import align_special_tokens, load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 

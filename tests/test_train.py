@@ -6,7 +6,8 @@ import torch
 
 from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.config import parse_arguments
-from qlorakit.train import setup_trainer
+from qlorakit.collate import Seq2SeqCollator
+from qlorakit.train import build_collator, peak_memory_mb, setup_trainer
 
 
 def lora_a_weights(tiny_model_dir, output_dir, seed):
@@ -22,3 +23,13 @@ def test_the_seed_fixes_the_lora_initialisation(tiny_model_dir, tmp_path):
     first, again, other = (lora_a_weights(tiny_model_dir, tmp_path / str(i), seed) for i, seed in enumerate((0, 0, 1)))
     assert first and all(torch.equal(first[name], again[name]) for name in first)
     assert not any(torch.equal(first[name], other[name]) for name in first)
+
+
+def test_the_collator_is_built_from_the_values_it_uses():
+    collator = build_collator(7, seq2seq=False, train_on_source=True, padding_free=True)
+    assert (collator.pad_token_id, collator.train_on_source, collator.padding_free) == (7, True, True)
+    assert isinstance(build_collator(7, seq2seq=True), Seq2SeqCollator)
+
+
+def test_peak_memory_is_read_for_a_device():
+    assert peak_memory_mb(torch.device("cpu")) > 0  # the process's peak resident set on CPU

@@ -10,7 +10,7 @@ import train_throughput
 
 from qlorakit.collate import CausalLMCollator
 from qlorakit.data import tokenize_rows
-from qlorakit.model import load_tokenizer
+from qlorakit.tokenizer import load_tokenizer
 
 
 def test_reference_style_batches_hold_the_same_tokens_and_labels(tiny_model_dir):

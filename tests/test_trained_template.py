@@ -47,7 +47,7 @@ def adapter_dir(trained_run):
 @pytest.fixture(scope="module")
 def training_prompt(tiny_model_dir):
     """The question as training renders a conversation's first user turn, ready for the reply."""
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
 
     return render(load_tokenizer(tiny_model_dir), ROLE_TAGS_TEMPLATE, [{"role": "user", "content": QUESTION}], True)
 
@@ -80,7 +80,7 @@ def test_qlora_guanaco_generate_prompts_as_trained(tiny_model_dir, adapter_dir, 
 
 
 def test_a_template_flag_wins_and_says_it_differs(tiny_model_dir, adapter_dir, capsys):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
     from qlorakit.trained_template import inference_template
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -106,7 +106,7 @@ def test_the_merged_tokenizer_carries_the_template(tiny_model_dir, adapter_dir, 
 
 
 def test_an_adapter_without_the_file_is_prompted_as_before(tiny_model_dir, random_adapter_dir, capsys):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
     from qlorakit.trained_template import inference_template
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -118,7 +118,7 @@ def test_an_adapter_without_the_file_is_prompted_as_before(tiny_model_dir, rando
 class TestRecordOfTheData:
     @pytest.fixture(scope="class")
     def tokenizer(self, tiny_model_dir):
-        from qlorakit.model import load_tokenizer
+        from qlorakit.tokenizer import load_tokenizer
         return load_tokenizer(tiny_model_dir)
 
     def records(self, tokenizer, *flags):

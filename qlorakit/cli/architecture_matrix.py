@@ -64,7 +64,7 @@ def merge_gaps(model_dir, adapter_dir, merged_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from qlorakit.model import load_for_inference
+    from qlorakit.inference_model import load_for_inference
 
     merge_adapter.merge_adapter(model_dir, adapter_dir, merged_dir, dtype="float32", dequantize=True)
     model, tokenizer = load_for_inference(model_dir, adapter=adapter_dir, compute_dtype=torch.float32)
@@ -79,7 +79,9 @@ def merge_gaps(model_dir, adapter_dir, merged_dir):
 
 def adapter_targets_all_linear_layers(model_dir, adapter_dir):
     """Whether the saved LoRA targets are exactly the short names of the base's linear layers but the head."""
-    from qlorakit.model import BaseLoading, find_linear_module_names, load_base_for_inference
+    from qlorakit.base_loading import BaseLoading
+    from qlorakit.inference_model import load_base_for_inference
+    from qlorakit.layers import find_linear_module_names
 
     base, _ = load_base_for_inference(model_dir, BaseLoading(bits=16, compute_dtype="float32"))
     with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as handle:
@@ -89,7 +91,8 @@ def adapter_targets_all_linear_layers(model_dir, adapter_dir):
 
 def quantized_layer_count(model_dir, adapter_dir):
     """'quantized of total' linear layers of the base as the run loaded it (its base_loading.json)."""
-    from qlorakit.model import count_linear_layers, inference_loading, load_base_for_inference
+    from qlorakit.inference_model import inference_loading, load_base_for_inference
+    from qlorakit.layers import count_linear_layers
 
     loading, _ = inference_loading(adapter_dir)
     quantized, total, _ = count_linear_layers(load_base_for_inference(model_dir, loading)[0])

@@ -168,7 +168,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from qlorakit.model import load_for_inference  # heavy: after the flags are known to be good
+    from qlorakit.inference_model import load_for_inference  # heavy: after the flags are known to be good
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))

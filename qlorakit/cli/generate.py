@@ -1,7 +1,7 @@
 """Answer a questions file with a local base model plus an optional QLoRA adapter.
 
 Assumes a causal LM checkpoint (hub name or directory) and, optionally, an adapter directory
-written by qlora.py; loading goes through qlorakit.model.load_for_inference, which rebuilds the
+written by qlora.py; loading goes through qlorakit.inference_model.load_for_inference, which rebuilds the
 base as the adapter was trained (its base_loading.json: bits, NF4/FP4, double quant, compute
 dtype; --bits/--quant-type/--double-quant/--compute-dtype override it; 4-bit NF4 without one). Memory: the 4-bit base (~5 GB for a 7B
 model, ~40 GB for 65B) plus activations for --batch-size prompts. Launch from any directory:
@@ -124,7 +124,7 @@ def main(argv=None):
     import torch
     from tqdm import tqdm
 
-    from qlorakit.model import load_for_inference
+    from qlorakit.inference_model import load_for_inference
 
     model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter,
                                           trust_remote_code=args.trust_remote_code, **loading_overrides(args))

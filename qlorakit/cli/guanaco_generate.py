@@ -19,7 +19,7 @@ from qlorakit.chat_format import add_tools_argument, template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import (add_generation_arguments, check_generation_arguments, inference_generation_config,
                                  reply_text)
-from qlorakit.model import load_for_inference
+from qlorakit.inference_model import load_for_inference
 from qlorakit.trained_template import inference_template
 
 

@@ -42,7 +42,7 @@ from qlorakit.errors import ModelError, run_main
 from qlorakit.gguf_export import GGUF_FILE, GGUF_TYPES, check_gguf_export, gguf_summary, write_gguf
 from qlorakit.trained_template import read_template_record
 
-# torch, peft, gguf and qlorakit.model are imported where they are used: --help and bad paths answer at once.
+# torch, peft, gguf and qlorakit's model modules are imported where they are used: --help and bad paths answer at once.
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 DEFAULT_GGUF_TYPE = "f16"
 
@@ -54,7 +54,8 @@ def load_base(base_model, adapter, dtype, dequantize=False, **overrides):
     the adapter was trained: exactly what the kernels multiplied with during training, stored in
     `dtype`.
     """
-    from qlorakit.model import dequantize_base, inference_loading, load_base_for_inference
+    from qlorakit.inference_model import inference_loading, load_base_for_inference
+    from qlorakit.quantization import dequantize_base
 
     loading, _ = inference_loading(adapter if dequantize else None, compute_dtype=dtype,
                                    **(overrides if dequantize else {"bits": 16}))
@@ -68,13 +69,13 @@ def merge_adapter(base_model, adapter, output, dtype="bfloat16", dequantize=Fals
     """Apply the adapter to the base, fold it into the weights and save model + tokenizer to output.
 
     dtype: a torch dtype or its name ("bfloat16", "float16", "float32"). gguf_type: also write
-    output/model.gguf with matrices in this GGUF_TYPES key. overrides: bits, quant_type,
-    double_quant for the dequantized base instead of the adapter's record. Returns (merged model,
-    tokenizer, how the base was loaded).
+    output/model.gguf with matrices in this GGUF_TYPES key. overrides: base-loading settings
+    (base_loading.loading_overrides) for the dequantized base instead of the adapter's record.
+    Returns (merged model, tokenizer, how the base was loaded).
     """
     import torch
 
-    from qlorakit.model import load_adapter
+    from qlorakit.lora import load_adapter
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     check_output_free(output)
@@ -159,7 +160,7 @@ def parse_args(argv=None):
     parser.add_argument("--gguf_type", choices=list(GGUF_TYPES),
                         help=f"how --gguf stores the weight matrices (default {DEFAULT_GGUF_TYPE}; q8_0: 8-bit, "
                              "about half the size)")
-    add_base_loading_arguments(parser, compute_dtype=False)
+    add_base_loading_arguments(parser, without=("compute_dtype",))  # --dtype says it
     args = parser.parse_args(argv)
     if args.gguf_type and not args.gguf:
         parser.error("--gguf_type applies to --gguf: add --gguf")

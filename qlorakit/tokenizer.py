@@ -1,0 +1,44 @@
+"""The tokenizer of a base with the fixes its checkpoints need (a pad token, LLaMA's special
+tokens), and the base's embeddings grown to fit it.
+"""
+
+from transformers import AutoConfig, AutoTokenizer
+
+DEFAULT_PAD_TOKEN = "[PAD]"
+
+
+def load_tokenizer(model_name_or_path, padding_side="right", config=None, **kwargs):
+    """Tokenizer with a pad token and, for LLaMA, the special tokens its checkpoints expect.
+    config: the model's config when the caller has read it already."""
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, padding_side=padding_side, **kwargs)
+    config = config or AutoConfig.from_pretrained(model_name_or_path, **kwargs)
+    if config.model_type == "llama":
+        align_special_tokens(tokenizer, config)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": DEFAULT_PAD_TOKEN})
+    return tokenizer
+
+
+def align_special_tokens(tokenizer, config):
+    """Make bos/eos follow the model config: early LLaMA conversions shipped wrong ones (bos must be 1)."""
+    for name in ("bos", "eos"):
+        token_id = getattr(config, f"{name}_token_id", None)
+        if isinstance(token_id, int) and 0 <= token_id < len(tokenizer):
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
+
+
+def resize_embeddings_for(tokenizer, model):
+    """Grow the embeddings to the tokenizer; new rows start at the mean of the old ones.
+
+    The mean keeps a new token's logits ordinary instead of random, which matters only for the
+    pad row here (it is masked), but keeps added tokens from derailing the first steps.
+    """
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old_rows:
+        return
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if embedding is None:
+            continue
+        weight = embedding.weight.data
+        weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
