@@ -11,7 +11,7 @@ from qlorakit.data import tokenize_rows
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
     return load_tokenizer(tiny_model_dir)
 
 

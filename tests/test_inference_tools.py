@@ -16,7 +16,7 @@ TOOLS = [{"type": "function", "function": WEATHER_TOOL}]
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
     return load_tokenizer(tiny_model_dir)
 
 

@@ -21,7 +21,7 @@ PLAIN_ROW = {"messages": [{"role": "user", "content": "你好"}, {"role": "assis
 @pytest.fixture
 def tokenizer(tiny_model_dir):
     """The tiny tokenizer holding named templates: guanaco's as default, the test tool template as tool_use."""
-    from qlorakit.model import load_tokenizer
+    from qlorakit.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     tokenizer.chat_template = {"default": GUANACO_TEMPLATE, "tool_use": TOOL_TEMPLATE}
