@@ -26,10 +26,14 @@ class CheckpointCallback(TrainerCallback):
 
     Rotation lives here instead of in the Trainer so that nothing is deleted before the new
     checkpoint is complete.
+    keep: --save_total_limit. adapter_tokenizer: the tokenizer to save into each checkpoint's
+    adapter_model/ as well, for an adapter that trains the rows of added tokens (only that
+    tokenizer knows their ids; the Trainer saves it beside the adapter folder, not in it).
     """
 
-    def __init__(self, keep):
+    def __init__(self, keep, adapter_tokenizer=None):
         self.keep = keep
+        self.adapter_tokenizer = adapter_tokenizer
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and checkpoints.remove_final_adapter(args.output_dir):
@@ -42,7 +46,7 @@ class CheckpointCallback(TrainerCallback):
         if state.is_world_process_zero:
             checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             with checkpoints.save_errors_reported(checkpoint_dir):
-                checkpoints.finalize_checkpoint(checkpoint_dir)
+                checkpoints.finalize_checkpoint(checkpoint_dir, self.adapter_tokenizer)
             checkpoints.rotate_checkpoints(args.output_dir, self.keep, state.best_model_checkpoint)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -307,15 +307,17 @@ def fsync_tree(root):
         fsync_directory(folder)
 
 
-def finalize_checkpoint(checkpoint_dir):
-    """Move the adapter into adapter_model/ (reference layout), fsync everything, then write the
-    marker with the manifest."""
+def finalize_checkpoint(checkpoint_dir, adapter_tokenizer=None):
+    """Move the adapter into adapter_model/ (reference layout), save adapter_tokenizer there when
+    given, fsync everything, then write the marker with the manifest."""
     adapter_dir = os.path.join(checkpoint_dir, ADAPTER_DIR)
     present = [name for name in ADAPTER_FILES if os.path.isfile(os.path.join(checkpoint_dir, name))]
     if present:
         os.makedirs(adapter_dir, exist_ok=True)
         for name in present:
             os.replace(os.path.join(checkpoint_dir, name), os.path.join(adapter_dir, name))
+        if adapter_tokenizer is not None:
+            adapter_tokenizer.save_pretrained(adapter_dir)
     fsync_tree(checkpoint_dir)
     write_json_atomic(os.path.join(checkpoint_dir, COMPLETE_MARKER), build_manifest(checkpoint_dir))
 

@@ -29,6 +29,7 @@ from .chat_data import chat_template_help
 from .data import dataset_format_help, dataset_help
 from .errors import ArgumentError
 from .generation import control_problem
+from .tokenizer import read_new_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,18 @@ class LoraArguments:
         metadata={"help": "'all' for every linear layer but the output head, or a comma list of names."},
     )
     full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of LoRA."})
+    new_tokens: str | None = field(
+        default=None,
+        metadata={"help": "Tokens to add to the vocabulary and train (special markers, a new script's "
+                          "characters): a comma list such as '<|tool|>,<|end_tool|>', or a text file with one "
+                          "token per line. Only their rows of the embeddings (and output head) train, through peft's "
+                          "trainable tokens, saved with the adapter and its tokenizer."},
+    )
+    new_tokens_in_head: bool = field(
+        default=True,
+        metadata={"help": "With --new_tokens, train the output head's rows of the new tokens too, so that the "
+                          "model learns to write them (False: only read them). Tied heads follow the embedding."},
+    )
 
 
 @dataclass
@@ -390,6 +403,8 @@ def validate_arguments(args):
     if args.lora.full_finetune and args.model.adapter_name_or_path:
         raise ArgumentError("--adapter_name_or_path trains on a LoRA adapter; --full_finetune trains the whole model "
                             "instead: drop one of them")
+    if args.lora.new_tokens:
+        read_new_tokens(args.lora.new_tokens)
     if training.bf16 and training.fp16:
         raise ArgumentError("--bf16 and --fp16 exclude each other")
     if args.mmlu.mmlu_dataset not in ("mmlu-zs", "mmlu-fs", "mmlu"):

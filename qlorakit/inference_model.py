@@ -12,7 +12,7 @@ from .base_loading import (BASE_LOADING_FILE, base_difference, check_adapter, ch
                            read_base_loading, resolve_base_loading, trained_base)
 from .base_model import load_base_weights, load_model_config, model_task, resolve_device_map
 from .errors import ModelError
-from .lora import load_adapter, note_other_model_class
+from .lora import adapter_tokenizer, load_adapter, note_other_model_class, read_adapter_config
 from .tokenizer import load_tokenizer, resize_embeddings_for
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ def load_base_for_inference(model_name_or_path, loading, trust_remote_code=False
     check_model_weights(model_name_or_path)
     if adapter:
         warn_if_other_base(adapter, model_name_or_path, config)
-    tokenizer = load_tokenizer(model_name_or_path, padding_side="left", config=config, **kwargs)
+    # An adapter that trains added tokens brings the tokenizer that holds them.
+    tokenizer = adapter_tokenizer(adapter, read_adapter_config(adapter), padding_side="left", **kwargs) if adapter else None
+    tokenizer = tokenizer or load_tokenizer(model_name_or_path, padding_side="left", config=config, **kwargs)
     dtype = torch.float32 if loading.bits == 32 else getattr(torch, loading.compute_dtype)
     model = load_base_weights(model_name_or_path, task, loading, dtype, device_map=resolve_device_map()[0], **kwargs)
     resize_embeddings_for(tokenizer, model)

@@ -33,9 +33,14 @@ def base_linear_layers(model):
             if isinstance(module, LINEAR_TYPES) and id(module) not in adapters]
 
 
+# The parts of a name that peft's wrappers insert between a layer and its own module.
+PEFT_WRAPPER_PARTS = ("base_layer", "original_module", "token_adapter")
+
+
 def short_name(full_name):
-    """The layer's own name: 'q_proj' for 'model.layers.0.self_attn.q_proj(.base_layer)'."""
-    return full_name.removesuffix(".base_layer").split(".")[-1]
+    """The layer's own name: 'q_proj' for 'model.layers.0.self_attn.q_proj(.base_layer)', 'lm_head'
+    for 'lm_head.token_adapter.base_layer' (a head whose new token rows train)."""
+    return next(part for part in reversed(full_name.split(".")) if part not in PEFT_WRAPPER_PARTS)
 
 
 def count_linear_layers(model):

@@ -1,17 +1,19 @@
-"""LoRA adapters with peft: their targets, a saved adapter's settings against the flags, saving
-(with base_loading.json and the prompt template beside it) and loading, with one line for an
-adapter that is missing or does not fit its base.
+"""LoRA adapters with peft: their targets (and the embedding rows of added tokens), a saved
+adapter's settings against the flags, saving (with base_loading.json, the prompt template and,
+for added tokens, the tokenizer beside it) and loading, with one line for an adapter that is
+missing or does not fit its base.
 """
 
 import logging
 import re
 
 from peft import PeftConfig, PeftModel
+from transformers import AutoTokenizer
 
 from .base_loading import ADAPTER_CONFIG_FILE, check_adapter, write_base_loading
 from .base_model import CAUSAL, SEQ2SEQ
 from .errors import ModelError
-from .layers import find_linear_module_names
+from .layers import find_linear_module_names, short_name
 from .trained_template import write_template_record
 
 logger = logging.getLogger(__name__)
@@ -51,16 +53,70 @@ def read_adapter_config(adapter):
         raise ModelError(f"{adapter}: cannot read the adapter config ({str(error).strip().splitlines()[0]})") from error
 
 
-def save_adapter(save_pretrained, record, save_directory, template=None, **kwargs):
+def save_adapter(save_pretrained, record, save_directory, template=None, tokenizer=None, **kwargs):
     """peft's save plus base_loading.json (and prompt_template.json: `template`, the record of the
-    prompt template trained with, when there is one). The only resized embedding rows are the pad token's,
-    rebuilt identically at load time (mean of the base rows); saving both embedding matrices would
-    add ~0.5 GB to every 7B checkpoint."""
+    prompt template trained with, when there is one; the tokenizer, when the run added tokens, so
+    that inference finds their ids). Resized embedding rows are rebuilt identically at load time
+    (mean of the base rows) and only the rows of --new_tokens train, saved by peft on their own;
+    saving both embedding matrices would add ~0.5 GB to every 7B checkpoint."""
     save_pretrained(save_directory, save_embedding_layers=False, **kwargs)
     if kwargs.get("is_main_process", True):
         write_base_loading(save_directory, record)
         if template:
             write_template_record(save_directory, template)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(save_directory)
+
+
+def trained_token_ids(adapter_config):
+    """The token ids whose embedding rows an adapter trains (peft's trainable_token_indices), sorted."""
+    indices = getattr(adapter_config, "trainable_token_indices", None) or []
+    if isinstance(indices, dict):
+        indices = [index for layer in indices.values() for index in layer]
+    return sorted(set(indices))
+
+
+def module_name(model, module):
+    return next(name for name, candidate in model.named_modules() if candidate is module)
+
+
+def trainable_token_layers(model, token_ids, in_head=True, lora_targets=()):
+    """peft's trainable_token_indices for new tokens: their rows of the input embeddings and, with
+    in_head, of an untied output head (a tied head follows the embeddings in peft). A head that
+    LoRA adapts (in lora_targets) already learns to write them through its LoRA update, and peft
+    cannot wrap one layer both ways."""
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    layers = {module_name(model, embeddings): list(token_ids)}
+    if in_head and head is not None and head.weight is not embeddings.weight:
+        name = module_name(model, head)
+        if short_name(name) in lora_targets:
+            logger.info("new tokens: %s is a LoRA target, whose update covers their rows too", short_name(name))
+        else:
+            layers[name] = list(token_ids)
+    return layers
+
+
+def adapter_tokenizer(adapter, adapter_config, **kwargs):
+    """The tokenizer saved with an adapter that trains the rows of added tokens (only it knows their
+    ids), or None for an adapter without them."""
+    if not trained_token_ids(adapter_config):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(adapter, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{adapter} trains the rows of added tokens but holds no tokenizer that names them "
+                         f"({str(error).strip().splitlines()[0]})") from error
+
+
+def check_embedding_rows(model, adapter, adapter_config):
+    """One line for an adapter that trains token rows the embeddings under it do not have: its
+    tokens are missing from the tokenizer the base was resized to."""
+    token_ids = trained_token_ids(adapter_config)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if token_ids and token_ids[-1] >= rows:
+        raise ModelError(f"{adapter} trains the rows of added tokens (ids {token_ids[0]}-{token_ids[-1]}) but the "
+                         f"base under it has {rows} embedding rows: its tokenizer lacks them (load the tokenizer "
+                         "saved beside the adapter, or train with the same --new_tokens)")
 
 
 def size_mismatch_message(adapter, base, error_text):
@@ -87,6 +143,7 @@ def load_adapter(model, adapter, **kwargs):
     """PeftModel.from_pretrained, with one line for an adapter that is not there (a hub id that
     does not exist or cannot be reached) or whose weights do not fit (size_mismatch_message)."""
     check_adapter(adapter)
+    check_embedding_rows(model, adapter, read_adapter_config(adapter))
     try:
         return PeftModel.from_pretrained(model, adapter, **kwargs)
     except (OSError, ValueError) as error:

@@ -15,7 +15,7 @@ TRAINING_SETTINGS = (
     ("model", "model_name_or_path"),
     *(("quantization", name) for name in trained_settings()),
     ("lora", "lora_r"), ("lora", "lora_alpha"), ("lora", "lora_dropout"), ("lora", "lora_modules"),
-    ("lora", "full_finetune"),
+    ("lora", "full_finetune"), ("lora", "new_tokens"), ("lora", "new_tokens_in_head"),
     ("data", "dataset"), ("data", "dataset_format"), ("data", "max_train_samples"),
     ("data", "source_max_len"), ("data", "target_max_len"), ("data", "train_on_source"),
     ("training", "learning_rate"), ("training", "lr_scheduler_type"), ("training", "weight_decay"),

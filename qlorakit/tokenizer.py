@@ -1,8 +1,12 @@
 """The tokenizer of a base with the fixes its checkpoints need (a pad token, LLaMA's special
-tokens), and the base's embeddings grown to fit it.
+tokens) and the tokens a run adds (--new_tokens), and the base's embeddings grown to fit it.
 """
 
+import os
+
 from transformers import AutoConfig, AutoTokenizer
+
+from .errors import ArgumentError
 
 DEFAULT_PAD_TOKEN = "[PAD]"
 
@@ -42,3 +46,34 @@ def resize_embeddings_for(tokenizer, model):
             continue
         weight = embedding.weight.data
         weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
+
+
+def read_new_tokens(value):
+    """The tokens --new_tokens names: the lines of a text file, or a comma list. Blank entries are
+    dropped; a token named twice is refused (its second row would never train)."""
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as handle:
+            tokens = [line.strip() for line in handle]
+    elif value.endswith(".txt"):
+        raise ArgumentError(f"--new_tokens: no such file: {value}")
+    else:
+        tokens = [token.strip() for token in value.split(",")]
+    tokens = [token for token in tokens if token]
+    if not tokens:
+        raise ArgumentError(f"--new_tokens {value!r} names no token")
+    twice = sorted({token for token in tokens if tokens.count(token) > 1})
+    if twice:
+        raise ArgumentError(f"--new_tokens names {', '.join(twice)} more than once")
+    return tokens
+
+
+def add_new_tokens(tokenizer, tokens):
+    """Add tokens to the vocabulary as whole, never-split tokens; returns their ids. A token the
+    vocabulary has already is refused in one line: its row is the base's, not a new one to train."""
+    vocabulary = tokenizer.get_vocab()
+    known = [f"{token} (id {vocabulary[token]})" for token in tokens if token in vocabulary]
+    if known:
+        raise ArgumentError(f"--new_tokens: already in the tokenizer's vocabulary: {', '.join(known)}; "
+                            "list only tokens it does not have")
+    tokenizer.add_tokens(tokens)
+    return tokenizer.convert_tokens_to_ids(tokens)

@@ -28,7 +28,7 @@ from .lora import read_adapter_config
 from .mmlu import load_mmlu
 from .preview import length_summary, preview_rows
 from .quiet import paged_optimizer_note
-from .tokenizer import load_tokenizer
+from .tokenizer import add_new_tokens, load_tokenizer, read_new_tokens
 from .trainer import QLoRATrainer
 from .training_model import load_model
 
@@ -79,13 +79,12 @@ def setup_trainer(args, resume_from=None, start_adapter=None):
     """
     model_args, data_args, training_args = args.model, args.data, args.training
     set_seed(training_args.seed)
-    hub = hub_kwargs(model_args)
-    config = load_model_config(model_args.model_name_or_path, **hub)
+    config = load_model_config(model_args.model_name_or_path, **hub_kwargs(model_args))
     task = model_task(config, model_args.model_name_or_path)
     check_model_weights(model_args.model_name_or_path)
     if task == SEQ2SEQ and (data_args.padding_free or data_args.train_on_source):
         raise ModelError("--padding_free and --train_on_source apply to causal models; the encoder reads the source")
-    tokenizer = load_tokenizer(model_args.model_name_or_path, config=config, **hub)
+    tokenizer, new_token_ids = load_run_tokenizer(args, config)
     hold_out_eval = training_args.do_eval or training_args.do_predict
     train_dataset, eval_dataset, template = build_datasets(data_args, tokenizer, model_args.cache_dir, hold_out_eval)
     if template:  # checkpoints and output_dir save the tokenizer: it prompts as the data was written
@@ -97,7 +96,7 @@ def setup_trainer(args, resume_from=None, start_adapter=None):
 
     adapter_starts_run = resume_from is None and start_adapter is not None
     adapter_dir = start_adapter if adapter_starts_run else saved_adapter_dir(resume_from)
-    model = load_model(args, tokenizer, task, adapter_dir, template, adapter_starts_run)
+    model = load_model(args, tokenizer, task, adapter_dir, template, adapter_starts_run, new_token_ids)
     if training_args.local_process_index == 0:
         print(f"world size: {training_args.world_size}")
         for line in describe_parameters(model):
@@ -118,7 +117,7 @@ def setup_trainer(args, resume_from=None, start_adapter=None):
         eval_dataset=eval_dataset,
         data_collator=build_collator(tokenizer.pad_token_id, task == SEQ2SEQ, train_on_source=data_args.train_on_source,
                                      padding_free=data_args.padding_free),
-        callbacks=[CheckpointCallback(keep_checkpoints),
+        callbacks=[CheckpointCallback(keep_checkpoints, tokenizer if new_token_ids else None),
                    NonFiniteGuardCallback(training_args.max_consecutive_nonfinite_steps),
                    PreemptionCallback()],
     )
@@ -216,9 +215,22 @@ def release_process_group():
         torch.distributed.destroy_process_group()
 
 
-def preview_training_data(model_args, data_args):
+def load_run_tokenizer(args, config=None):
+    """(the base's tokenizer with the run's --new_tokens added, their ids): the data is tokenized
+    with them, so that each is one token."""
+    tokenizer = load_tokenizer(args.model.model_name_or_path, config=config, **hub_kwargs(args.model))
+    if not args.lora.new_tokens:
+        return tokenizer, []
+    new_token_ids = add_new_tokens(tokenizer, read_new_tokens(args.lora.new_tokens))
+    logger.info("new tokens: %s", ", ".join(f"{token} (id {index})" for token, index in
+                                          zip(tokenizer.convert_ids_to_tokens(new_token_ids), new_token_ids)))
+    return tokenizer, new_token_ids
+
+
+def preview_training_data(args):
     """--preview_data: the first training rows as tokenized, without loading the model."""
-    tokenizer = load_tokenizer(model_args.model_name_or_path, **hub_kwargs(model_args))
+    model_args, data_args = args.model, args.data
+    tokenizer, _ = load_run_tokenizer(args)
     train_dataset, _, _ = build_datasets(data_args, tokenizer, model_args.cache_dir)
     preview_rows(train_dataset, tokenizer, data_args.preview_data, data_args.train_on_source,
                  data_args.preview_format, colour=sys.stdout.isatty(), write=sys.stdout.write)
@@ -322,7 +334,7 @@ def run(args):
     lock; returns the metrics."""
     setup_logging(args.training)
     if args.data.preview_data:
-        return preview_training_data(args.model, args.data)
+        return preview_training_data(args)
     launcher.check_world_size(args.training.world_size)
     lock = lock_output_dir(args.training)
     try:

@@ -18,8 +18,9 @@ from .base_loading import (BASE_LOADING_FILE, base_loading_conflicts, base_loadi
 from .base_model import CAUSAL, hub_kwargs, load_base_weights, resolve_device_map
 from .launcher import launched_sharded
 from .layers import is_norm_layer
+from .errors import ModelError
 from .lora import (PEFT_TASK_TYPES, load_adapter, lora_conflicts, lora_target_modules, note_other_model_class,
-                   read_adapter_config, save_adapter)
+                   adapter_tokenizer, read_adapter_config, save_adapter, trainable_token_layers, trained_token_ids)
 from .tokenizer import resize_embeddings_for
 
 logger = logging.getLogger(__name__)
@@ -80,10 +81,12 @@ def prepare_base_for_training(model, training_args):
 
 
 def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, record=None, template=None,
-                compared_flags=None):
+                compared_flags=None, tokenizer=None, new_token_ids=()):
     """Wrap a frozen base with a LoRA adapter: a fresh one, or the saved one of adapter_dir as it
     was trained (its own rank, alpha, dropout and targets; contradicting flags are reported as
-    ignored). compared_flags: the LoRA flags to compare with the saved adapter (None: all)."""
+    ignored). compared_flags: the LoRA flags to compare with the saved adapter (None: all).
+    new_token_ids: the ids of --new_tokens in `tokenizer`; only their embedding (and head) rows
+    train, and every saved adapter carries the tokenizer that names them."""
     lora_args = args.lora
     prepare_base_for_training(model, args.training)
     targets = lora_target_modules(model, lora_args.lora_modules)
@@ -92,15 +95,37 @@ def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, recor
         if conflicts:
             logger.warning("%s was trained with %s; using the saved adapter's settings, these flags are ignored",
                            adapter_dir, ", ".join(conflicts))
+        check_adapter_tokens(adapter_dir, tokenizer, new_token_ids)
         model = load_adapter(model, adapter_dir, is_trainable=True, autocast_adapter_dtype=False)
     else:
+        token_layers = (trainable_token_layers(model, new_token_ids, lora_args.new_tokens_in_head, targets)
+                        if new_token_ids else None)
         config = LoraConfig(r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, target_modules=targets,
-                            lora_dropout=lora_args.lora_dropout, bias="none", task_type=PEFT_TASK_TYPES[task])
+                            lora_dropout=lora_args.lora_dropout, bias="none", task_type=PEFT_TASK_TYPES[task],
+                            trainable_token_indices=token_layers)
         model = get_peft_model(model, config)
     cast_for_training(model, args.training.bf16, norms_in_fp32=args.quantization.norms_in_fp32 and not sharded)
     record = record or base_loading_for_training(args, type(model.get_base_model()).__name__)
-    model.save_pretrained = functools.partial(save_adapter, model.save_pretrained, record, template=template)
+    model.save_pretrained = functools.partial(save_adapter, model.save_pretrained, record, template=template,
+                                              tokenizer=tokenizer if new_token_ids else None)
     return model
+
+
+def check_adapter_tokens(adapter_dir, tokenizer, new_token_ids):
+    """An adapter that trains the rows of added tokens goes on only with the same tokens at the same
+    ids (rows of other tokens would be read as its own), and one without them cannot take new ones."""
+    adapter_config = read_adapter_config(adapter_dir)
+    saved_ids, new_token_ids = trained_token_ids(adapter_config), sorted(new_token_ids)
+    if not saved_ids and not new_token_ids:
+        return
+    saved_tokenizer = adapter_tokenizer(adapter_dir, adapter_config)
+    saved = saved_tokenizer.convert_ids_to_tokens(saved_ids) if saved_tokenizer else []
+    current = tokenizer.convert_ids_to_tokens(new_token_ids)
+    if saved_ids != new_token_ids or saved != current:
+        trained = f"--new_tokens {','.join(saved)}" if saved else "no --new_tokens"
+        given = f"--new_tokens {','.join(current)}" if current else "none"
+        raise ModelError(f"{adapter_dir} was trained with {trained}; this run has {given}: pass the ones it was "
+                         "trained with (tokens are added to a fresh adapter only)")
 
 
 def cast_for_training(model, bf16, norms_in_fp32=False):
@@ -153,7 +178,8 @@ def starting_adapter_base_loading(args, adapter):
     return resolve_base_loading(saved, compute_dtype=flags.compute_dtype, **given)
 
 
-def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None, template=None, adapter_starts_run=False):
+def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None, template=None, adapter_starts_run=False,
+               new_token_ids=()):
     """The base (quantized as asked) plus a LoRA adapter, or the whole model for --full_finetune.
 
     adapter_dir: the adapter to train on or evaluate; a checkpoint's of this run (resume,
@@ -163,6 +189,7 @@ def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None, template=None, ad
     Its LoRA settings win over the flags too, but only the flags the user gave are reported as
     ignored, and quantization flags the user gave win over its base loading.
     template: the record of the prompt template trained with, saved beside every adapter.
+    new_token_ids: the ids of the tokens --new_tokens added to the tokenizer (their rows train).
     """
     sharded = sharded_training(args.training)
     if adapter_starts_run:
@@ -180,4 +207,5 @@ def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None, template=None, ad
     record = dataclasses.replace(loading, model_class=type(model).__name__,
                                  base_model=base_name(args.model.model_name_or_path), base_config=base_config)
     compared_flags = args.given if adapter_starts_run else None
-    return attach_lora(model, args, task, sharded, adapter_dir, record, template, compared_flags)
+    return attach_lora(model, args, task, sharded, adapter_dir, record, template, compared_flags, tokenizer,
+                       new_token_ids)

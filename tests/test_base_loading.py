@@ -266,7 +266,7 @@ class TestMissingAdapter:
 
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        with pytest.raises(ModelError, match="some-org/no-such-adapter: cannot load the adapter"):
+        with pytest.raises(ModelError, match="some-org/no-such-adapter: cannot read the adapter config"):
             load_adapter(model, "some-org/no-such-adapter")
 
 
