@@ -1,7 +1,7 @@
 """Rows in the shapes public instruction and chat data comes in, written here (Alpaca with history,
 ShareGPT with a system prompt, Dolly, KTO, DPO pairs, hh-rlhf, images): each column is used,
-refused in one line, or named in the log, and nothing bad is trained. MOSS rows and tool calls:
-test_moss_and_tools.py."""
+refused in one line, or named in the log, and nothing bad is trained. A new format is one registry
+entry (a Dolly format, defined here). MOSS rows and tool calls: test_moss_and_tools.py."""
 
 import json
 import logging
@@ -11,6 +11,7 @@ from datasets import Dataset, DatasetDict
 
 from qlorakit import data
 from qlorakit.cli import train as qlora
+from qlorakit.collate import IGNORE_INDEX, CausalLMCollator
 from qlorakit.data import DataError
 
 
@@ -85,6 +86,74 @@ class TestColumnMapping:
             data.parse_column_mapping("answer=response")
         with pytest.raises(DataError, match="no column 'reply'"):
             data.map_columns(split_of([DOLLY]), {"reply": "output"}, "dolly.jsonl")
+
+
+def format_dolly(row):
+    """Dolly-15k rows: the instruction, then its context (when there is one), is the input; the
+    response is the output. docs/ARCHITECTURE.md shows this function and its entry."""
+    prompt = f"{row['instruction']}\n\n{row['context']}" if row.get("context") else row["instruction"]
+    return {"input": prompt, "output": row["response"]}
+
+
+DOLLY_FORMAT = data.DataFormat(format_dolly, needs=(("instruction", "response"),), reads=("context",),
+                               text=("instruction", "context", "response"))
+DOLLY_ROWS = [
+    {"instruction": "Which river is the longest in Asia?", "context": "The Yangtze runs 6,300 km to the East China Sea.",
+     "response": "The Yangtze.", "category": "closed_qa"},
+    {"instruction": "Назови столицу Японии.", "context": "", "response": "Токио (東京).", "category": "open_qa"},
+]
+
+
+class TestANewFormatIsOneEntry:
+    """A dataset format is one FORMATS entry (with the function it names): given the Dolly entry
+    above and nothing else, Dolly rows are detected from their columns, --dataset_format's help
+    lists the format, the response is trained and the instruction is not, and the unused
+    `category` column is named in the log."""
+
+    @pytest.fixture
+    def dolly_file(self, monkeypatch, tmp_path):
+        monkeypatch.setitem(data.FORMATS, "dolly", DOLLY_FORMAT)  # the one entry
+        return write_jsonl(tmp_path / "dolly.jsonl", DOLLY_ROWS)
+
+    def test_the_columns_choose_it(self, dolly_file, caplog):
+        with caplog.at_level(logging.INFO, logger="qlorakit.data"):
+            assert data.resolve_format(dolly_file, None, list(DOLLY_ROWS[0])) == "dolly"
+        assert "dataset format dolly, detected from the columns (instruction, response)" in caplog.text
+
+    def test_the_help_lists_it(self, dolly_file):
+        text = data.dataset_format_help()
+        assert text.split(". ")[0].split(" | ")[-1] == "dolly"  # the list of names
+        assert "instruction + response: dolly" in text  # the columns that choose it
+
+    def test_labels_fall_on_the_response_alone(self, dolly_file, tiny_model_dir):
+        from qlorakit.config import DataArguments
+        from qlorakit.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tiny_model_dir)
+        train, _, _ = data.build_datasets(DataArguments(dataset=dolly_file), tokenizer)
+        collator = CausalLMCollator(tokenizer.pad_token_id)
+        assert len(train) == len(DOLLY_ROWS)
+        for tokenized, row in zip(train, DOLLY_ROWS):
+            labels = collator.training_row(tokenized)["labels"]
+            source, target = labels[:len(tokenized["source_ids"])], labels[len(tokenized["source_ids"]):]
+            assert set(source) == {IGNORE_INDEX} and target == tokenized["target_ids"] and IGNORE_INDEX not in target
+            assert tokenizer.decode(tokenized["target_ids"], skip_special_tokens=True).strip() == row["response"]
+            assert row["instruction"] in tokenizer.decode(tokenized["source_ids"], skip_special_tokens=True)
+
+    def test_qlora_previews_it_without_a_format_flag(self, dolly_file, tiny_model_dir, tmp_path, capsys, caplog):
+        with caplog.at_level(logging.INFO, logger="qlorakit.data"):
+            code = qlora.main(["--model_name_or_path", tiny_model_dir, "--dataset", dolly_file, "--output_dir",
+                               str(tmp_path / "out"), "--preview_data", "2", "--preview_format", "json"])
+        rows = [json.loads(line)["segments"] for line in capsys.readouterr().out.splitlines()
+                if line.startswith('{"segments"')]
+        assert code == 0 and len(rows) == len(DOLLY_ROWS)
+        for segments, row in zip(rows, DOLLY_ROWS):
+            trained, untrained = trained_text(segments), untrained_text(segments)
+            assert len(trained) == 1 and trained[0].strip().startswith(row["response"])
+            assert row["instruction"] in untrained and row["context"] in untrained
+            assert row["instruction"] not in trained[0]
+        assert "dataset format dolly, detected from the columns" in caplog.text
+        assert "columns not used by format dolly: category\n" in caplog.text  # category alone, context is read
 
 
 class TestEveryColumnIsUsedOrNamed:
