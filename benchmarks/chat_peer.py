@@ -33,7 +33,8 @@ from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.chat_data import GUANACO_TEMPLATE
 from qlorakit.cli.make_tiny_model import make_tiny_model
 from qlorakit.config import parse_arguments
-from qlorakit.train import peak_memory_mb, setup_trainer
+from qlorakit.memory import peak_memory_mb
+from qlorakit.train import setup_trainer
 from train_throughput import repeated_data, run_isolated, train_metered  # a sibling: benchmarks/ runs as scripts
 
 CHAT_SAMPLE = os.path.join(SAMPLE_DATA_DIR, "chat_sample.jsonl")

@@ -42,7 +42,8 @@ from qlorakit.cli import make_tiny_model
 from qlorakit.collate import IGNORE_INDEX
 from qlorakit.config import parse_arguments
 from qlorakit.data import apply_format, load_local_dataset
-from qlorakit.train import peak_memory_mb, setup_trainer
+from qlorakit.memory import peak_memory_mb
+from qlorakit.train import setup_trainer
 
 OASST_SAMPLE = os.path.join(SAMPLE_DATA_DIR, "oasst1_sample.jsonl")
 

@@ -4,10 +4,14 @@ is rented.
 Each component is a small pure function of a model shape and training settings that returns bytes;
 the estimate is their sum. Keyword defaults are the Guanaco-7B recipe. What each component counts,
 where its coefficients come from and how the totals compare with the QLoRA paper: docs/MEMORY.md.
-MB is 2**20 bytes and GB 2**30, as torch and nvidia-smi count.
+MB is 2**20 bytes and GB 2**30, as torch and nvidia-smi count. peak_memory_mb measures what the
+estimate predicts, for the training log and the benchmarks.
 """
 
+import resource
 from dataclasses import dataclass
+
+import torch
 
 MB = 2**20
 GB = 2**30
@@ -359,3 +363,11 @@ def describe_assumptions(arguments, accumulation):
             f"{'on' if arguments['gradient_checkpointing'] else 'off'}, optimizer {arguments['optim']}, "
             f"{'bf16' if arguments['bf16'] else 'fp32'} compute, {arguments['bits']}-bit base, LoRA r "
             f"{arguments['lora_r']} (--lora_modules {arguments['lora_modules']}), one GPU")
+
+
+def peak_memory_mb(device):
+    """This process's peak so far: CUDA max allocated on a GPU `device` (what the estimate predicts),
+    the maximum resident set size on CPU (Linux reports it in KiB)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / MB)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -4,7 +4,6 @@ import dataclasses
 import logging
 import math
 import os
-import resource
 import sys
 
 import numpy as np
@@ -25,6 +24,7 @@ from .generation import (build_generation_config, cut_at_stop_strings, decoding_
                          resolve_stop_strings, stop_strings_of)
 from .layers import describe_parameters
 from .lora import read_adapter_config
+from .memory import peak_memory_mb
 from .mmlu import load_mmlu
 from .preview import length_summary, preview_rows
 from .quiet import paged_optimizer_note
@@ -198,14 +198,6 @@ def predict(trainer, tokenizer, dataset, output_dir):
     if trainer.is_world_process_zero():
         jsonl.write_jsonl_atomic(os.path.join(output_dir, "predictions.jsonl"), rows)
     return result.metrics
-
-
-def peak_memory_mb(device):
-    """This process's peak so far: CUDA max allocated on a GPU `device` (what scripts/estimate_memory.py
-    predicts), the maximum resident set size on CPU (Linux reports it in KiB)."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def release_process_group():

@@ -7,7 +7,8 @@ import torch
 from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.config import parse_arguments
 from qlorakit.collate import Seq2SeqCollator
-from qlorakit.train import build_collator, peak_memory_mb, setup_trainer
+from qlorakit.memory import peak_memory_mb
+from qlorakit.train import build_collator, setup_trainer
 
 
 def lora_a_weights(tiny_model_dir, output_dir, seed):
