@@ -91,19 +91,21 @@ def review_key(row, id_keys):
             str(row.get("prompt_id")))
 
 
-def output_path(args, model_a, model_b):
-    if os.path.isdir(args.output_review_file) or args.output_review_file.endswith(("/", os.sep)):
-        os.makedirs(args.output_review_file, exist_ok=True)
-        name = naming.review_filename(model_a, model_b, args.model, args.verdict)
-        return os.path.join(args.output_review_file, name)
-    return args.output_review_file
+def output_path(output_review_file, model_a, model_b, judge_model, verdict):
+    """The review file: --output-review-file itself, or the reference's file name inside it when it
+    names a folder."""
+    if os.path.isdir(output_review_file) or output_review_file.endswith(("/", os.sep)):
+        os.makedirs(output_review_file, exist_ok=True)
+        return os.path.join(output_review_file, naming.review_filename(model_a, model_b, judge_model, verdict))
+    return output_review_file
 
 
-def build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args):
+def build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, judge_model, max_tokens, both_orders):
     """One ``ChatJob`` per (question, order); the payload is the row to write, minus the reply.
 
     ``answers_a`` / ``answers_b`` are ``(id_key, {id: Answer})``: each answer file is joined to a
-    question by the question's value of that file's key.
+    question by the question's value of that file's key. both_orders: also ask with the answers
+    swapped (position bias).
     """
     (key_a, by_id_a), (key_b, by_id_b) = answers_a, answers_b
     jobs, missing = [], 0
@@ -114,7 +116,7 @@ def build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args):
             continue
         reviewer = prompts.select_reviewer(reviewers, question.category)
         prompt = prompt_table[reviewer.prompt_id]
-        orders = [(answer_a, answer_b), (answer_b, answer_a)] if args.both_orders else [(answer_a, answer_b)]
+        orders = [(answer_a, answer_b), (answer_b, answer_a)] if both_orders else [(answer_a, answer_b)]
         for answer1, answer2 in orders:
             row = {
                 **question.ids,
@@ -124,11 +126,11 @@ def build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args):
                 "prompt_id": prompt.prompt_id,
                 "answer1_model": answer1.model,
                 "answer2_model": answer2.model,
-                "judge_model": args.model,
+                "judge_model": judge_model,
                 "metadata": {},
             }
             messages = prompts.render_messages(prompt, question.text, answer1.text, answer2.text)
-            jobs.append(client.ChatJob(messages, reviewer.temperature, args.max_tokens, payload=row))
+            jobs.append(client.ChatJob(messages, reviewer.temperature, max_tokens, payload=row))
     if missing:
         logger.warning("%d questions lack an answer in one of the answer files; skipped", missing)
     return jobs
@@ -160,9 +162,10 @@ def main(argv=None):
     model_b = next(iter(answers_b[1].values())).model if answers_b[1] else "B"
     if model_a == model_b:
         raise InputError(f"both answer files are named {model_a!r}; pass --model-names A B")
-    out = output_path(args, model_a, model_b)
+    out = output_path(args.output_review_file, model_a, model_b, args.model, args.verdict)
 
-    jobs = build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args)
+    jobs = build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args.model, args.max_tokens,
+                      args.both_orders)
     key_of = functools.partial(review_key, id_keys=tuple(questions[0].ids) if questions else ())
     done = load_done_keys(out, key_of)
     todo = [job for job in jobs if key_of(job.payload) not in done]
