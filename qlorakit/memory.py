@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .base_loading import setting_choices
+
 MB = 2**20
 GB = 2**30
 BF16, FP32 = 2, 4
@@ -22,7 +24,7 @@ ADAM8_BLOCK = 256
 DEFAULT_OVERHEAD_MB = 768
 OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_torch")
 PAGED_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit")
-BITS = (4, 8, 16, 32)
+BITS = setting_choices("bits")  # the --bits choices, as the base-loading record defines them
 
 SAVED_PER_TOKEN = 8  # the two norms' fp32 1/rms
 SDPA_BYTES_PER_HEAD = 4  # sdpa's fp32 log-sum-exp per head and token (flash attention: assumed alike)
