@@ -8,8 +8,9 @@ import os
 
 import torch
 
-from .base_loading import (BASE_LOADING_FILE, base_difference, check_adapter, check_model_weights, config_fields,
-                           read_base_loading, resolve_base_loading, trained_base)
+from .adapter_paths import check_adapter
+from .base_loading import (BASE_LOADING_FILE, base_difference, check_model_weights, config_fields, read_base_loading,
+                           resolve_base_loading, trained_base)
 from .base_model import load_base_weights, load_model_config, model_task, resolve_device_map
 from .errors import ModelError
 from .lora import adapter_tokenizer, load_adapter, note_other_model_class, read_adapter_config

@@ -10,7 +10,8 @@ import re
 from peft import PeftConfig, PeftModel
 from transformers import AutoTokenizer
 
-from .base_loading import ADAPTER_CONFIG_FILE, check_adapter, write_base_loading
+from .adapter_paths import check_adapter
+from .base_loading import ADAPTER_CONFIG_FILE, write_base_loading
 from .base_model import CAUSAL, SEQ2SEQ
 from .errors import ModelError
 from .layers import find_linear_module_names, short_name

@@ -13,7 +13,8 @@ from accelerate.utils import broadcast_object_list, gather_object
 from transformers import ProgressCallback, set_seed
 
 from . import checkpoints, jsonl, launcher, run_lock, run_settings
-from .base_loading import check_adapter, check_model_weights, resolve_adapter
+from .adapter_paths import check_adapter, resolve_adapter
+from .base_loading import check_model_weights
 from .base_model import SEQ2SEQ, hub_kwargs, load_model_config, model_task
 from .best_model import best_evaluation
 from .callbacks import CheckpointCallback, EarlyStopping, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback

@@ -14,8 +14,9 @@ import torch
 from conftest import REPO_ROOT, run_python
 from qlorakit import SAMPLE_DATA_DIR
 from qlorakit import base_loading
-from qlorakit.base_loading import (BaseLoading, add_base_loading_arguments, check_adapter, loading_overrides,
-                                   read_base_loading, resolve_base_loading)
+from qlorakit.adapter_paths import check_adapter, resolve_adapter
+from qlorakit.base_loading import (BaseLoading, add_base_loading_arguments, loading_overrides, read_base_loading,
+                                   resolve_base_loading)
 from qlorakit.errors import ModelError
 
 MERGE = os.path.join(REPO_ROOT, "scripts", "merge_adapter.py")
@@ -287,17 +288,17 @@ class TestRunFolderAsAdapter:
 
     def test_the_newest_complete_checkpoint_is_taken_and_named(self, tmp_path, random_adapter_dir, capsys):
         run = self.make_run(tmp_path, random_adapter_dir, complete_steps=(2, 4), torn_steps=(6,))
-        assert base_loading.resolve_adapter(run) == os.path.join(run, "checkpoint-4", "adapter_model")
+        assert resolve_adapter(run) == os.path.join(run, "checkpoint-4", "adapter_model")
         assert f"adapter: {run}/checkpoint-4/adapter_model" in capsys.readouterr().err
 
     def test_a_checkpoint_directory_gives_its_adapter(self, tmp_path, random_adapter_dir):
         run = self.make_run(tmp_path, random_adapter_dir, complete_steps=(3,))
         checkpoint = os.path.join(run, "checkpoint-3")
-        assert base_loading.resolve_adapter(checkpoint) == os.path.join(checkpoint, "adapter_model")
+        assert resolve_adapter(checkpoint) == os.path.join(checkpoint, "adapter_model")
 
     def test_adapter_directories_and_hub_ids_stay_as_they_are(self, random_adapter_dir):
-        assert base_loading.resolve_adapter(random_adapter_dir) == random_adapter_dir
-        assert base_loading.resolve_adapter("some-org/some-adapter") == "some-org/some-adapter"
+        assert resolve_adapter(random_adapter_dir) == random_adapter_dir
+        assert resolve_adapter("some-org/some-adapter") == "some-org/some-adapter"
 
     @pytest.mark.parametrize("script", ["eval/generate.py", "examples/guanaco_generate.py", "examples/chat.py",
                                         "scripts/merge_adapter.py"])

@@ -26,7 +26,8 @@ import logging
 import sys
 
 from qlorakit import chat_data
-from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, loading_overrides
+from qlorakit.adapter_paths import add_adapter_argument
+from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
 from qlorakit.chat_format import add_tools_argument, template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import (add_generation_arguments, check_generation_arguments, inference_generation_config,

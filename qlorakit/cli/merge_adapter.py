@@ -37,7 +37,8 @@ import os
 import shutil
 import tempfile
 
-from qlorakit.base_loading import add_adapter_argument, add_base_loading_arguments, check_adapter, loading_overrides
+from qlorakit.adapter_paths import add_adapter_argument, check_adapter
+from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
 from qlorakit.errors import ModelError, run_main
 from qlorakit.gguf_export import GGUF_FILE, GGUF_TYPES, check_gguf_export, gguf_summary, write_gguf
 from qlorakit.trained_template import read_template_record
