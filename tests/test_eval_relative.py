@@ -100,3 +100,28 @@ def test_rows_without_an_id_are_one_line(tmp_path):
     named = subprocess.run([sys.executable, str(EVAL_DIR / "relative_score.py"), str(tmp_path),
                             "--reference", "ref", "-id", "qid", "--json"], capture_output=True, text=True, timeout=60)
     assert named.returncode == 0, named.stderr
+
+
+def run_relative(review_dir, *flags):
+    return subprocess.run([sys.executable, str(EVAL_DIR / "relative_score.py"), str(review_dir), "--reference", "ref",
+                           *flags], capture_output=True, text=True, timeout=60)
+
+
+def test_verdicts_of_another_kind_are_counted_apart_from_unparsable_ones(review_dir):
+    write_rows(review_dir / "sys-vs-ref-gpt-4-reviewer-threeclass.jsonl",
+               [{"question_id": 1, "score": 1, "verdict": "threeclass"},
+                {"question_id": 2, "score": 0.5, "verdict": "threeclass"}])
+    result = run_relative(review_dir, "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert (row["judgments"], row["unparsable"]) == (4, 1)  # as without the threeclass file
+    assert "1 unparsable skipped, 2 threeclass verdicts of another kind skipped" in result.stderr
+
+
+def test_files_without_score_pairs_are_one_line(tmp_path):
+    write_rows(tmp_path / "sys-vs-ref-gpt-4-reviewer-threeclass.jsonl", [{"question_id": 1, "score": 1, "verdict": "threeclass"}])
+    result = run_relative(tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: no 10-point score pairs in these files (1 threeclass verdicts): relative scores need reviews written "
+        "with --verdict scores; qlora-elo rates the other kinds")

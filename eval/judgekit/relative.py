@@ -34,17 +34,20 @@ def _ratio(system_total, reference_total):
 
 def collect_pairs(judgments, reference):
     """``{system: [(question_id, shown_first, system_score, reference_score)]}`` and per-system
-    counts of unparsable verdicts; judgments without the reference are ignored."""
+    counts of unparsable verdicts; judgments without the reference, and verdicts of another kind
+    (other_kinds counts them), are ignored."""
     pairs, unparsable = {}, {}
     for judgment in judgments:
         if reference not in (judgment.model1, judgment.model2) or judgment.model1 == judgment.model2:
+            continue
+        if judgment.verdict != SCORES:
             continue
         shown_first = judgment.model2 == reference
         system = judgment.model1 if shown_first else judgment.model2
         pairs.setdefault(system, [])
         unparsable.setdefault(system, 0)
-        pair = score_pair(judgment.score) if judgment.verdict == SCORES else None
-        if pair is None:  # an unparsable reply, or a verdict of another kind: no scores to add up
+        pair = score_pair(judgment.score)
+        if pair is None:  # an unparsable reply: no scores to add up
             unparsable[system] += 1
             continue
         first, second = pair
@@ -93,3 +96,12 @@ def compute_relative_scores(judgments, reference, samples=BOOTSTRAP_SAMPLES, see
     rng = np.random.default_rng(seed)
     scores = [score_system(system, pairs[system], unparsable[system], samples, rng) for system in sorted(pairs)]
     return sorted(scores, key=lambda s: -s.score if s.score == s.score else float("inf"))
+
+
+def other_kinds(judgments):
+    """``{kind: count}`` of the verdicts that are not 10-point score pairs, which relative scores skip."""
+    counts = {}
+    for judgment in judgments:
+        if judgment.verdict != SCORES:
+            counts[judgment.verdict] = counts.get(judgment.verdict, 0) + 1
+    return counts

@@ -41,11 +41,17 @@ def _percent(value):
 def main(argv=None):
     args = parse_args(argv)
     files, judgments = cli.load_review_judgments(args)
+    others = relative.other_kinds(judgments)
+    described = ", ".join(f"{count} {kind}" for kind, count in sorted(others.items()))
+    if len(judgments) == sum(others.values()):
+        raise InputError(f"no 10-point score pairs in these files ({described} verdicts): relative scores need reviews "
+                         "written with --verdict scores; qlora-elo rates the other kinds")
     scores = relative.compute_relative_scores(judgments, args.reference, args.bootstrap, args.seed)
     if not scores:
         raise InputError(f"no judgment has {args.reference!r} as one of its two models")
     unparsable = sum(s.unparsable for s in scores)
-    print(f"{len(judgments)} judgments from {len(files)} files, {unparsable} unparsable skipped",
+    skipped = f", {described} verdicts of another kind skipped" if others else ""
+    print(f"{len(judgments)} judgments from {len(files)} files, {unparsable} unparsable skipped{skipped}",
           file=sys.stderr)
     if args.json:
         print(json.dumps([dataclasses.asdict(s) for s in scores], indent=2))
