@@ -35,9 +35,10 @@ def compute_dtype_for(bf16, fp16):
     return torch.float32
 
 
-def sharded_training(training_args):
-    """FSDP or DeepSpeed (ZeRO-3) shards the model itself: no device_map, 4-bit storage in bf16."""
-    return bool(training_args.fsdp or training_args.deepspeed or launched_sharded())
+def sharded_training(fsdp, deepspeed):
+    """FSDP or DeepSpeed (ZeRO-3) shards the model itself: no device_map, 4-bit storage in bf16.
+    fsdp, deepspeed: the Trainer's settings of those names (or an accelerate launch that sets them)."""
+    return bool(fsdp or deepspeed or launched_sharded())
 
 
 def base_loading_for_training(args, model_class=None):
@@ -66,7 +67,7 @@ def load_base_model(args, task=CAUSAL, loading=None, sharded=False):
                              attn_implementation=model_args.attn_implementation, **hub_kwargs(model_args))
 
 
-def prepare_base_for_training(model, training_args):
+def prepare_base_for_training(model, activation_checkpointing=False, activation_checkpointing_kwargs=None):
     """Freeze the base and set up activation checkpointing.
 
     peft's prepare_model_for_kbit_training would also upcast embeddings, head and norms to fp32,
@@ -75,8 +76,8 @@ def prepare_base_for_training(model, training_args):
     """
     for param in model.parameters():
         param.requires_grad_(False)
-    if training_args.activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=training_args.activation_checkpointing_kwargs)
+    if activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs)
         model.enable_input_require_grads()
 
 
@@ -88,7 +89,8 @@ def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, recor
     new_token_ids: the ids of --new_tokens in `tokenizer`; only their embedding (and head) rows
     train, and every saved adapter carries the tokenizer that names them."""
     lora_args = args.lora
-    prepare_base_for_training(model, args.training)
+    prepare_base_for_training(model, args.training.activation_checkpointing,
+                              args.training.activation_checkpointing_kwargs)
     targets = lora_target_modules(model, lora_args.lora_modules)
     if adapter_dir:
         conflicts = lora_conflicts(read_adapter_config(adapter_dir), lora_args, targets, compared_flags)
@@ -191,7 +193,7 @@ def load_model(args, tokenizer, task=CAUSAL, adapter_dir=None, template=None, ad
     template: the record of the prompt template trained with, saved beside every adapter.
     new_token_ids: the ids of the tokens --new_tokens added to the tokenizer (their rows train).
     """
-    sharded = sharded_training(args.training)
+    sharded = sharded_training(args.training.fsdp, args.training.deepspeed)
     if adapter_starts_run:
         loading = starting_adapter_base_loading(args, adapter_dir)
         logger.info("training on from the adapter %s (base: %s)", adapter_dir, loading.describe())
