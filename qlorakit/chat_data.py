@@ -24,6 +24,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from .data_cache import map_rows
 from .errors import ConversationError
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ TOOL_COLUMN = "tool_fields"
 # A template that never mentions these has no layout for tool calls: it would drop them or fail.
 TOOL_MARKS = re.compile(r"\btools\b|\btool_calls\b")
 TEXT_PART_TYPES = ("text", "input_text", "output_text")
+PART_TEXT_KEYS = ("text", "value")
 MEDIA_TAGS = ("<image>", "<video>", "<audio>")
 # The row number a conversation carries from formatting to tokenization, so errors can name it.
 ROW_COLUMN = "row_number"
@@ -89,6 +91,19 @@ def chat_template_help():
             "mentions tools or tool_calls.")
 
 
+def part_text(part, number):
+    """A text part's text: under "text" (OpenAI) or "value" (LLaMA-Factory's content lists).
+
+    >>> part_text({"type": "text", "value": "Bonjour"}, 1)
+    'Bonjour'
+    """
+    text = next((part[key] for key in PART_TEXT_KEYS if key in part), None)
+    if not isinstance(text, str):
+        raise ConversationError(f"message {number} has a text part without a string under "
+                                f"{' or '.join(PART_TEXT_KEYS)}: {part!r:.80}")
+    return text
+
+
 def message_text(content, number):
     """A message's text: a string, or the text parts of an OpenAI content list joined.
 
@@ -101,7 +116,7 @@ def message_text(content, number):
         if media:
             raise ConversationError(f"message {number} has a {media[0]!r} part: this trainer is text-only "
                                     "(text parts are joined; images and audio are not trained)")
-        content = "".join(part.get("text") or "" for part in content)
+        content = "".join(part_text(part, number) for part in content)
     if not isinstance(content, str):
         raise ConversationError(f"message {number} has a {type(content).__name__} content, not a string")
     tag = next((tag for tag in MEDIA_TAGS if tag in content), None)
@@ -526,18 +541,33 @@ PROBE_EXCHANGE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "cont
 PROBE_SYSTEM = "Answer in one word."
 
 
-def has_system_layout(choice, tokenizer):
-    """Whether the --chat_template `choice` writes a system turn as a system prompt: a named template
-    says so; any other does when it renders a probe system turn and keeps its text."""
-    name = template_name(choice, tokenizer)
-    if name in NAMED_TEMPLATES:
-        return NAMED_TEMPLATES[name].system_layout
-    template, _ = resolve_chat_template(name, tokenizer)
+def writes_system(tokenizer, template):
+    """Whether a Jinja chat template writes a system turn's text at all (many drop it without a word)."""
     try:
         text = render(tokenizer, template, [{"role": "system", "content": PROBE_SYSTEM}, *PROBE_EXCHANGE[:2]])
     except ConversationError:
         return False
     return PROBE_SYSTEM in text
+
+
+def has_system_layout(choice, tokenizer):
+    """Whether the --chat_template `choice` writes a system turn as a system prompt: a named template
+    says so; any other does when it writes a probe system turn's text."""
+    name = template_name(choice, tokenizer)
+    if name in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[name].system_layout
+    return writes_system(tokenizer, resolve_chat_template(name, tokenizer)[0])
+
+
+def warn_unwritten_system(dataset, tokenizer, template, source):
+    """Count the conversations whose system prompt the template would drop, and say so in one line."""
+    if writes_system(tokenizer, template):
+        return
+    with_system = sum(1 for messages in dataset["messages"] if messages and messages[0]["role"] == "system")
+    if with_system:
+        logger.warning("%s: %d of %d conversations have a system prompt that the chat template does not write (it "
+                       "has no system layout): they train without it; --chat_template guanaco writes it before "
+                       "the first turn", source, with_system, len(dataset))
 
 
 def own_tool_template(tokenizer, flag):
@@ -597,9 +627,9 @@ def tokenize_chat_dataset(dataset, tokenizer, template, max_len, source="convers
     if ROW_COLUMN not in dataset.column_names:
         dataset = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
     check_tool_layout(dataset, tokenizer, template, source)
-    tokenized = dataset.map(tokenize_conversations, batched=True, desc="Rendering and tokenizing conversations",
-                            fn_kwargs={"tokenizer": tokenizer, "template": template, "max_len": max_len,
-                                       "source": source})
+    warn_unwritten_system(dataset, tokenizer, template, source)
+    tokenized = map_rows(dataset, tokenize_conversations, batched=True, desc="Rendering and tokenizing conversations",
+                         fn_kwargs={"tokenizer": tokenizer, "template": template, "max_len": max_len, "source": source})
     kept = tokenized.filter(lambda length: length > 0, input_columns="length", desc="Dropping empty conversations")
     shortened, skipped = sum(tokenized["shortened"]), len(tokenized) - len(kept)
     if shortened or skipped:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from datasets import DatasetDict, Features, List, Value, concatenate_datasets, load_dataset
 
 from . import chat_data, moss
+from .data_cache import map_rows
 from .errors import DataError
 from .trained_template import template_record
 
@@ -520,8 +521,8 @@ def apply_format(dataset_dict, format_name, source):
         if unused and split == "train":
             logger.info("%s: columns not used by format %s: %s", source, format_name, ", ".join(unused))
         split_data = keep_kto_desirable(split_data, source, split)
-        formatted[split] = split_data.map(
-            format_checked_row, with_indices=True,
+        formatted[split] = map_rows(
+            split_data, format_checked_row, with_indices=True,
             fn_kwargs={"data_format": data_format, "needs": needs, "source": source, "split": split},
             remove_columns=[c for c in split_data.column_names if c not in FORMATTED_COLUMNS],
             features=CONVERSATION_FEATURES if "messages" in split_data.column_names else None,
@@ -600,7 +601,8 @@ def report_truncation(count, source_max_len, target_max_len, max_truncated_share
 
 def tokenize_dataset(dataset, tokenizer, source_max_len, target_max_len, max_truncated_share=1.0, split="train"):
     """Tokenized rows (source_ids, target_ids, length and the tokens each side lost), cuts logged."""
-    tokenized = dataset.map(
+    tokenized = map_rows(
+        dataset,
         tokenize_rows,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "source_max_len": source_max_len, "target_max_len": target_max_len},

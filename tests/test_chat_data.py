@@ -181,6 +181,37 @@ class TestRows:
         with pytest.raises(ConversationError, match=message):
             chat_data.normalize_conversation(row)
 
+    def test_text_parts_under_value_are_read_as_under_text(self):
+        # LLaMA-Factory's content lists keep a part's text under "value"; it was read as empty text.
+        row = {"messages": [{"role": "system", "content": [{"type": "text", "value": "Réponds en français."}]},
+                            {"role": "user", "content": [{"type": "text", "value": "Quelle heure"},
+                                                         {"type": "text", "text": " est-il ?"}]},
+                            {"role": "assistant", "content": [{"type": "text", "value": "Midi."}]}]}
+        assert [m["content"] for m in chat_data.normalize_conversation(row)] == [
+            "Réponds en français.", "Quelle heure est-il ?", "Midi."]
+
+    def test_a_text_part_without_text_is_one_line(self):
+        row = {"messages": [{"role": "user", "content": [{"type": "text", "txt": "q"}]},
+                            {"role": "assistant", "content": "a"}]}
+        with pytest.raises(ConversationError, match="message 1 has a text part without a string under text or value"):
+            chat_data.normalize_conversation(row)
+
+
+class TestSystemPrompts:
+    ROWS = [{"messages": CONVERSATION}, {"messages": CONVERSATION[1:3]}]
+
+    def test_a_template_that_drops_system_prompts_is_counted_in_the_log(self, tokenizer, caplog):
+        dataset = Dataset.from_list(self.ROWS)
+        with caplog.at_level(logging.WARNING, logger="qlorakit.chat_data"):
+            chat_data.tokenize_chat_dataset(dataset, tokenizer, EOS_AT_END_TEMPLATE.replace(
+                "{% for m in messages %}", "{% for m in messages if m['role'] != 'system' %}"), 64, source="rows.jsonl")
+        assert "rows.jsonl: 1 of 2 conversations have a system prompt that the chat template does not write" in caplog.text
+
+    def test_a_template_that_writes_them_says_nothing(self, tokenizer, caplog):
+        with caplog.at_level(logging.WARNING, logger="qlorakit.chat_data"):
+            chat_data.tokenize_chat_dataset(Dataset.from_list(self.ROWS), tokenizer, CHATML_TEMPLATE, 64)
+        assert "system prompt" not in caplog.text
+
 
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
