@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datasets import DatasetDict, Features, List, Value, concatenate_datasets, load_dataset
 
 from . import chat_data, moss
-from .errors import DataError
+from .errors import DataError, SkippedRow
 from .trained_template import template_record
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,9 @@ class DataFormat:
     hold strings. `detected` formats are chosen from a file's columns unless it has one of `unless`.
     `optional_system` is a column the format writes as the system turn only when the chat template
     has a system layout; otherwise it is named as not used (the rows train without it).
+    A format that `skips_rows` (its rows are conversations) leaves out a row that raises
+    errors.SkippedRow, counting such rows in the log (drop_skipped_rows); `counts` are (column, log
+    text with {} for the sum) of numbers its rows carry beside their messages, summed in the log.
     """
 
     format_row: Callable[[dict], dict]
@@ -145,6 +148,8 @@ class DataFormat:
     detected: bool = True
     unless: tuple[str, ...] = ()
     optional_system: str | None = None
+    skips_rows: bool = False
+    counts: tuple[tuple[str, str], ...] = ()
 
 
 FORMATS = {
@@ -163,8 +168,11 @@ FORMATS = {
     "firefly": DataFormat(format_firefly, (("conversation",),)),
     # MOSS-003 SFT rows; its meta_instruction (the same preamble in every row) is the system turn only
     # where the template has one: Firefly's conversion of these rows drops it too.
+    # Its plugin release has a few unreadable plugin calls: those rows are skipped, and counted.
     "moss": DataFormat(moss.format_moss, (("chat", "num_turns"),), ("meta_instruction",), text=("meta_instruction",),
-                       optional_system="meta_instruction"),
+                       optional_system="meta_instruction", skips_rows=True,
+                       counts=((moss.THOUGHTS_DROPPED, "turns with inner thoughts but no command: {}; their thoughts "
+                                                       "are dropped (only a tool-call turn carries them)"),)),
 }
 FORMATTED_COLUMNS = ("input", "output", "messages")
 # The columns of formatted conversations, given to datasets when a file has a `messages` column: its
@@ -172,6 +180,8 @@ FORMATTED_COLUMNS = ("input", "output", "messages")
 # and would not concatenate with another source's.
 CONVERSATION_FEATURES = Features({"messages": List({"role": Value("string"), "content": Value("string")}),
                                   chat_data.TOOL_COLUMN: Value("string"), chat_data.ROW_COLUMN: Value("int64")})
+# Why a row of a format that skips rows was left out (None for a kept row); dropped once counted.
+SKIP_COLUMN = "skipped_because"
 PREFERENCE_COLUMNS = ("chosen", "rejected")
 # Columns of images, audio or video: this trainer trains text only, and would drop them unseen.
 MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
@@ -458,7 +468,9 @@ def format_checked_row(row, index, data_format, needs, source, split):
     """One row through its format, checked before (fields) and after (something to train).
 
     A conversation keeps its row number, so a chat template that fails on it later names the row,
-    and its tool keys and definitions in one text column (chat_data.stored_conversation).
+    and its tool keys and definitions in one text column (chat_data.stored_conversation). A format
+    that skips rows gives each row SKIP_COLUMN: an unreadable row is an empty conversation that says
+    why (errors.SkippedRow), left out after formatting (drop_skipped_rows) so row numbers stay true.
     """
     try:
         check_row(row, data_format, needs)
@@ -468,9 +480,44 @@ def format_checked_row(row, index, data_format, needs, source, split):
         if "messages" not in formatted:
             return formatted
         tools = chat_data.row_tools(row.get("tools")) if "tools" in data_format.reads else []
-        return {**chat_data.stored_conversation(formatted["messages"], tools), chat_data.ROW_COLUMN: index}
+        stored = {**chat_data.stored_conversation(formatted["messages"], tools), chat_data.ROW_COLUMN: index}
     except chat_data.ConversationError as error:
+        if isinstance(error, SkippedRow) and data_format.skips_rows:
+            return {"messages": [], chat_data.TOOL_COLUMN: None, chat_data.ROW_COLUMN: index,
+                    **{column: 0 for column, _ in data_format.counts}, SKIP_COLUMN: str(error)}
         raise DataError(f"{source}: row {index + 1} of split {split!r}: {error}") from error
+    counts = {column: formatted[column] for column, _ in data_format.counts}
+    return {**stored, **counts, SKIP_COLUMN: None} if data_format.skips_rows else {**stored, **counts}
+
+
+# Row numbers a log line lists before it stops.
+LISTED_ROWS = 10
+
+
+def drop_skipped_rows(split_data, source, split):
+    """The split without the rows its format skipped, counted in one warning that lists them and says
+    why the first was skipped; a split whose every row was skipped is refused."""
+    skipped = [(row + 1, reason) for row, reason in zip(split_data[chat_data.ROW_COLUMN], split_data[SKIP_COLUMN])
+               if reason is not None]
+    if skipped and len(skipped) == len(split_data):
+        raise DataError(f"{source}: no row of split {split!r} could be read; row {skipped[0][0]}: {skipped[0][1]}")
+    if skipped:
+        listed = ", ".join(str(number) for number, _ in skipped[:LISTED_ROWS])
+        more = f" and {len(skipped) - LISTED_ROWS} more" if len(skipped) > LISTED_ROWS else ""
+        logger.warning("%s: %d of %d rows of split %r skipped, unreadable (rows %s%s); row %d: %s", source,
+                       len(skipped), len(split_data), split, listed, more, *skipped[0])
+        split_data = split_data.filter(lambda reason: reason is None, input_columns=SKIP_COLUMN,
+                                       desc="Dropping unreadable rows")
+    return split_data.remove_columns(SKIP_COLUMN)
+
+
+def report_counts(split_data, data_format, source, split):
+    """The split without its format's count columns, each sum that is not 0 in the log."""
+    for column, meaning in data_format.counts:
+        total = sum(split_data[column])
+        if total:
+            logger.info("%s: split %r: %s", source, split, meaning.format(total))
+    return split_data.remove_columns([column for column, _ in data_format.counts])
 
 
 def check_columns(columns, format_name, source):
@@ -509,9 +556,20 @@ def unused_columns(split_data, data_format):
     return [column for column in split_data.column_names if column not in reads]
 
 
+def formatted_features(split_data, data_format):
+    """The columns a split's formatted rows are written in, None where datasets may infer them: the
+    conversation columns for a file with `messages` (see CONVERSATION_FEATURES) or for a
+    format that skips rows (whose empty conversations say nothing of the columns' types)."""
+    if not data_format.skips_rows:
+        return CONVERSATION_FEATURES if "messages" in split_data.column_names else None
+    return Features({**CONVERSATION_FEATURES, **{column: Value("int64") for column, _ in data_format.counts},
+                     SKIP_COLUMN: Value("string")})
+
+
 def apply_format(dataset_dict, format_name, source):
-    """Turn every split into input/output rows or conversations; a bad row is named, and every
-    column the format does not read is named once in the log."""
+    """Turn every split into input/output rows or conversations; a bad row is named (a row a format
+    skips is counted in the log instead), and every column the format does not read is named once
+    in the log."""
     data_format = FORMATS[format_name]
     formatted = {}
     for split, split_data in dataset_dict.items():
@@ -520,12 +578,14 @@ def apply_format(dataset_dict, format_name, source):
         if unused and split == "train":
             logger.info("%s: columns not used by format %s: %s", source, format_name, ", ".join(unused))
         split_data = keep_kto_desirable(split_data, source, split)
-        formatted[split] = split_data.map(
+        formatted[split] = report_counts(split_data.map(
             format_checked_row, with_indices=True,
             fn_kwargs={"data_format": data_format, "needs": needs, "source": source, "split": split},
             remove_columns=[c for c in split_data.column_names if c not in FORMATTED_COLUMNS],
-            features=CONVERSATION_FEATURES if "messages" in split_data.column_names else None,
-        )
+            features=formatted_features(split_data, data_format),
+        ), data_format, source, split)
+        if data_format.skips_rows:
+            formatted[split] = drop_skipped_rows(formatted[split], source, split)
     return DatasetDict(formatted)
 
 
