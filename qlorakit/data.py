@@ -12,6 +12,7 @@ import gzip
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -381,24 +382,84 @@ def is_hub_id(dataset):
     return bool(owner and name) and "/" not in name and not os.path.splitext(dataset)[1]
 
 
+# What a JSON value is, as errors name it.
+JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+              bool: "true or false", type(None): "null"}
+# What may stand between the items of a JSON list.
+BETWEEN_ITEMS = re.compile(r"[\s,]*")
+
+
+def json_reason(error):
+    """A JSONDecodeError's reason with the column it points at, so that it reads whole.
+
+    >>> json_reason(json.JSONDecodeError("Unterminated string starting at", '{"a": "b', 6))
+    'Unterminated string starting at column 7'
+    >>> json_reason(json.JSONDecodeError("Expecting value", '{"a": }', 6))
+    'Expecting value at column 7'
+    """
+    return f"{error.msg}{'' if error.msg.endswith(' at') else ' at'} column {error.colno}"
+
+
+def whole_json_error(path, text, error):
+    """'path:line: invalid JSON (reason)' for a file read as one JSON document, saying when the file
+    stops before the document does (a download or copy cut short)."""
+    closing = {"[": "]", "{": "}"}.get(text.lstrip()[:1])
+    cut = ("; the file ends before its JSON does: cut short?"
+           if closing and not text.rstrip().endswith(closing) else "")
+    return f"{path}:{error.lineno}: invalid JSON ({json_reason(error)}){cut}"
+
+
+def non_object_item(path, text, items):
+    """'path:line: ...' for the first item of a JSON list that is not an object (a row), else None."""
+    decoder, position, line = json.JSONDecoder(), text.index("[") + 1, 1
+    for number, item in enumerate(items, start=1):
+        start = BETWEEN_ITEMS.match(text, position).end()
+        line += text.count("\n", position, start)
+        if not isinstance(item, dict):
+            return f"{path}:{line}: item {number} of the list is {JSON_KINDS[type(item)]}, not a JSON object (a row)"
+        _, end = decoder.raw_decode(text, start)
+        line, position = line + text.count("\n", start, end), end
+    return None
+
+
 def find_json_error(path):
-    """The first line of a JSON or JSON-lines file that does not parse, as 'path:line: reason'."""
+    """Why a JSON or JSON-lines file does not read as rows, as 'path:line: reason': the first line
+    that does not parse, or the first row that is not a JSON object; None when neither is found.
+
+    A file whose first line does not parse alone is one JSON document (an indented list or object),
+    and its error is the document's. Lines are split at newlines only: a JSON string may hold U+2028.
+    """
     with (gzip.open if path.lower().endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
         text = handle.read()
     try:
-        json.loads(text)
-        return None
-    except json.JSONDecodeError as whole_error:
-        if text.lstrip().startswith("["):
-            return f"{path}:{whole_error.lineno}: invalid JSON ({whole_error.msg})"
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+        whole = json.loads(text)
+    except json.JSONDecodeError as error:
+        whole_error = error
+    else:
+        if isinstance(whole, list):
+            return non_object_item(path, text, whole)
+        return None if isinstance(whole, dict) else f"{path}: {JSON_KINDS[type(whole)]}, not rows (JSON objects)"
+    if text.lstrip().startswith("["):
+        return whole_json_error(path, text, whole_error)
+    numbered = [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    for number, line in numbered:
         try:
-            json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as error:
-            return f"{path}:{number}: invalid JSON ({error.msg})"
+            if number == numbered[0][0]:
+                return whole_json_error(path, text, whole_error)
+            return f"{path}:{number}: invalid JSON ({json_reason(error)})"
+        if not isinstance(value, dict):
+            return (f"{path}:{number}: {JSON_KINDS[type(value)]}, not a JSON object: each line of a JSON-lines "
+                    "file is one row, an object of columns")
     return None
+
+
+def innermost_reason(error):
+    """The message of the error at the bottom of a chain (datasets wraps the reader's own error)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return str(error)
 
 
 def rows_under_a_key(split_data):
@@ -428,7 +489,10 @@ def load_local_dataset(path, field=None):
         reason = find_json_error(path) if builder == "json" else None
         if reason is None and field is not None:
             reason = f"{path}: no list of rows under the key {field!r} (--dataset_field)"
-        raise DataError(reason or f"{path}: could not be read ({error})") from error
+        if reason is None:
+            inner = innermost_reason(error)
+            reason = f"{path}: could not be read ({error}{'' if inner == str(error) else f': {inner}'})"
+        raise DataError(reason) from error
     return loaded
 
 
