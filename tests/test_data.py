@@ -3,6 +3,7 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
+from conftest import run_python
 from qlorakit import data
 from qlorakit.data import DataError
 
@@ -109,6 +110,16 @@ class TestBadInput:
         path.write_text('{\n  "data": [\n    {"input": "a", "output": "b"},\n  ]\n}\n')
         with pytest.raises(DataError, match=r"rows.json:4: invalid JSON \(Expecting value at column 3\)$"):
             data.load_raw_dataset(str(path), field="data")
+
+    def test_only_the_projects_line_reaches_stderr(self, tiny_model_dir, tmp_path):
+        """datasets logs its own error, counting rows from 0, before the load fails: it is silenced."""
+        path = tmp_path / "rows.jsonl"
+        path.write_text('{"input": "a", "output": "b"}\n{"input": "c", "output": }\n["e", "f"]\n')
+        result = run_python(["qlora.py", "--model_name_or_path", tiny_model_dir, "--dataset", str(path),
+                             "--output_dir", str(tmp_path / "out"), "--preview_data", "1"], check=False)
+        assert result.returncode == 2
+        assert [line for line in result.stderr.splitlines() if "rror" in line] == [
+            f"error: {path}:2: invalid JSON (Expecting value at column 26)"]
 
     def test_rows_missing_a_field_are_named(self, tmp_path):
         path = tmp_path / "rows.jsonl"
