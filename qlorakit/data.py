@@ -12,6 +12,7 @@ import gzip
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -19,7 +20,7 @@ from datasets import DatasetDict, Features, List, Value, concatenate_datasets, l
 
 from . import chat_data, moss
 from .data_cache import map_rows
-from .errors import DataError
+from .errors import DataError, SkippedRow
 from .trained_template import template_record
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,9 @@ class DataFormat:
     hold strings. `detected` formats are chosen from a file's columns unless it has one of `unless`.
     `optional_system` is a column the format writes as the system turn only when the chat template
     has a system layout; otherwise it is named as not used (the rows train without it).
+    A format that `skips_rows` (its rows are conversations) leaves out a row that raises
+    errors.SkippedRow, counting such rows in the log (drop_skipped_rows); `counts` are (column, log
+    text with {} for the sum) of numbers its rows carry beside their messages, summed in the log.
     """
 
     format_row: Callable[[dict], dict]
@@ -146,6 +150,8 @@ class DataFormat:
     detected: bool = True
     unless: tuple[str, ...] = ()
     optional_system: str | None = None
+    skips_rows: bool = False
+    counts: tuple[tuple[str, str], ...] = ()
 
 
 FORMATS = {
@@ -164,8 +170,11 @@ FORMATS = {
     "firefly": DataFormat(format_firefly, (("conversation",),)),
     # MOSS-003 SFT rows; its meta_instruction (the same preamble in every row) is the system turn only
     # where the template has one: Firefly's conversion of these rows drops it too.
+    # Its plugin release has a few unreadable plugin calls: those rows are skipped, and counted.
     "moss": DataFormat(moss.format_moss, (("chat", "num_turns"),), ("meta_instruction",), text=("meta_instruction",),
-                       optional_system="meta_instruction"),
+                       optional_system="meta_instruction", skips_rows=True,
+                       counts=((moss.THOUGHTS_DROPPED, "turns with inner thoughts but no command: {}; their thoughts "
+                                                       "are dropped (only a tool-call turn carries them)"),)),
 }
 FORMATTED_COLUMNS = ("input", "output", "messages")
 # The columns of formatted conversations, given to datasets when a file has a `messages` column: its
@@ -173,6 +182,8 @@ FORMATTED_COLUMNS = ("input", "output", "messages")
 # and would not concatenate with another source's.
 CONVERSATION_FEATURES = Features({"messages": List({"role": Value("string"), "content": Value("string")}),
                                   chat_data.TOOL_COLUMN: Value("string"), chat_data.ROW_COLUMN: Value("int64")})
+# Why a row of a format that skips rows was left out (None for a kept row); dropped once counted.
+SKIP_COLUMN = "skipped_because"
 PREFERENCE_COLUMNS = ("chosen", "rejected")
 # Columns of images, audio or video: this trainer trains text only, and would drop them unseen.
 MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
@@ -372,24 +383,84 @@ def is_hub_id(dataset):
     return bool(owner and name) and "/" not in name and not os.path.splitext(dataset)[1]
 
 
+# What a JSON value is, as errors name it.
+JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+              bool: "true or false", type(None): "null"}
+# What may stand between the items of a JSON list.
+BETWEEN_ITEMS = re.compile(r"[\s,]*")
+
+
+def json_reason(error):
+    """A JSONDecodeError's reason with the column it points at, so that it reads whole.
+
+    >>> json_reason(json.JSONDecodeError("Unterminated string starting at", '{"a": "b', 6))
+    'Unterminated string starting at column 7'
+    >>> json_reason(json.JSONDecodeError("Expecting value", '{"a": }', 6))
+    'Expecting value at column 7'
+    """
+    return f"{error.msg}{'' if error.msg.endswith(' at') else ' at'} column {error.colno}"
+
+
+def whole_json_error(path, text, error):
+    """'path:line: invalid JSON (reason)' for a file read as one JSON document, saying when the file
+    stops before the document does (a download or copy cut short)."""
+    closing = {"[": "]", "{": "}"}.get(text.lstrip()[:1])
+    cut = ("; the file ends before its JSON does: cut short?"
+           if closing and not text.rstrip().endswith(closing) else "")
+    return f"{path}:{error.lineno}: invalid JSON ({json_reason(error)}){cut}"
+
+
+def non_object_item(path, text, items):
+    """'path:line: ...' for the first item of a JSON list that is not an object (a row), else None."""
+    decoder, position, line = json.JSONDecoder(), text.index("[") + 1, 1
+    for number, item in enumerate(items, start=1):
+        start = BETWEEN_ITEMS.match(text, position).end()
+        line += text.count("\n", position, start)
+        if not isinstance(item, dict):
+            return f"{path}:{line}: item {number} of the list is {JSON_KINDS[type(item)]}, not a JSON object (a row)"
+        _, end = decoder.raw_decode(text, start)
+        line, position = line + text.count("\n", start, end), end
+    return None
+
+
 def find_json_error(path):
-    """The first line of a JSON or JSON-lines file that does not parse, as 'path:line: reason'."""
+    """Why a JSON or JSON-lines file does not read as rows, as 'path:line: reason': the first line
+    that does not parse, or the first row that is not a JSON object; None when neither is found.
+
+    A file whose first line does not parse alone is one JSON document (an indented list or object),
+    and its error is the document's. Lines are split at newlines only: a JSON string may hold U+2028.
+    """
     with (gzip.open if path.lower().endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
         text = handle.read()
     try:
-        json.loads(text)
-        return None
-    except json.JSONDecodeError as whole_error:
-        if text.lstrip().startswith("["):
-            return f"{path}:{whole_error.lineno}: invalid JSON ({whole_error.msg})"
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+        whole = json.loads(text)
+    except json.JSONDecodeError as error:
+        whole_error = error
+    else:
+        if isinstance(whole, list):
+            return non_object_item(path, text, whole)
+        return None if isinstance(whole, dict) else f"{path}: {JSON_KINDS[type(whole)]}, not rows (JSON objects)"
+    if text.lstrip().startswith("["):
+        return whole_json_error(path, text, whole_error)
+    numbered = [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    for number, line in numbered:
         try:
-            json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as error:
-            return f"{path}:{number}: invalid JSON ({error.msg})"
+            if number == numbered[0][0]:
+                return whole_json_error(path, text, whole_error)
+            return f"{path}:{number}: invalid JSON ({json_reason(error)})"
+        if not isinstance(value, dict):
+            return (f"{path}:{number}: {JSON_KINDS[type(value)]}, not a JSON object: each line of a JSON-lines "
+                    "file is one row, an object of columns")
     return None
+
+
+def innermost_reason(error):
+    """The message of the error at the bottom of a chain (datasets wraps the reader's own error)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return str(error)
 
 
 def rows_under_a_key(split_data):
@@ -419,7 +490,10 @@ def load_local_dataset(path, field=None):
         reason = find_json_error(path) if builder == "json" else None
         if reason is None and field is not None:
             reason = f"{path}: no list of rows under the key {field!r} (--dataset_field)"
-        raise DataError(reason or f"{path}: could not be read ({error})") from error
+        if reason is None:
+            inner = innermost_reason(error)
+            reason = f"{path}: could not be read ({error}{'' if inner == str(error) else f': {inner}'})"
+        raise DataError(reason) from error
     return loaded
 
 
@@ -459,7 +533,9 @@ def format_checked_row(row, index, data_format, needs, source, split):
     """One row through its format, checked before (fields) and after (something to train).
 
     A conversation keeps its row number, so a chat template that fails on it later names the row,
-    and its tool keys and definitions in one text column (chat_data.stored_conversation).
+    and its tool keys and definitions in one text column (chat_data.stored_conversation). A format
+    that skips rows gives each row SKIP_COLUMN: an unreadable row is an empty conversation that says
+    why (errors.SkippedRow), left out after formatting (drop_skipped_rows) so row numbers stay true.
     """
     try:
         check_row(row, data_format, needs)
@@ -469,9 +545,44 @@ def format_checked_row(row, index, data_format, needs, source, split):
         if "messages" not in formatted:
             return formatted
         tools = chat_data.row_tools(row.get("tools")) if "tools" in data_format.reads else []
-        return {**chat_data.stored_conversation(formatted["messages"], tools), chat_data.ROW_COLUMN: index}
+        stored = {**chat_data.stored_conversation(formatted["messages"], tools), chat_data.ROW_COLUMN: index}
     except chat_data.ConversationError as error:
+        if isinstance(error, SkippedRow) and data_format.skips_rows:
+            return {"messages": [], chat_data.TOOL_COLUMN: None, chat_data.ROW_COLUMN: index,
+                    **{column: 0 for column, _ in data_format.counts}, SKIP_COLUMN: str(error)}
         raise DataError(f"{source}: row {index + 1} of split {split!r}: {error}") from error
+    counts = {column: formatted[column] for column, _ in data_format.counts}
+    return {**stored, **counts, SKIP_COLUMN: None} if data_format.skips_rows else {**stored, **counts}
+
+
+# Row numbers a log line lists before it stops.
+LISTED_ROWS = 10
+
+
+def drop_skipped_rows(split_data, source, split):
+    """The split without the rows its format skipped, counted in one warning that lists them and says
+    why the first was skipped; a split whose every row was skipped is refused."""
+    skipped = [(row + 1, reason) for row, reason in zip(split_data[chat_data.ROW_COLUMN], split_data[SKIP_COLUMN])
+               if reason is not None]
+    if skipped and len(skipped) == len(split_data):
+        raise DataError(f"{source}: no row of split {split!r} could be read; row {skipped[0][0]}: {skipped[0][1]}")
+    if skipped:
+        listed = ", ".join(str(number) for number, _ in skipped[:LISTED_ROWS])
+        more = f" and {len(skipped) - LISTED_ROWS} more" if len(skipped) > LISTED_ROWS else ""
+        logger.warning("%s: %d of %d rows of split %r skipped, unreadable (rows %s%s); row %d: %s", source,
+                       len(skipped), len(split_data), split, listed, more, *skipped[0])
+        split_data = split_data.filter(lambda reason: reason is None, input_columns=SKIP_COLUMN,
+                                       desc="Dropping unreadable rows")
+    return split_data.remove_columns(SKIP_COLUMN)
+
+
+def report_counts(split_data, data_format, source, split):
+    """The split without its format's count columns, each sum that is not 0 in the log."""
+    for column, meaning in data_format.counts:
+        total = sum(split_data[column])
+        if total:
+            logger.info("%s: split %r: %s", source, split, meaning.format(total))
+    return split_data.remove_columns([column for column, _ in data_format.counts])
 
 
 def check_columns(columns, format_name, source):
@@ -510,9 +621,20 @@ def unused_columns(split_data, data_format):
     return [column for column in split_data.column_names if column not in reads]
 
 
+def formatted_features(split_data, data_format):
+    """The columns a split's formatted rows are written in, None where datasets may infer them: the
+    conversation columns for a file with `messages` (see CONVERSATION_FEATURES) or for a
+    format that skips rows (whose empty conversations say nothing of the columns' types)."""
+    if not data_format.skips_rows:
+        return CONVERSATION_FEATURES if "messages" in split_data.column_names else None
+    return Features({**CONVERSATION_FEATURES, **{column: Value("int64") for column, _ in data_format.counts},
+                     SKIP_COLUMN: Value("string")})
+
+
 def apply_format(dataset_dict, format_name, source):
-    """Turn every split into input/output rows or conversations; a bad row is named, and every
-    column the format does not read is named once in the log."""
+    """Turn every split into input/output rows or conversations; a bad row is named (a row a format
+    skips is counted in the log instead), and every column the format does not read is named once
+    in the log."""
     data_format = FORMATS[format_name]
     formatted = {}
     for split, split_data in dataset_dict.items():
@@ -521,12 +643,14 @@ def apply_format(dataset_dict, format_name, source):
         if unused and split == "train":
             logger.info("%s: columns not used by format %s: %s", source, format_name, ", ".join(unused))
         split_data = keep_kto_desirable(split_data, source, split)
-        formatted[split] = map_rows(
+        formatted[split] = report_counts(map_rows(
             split_data, format_checked_row, with_indices=True,
             fn_kwargs={"data_format": data_format, "needs": needs, "source": source, "split": split},
             remove_columns=[c for c in split_data.column_names if c not in FORMATTED_COLUMNS],
-            features=CONVERSATION_FEATURES if "messages" in split_data.column_names else None,
-        )
+            features=formatted_features(split_data, data_format),
+        ), data_format, source, split)
+        if data_format.skips_rows:
+            formatted[split] = drop_skipped_rows(formatted[split], source, split)
     return DatasetDict(formatted)
 
 

@@ -27,6 +27,12 @@ class ConversationError(InputError, ValueError):
     """A row that is not a usable conversation; the caller adds the file and row."""
 
 
+class SkippedRow(ConversationError):
+    """A row a format leaves out instead of refusing the file: known noise of a public dataset that
+    the user cannot fix (MOSS-003's unreadable plugin calls). The caller counts such rows in the log,
+    naming the first; a format that does not skip rows refuses it as any other bad row."""
+
+
 class ModelError(InputError, ValueError):
     """A base model that cannot be trained or loaded as asked."""
 

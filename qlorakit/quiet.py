@@ -46,6 +46,12 @@ KNOWN_LOG_RECORDS = (
                    "the optional `kernels` package would download a kernel from the hub; bitsandbytes' own runs"),
     KnownLogRecord("transformers.trainer_utils", r"The tokenizer has new PAD/BOS/EOS tokens",
                    "the model config takes the tokenizer's special tokens, the ones the data was built with"),
+    # datasets logs these just before it raises; its rows count from 0 and may not be the bad one.
+    KnownLogRecord("datasets.packaged_modules.json.json", r"Failed to load JSON from file",
+                   "the load then fails, and qlorakit.data says why in one line naming the file and, for a line "
+                   "that does not parse or is not an object, its line number"),
+    KnownLogRecord("datasets.packaged_modules.json.json", r"Failed to convert pandas DataFrame to Arrow Table",
+                   "the load then fails, and qlorakit.data says why in one line naming the file"),
 )
 
 

@@ -3,6 +3,7 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
+from conftest import run_python
 from qlorakit import data
 from qlorakit.data import DataError
 
@@ -80,6 +81,45 @@ class TestBadInput:
         path.write_text('{"input": "a", "output": "b"}\n{"input": "c", "output": }\n')
         with pytest.raises(DataError, match=r"rows.jsonl:2: invalid JSON"):
             data.load_raw_dataset(str(path))
+
+    @pytest.mark.parametrize("line, kind", [("[1, 2]", "an array"), ('"only text"', "a string"), ("7", "a number")])
+    def test_a_jsonl_line_that_is_not_an_object_is_named(self, tmp_path, line, kind):
+        path = tmp_path / "rows.jsonl"
+        path.write_text(f'{{"input": "a", "output": "b"}}\n\n{line}\n{{"input": "c", "output": "d"}}\n')
+        with pytest.raises(DataError) as raised:
+            data.load_raw_dataset(str(path))
+        assert str(raised.value) == (f"{path}:3: {kind}, not a JSON object: each line of a JSON-lines file is one "
+                                     "row, an object of columns")
+
+    def test_an_item_of_a_json_list_that_is_not_an_object_is_named(self, tmp_path):
+        path = tmp_path / "rows.json"
+        path.write_text('[\n  {"input": "a",\n   "output": "b"},\n  ["c", "d"],\n  {"input": "e", "output": "f"}\n]\n')
+        with pytest.raises(DataError, match=r"rows.json:4: item 2 of the list is an array, not a JSON object \(a row\)$"):
+            data.load_raw_dataset(str(path))
+
+    def test_a_cut_json_file_names_the_line_and_column_and_says_it_ends_early(self, tmp_path):
+        path = tmp_path / "rows.json"
+        path.write_text('[\n  {"instruction": "Name a colour.", "output": "Blue."},\n  {"instruction": "Name a fr')
+        with pytest.raises(DataError) as raised:
+            data.load_raw_dataset(str(path))
+        assert str(raised.value) == (f"{path}:3: invalid JSON (Unterminated string starting at column 19); the file "
+                                     "ends before its JSON does: cut short?")
+
+    def test_an_indented_json_object_is_named_at_its_bad_line(self, tmp_path):
+        path = tmp_path / "rows.json"
+        path.write_text('{\n  "data": [\n    {"input": "a", "output": "b"},\n  ]\n}\n')
+        with pytest.raises(DataError, match=r"rows.json:4: invalid JSON \(Expecting value at column 3\)$"):
+            data.load_raw_dataset(str(path), field="data")
+
+    def test_only_the_projects_line_reaches_stderr(self, tiny_model_dir, tmp_path):
+        """datasets logs its own error, counting rows from 0, before the load fails: it is silenced."""
+        path = tmp_path / "rows.jsonl"
+        path.write_text('{"input": "a", "output": "b"}\n{"input": "c", "output": }\n["e", "f"]\n')
+        result = run_python(["qlora.py", "--model_name_or_path", tiny_model_dir, "--dataset", str(path),
+                             "--output_dir", str(tmp_path / "out"), "--preview_data", "1"], check=False)
+        assert result.returncode == 2
+        assert [line for line in result.stderr.splitlines() if "rror" in line] == [
+            f"error: {path}:2: invalid JSON (Expecting value at column 26)"]
 
     def test_rows_missing_a_field_are_named(self, tmp_path):
         path = tmp_path / "rows.jsonl"

@@ -10,6 +10,7 @@ from datasets import Dataset
 
 from qlorakit import chat_data, data, moss
 from qlorakit.chat_data import ConversationError
+from qlorakit.errors import SkippedRow
 from qlorakit.config import DataArguments
 from test_chat_data import expected_mask
 from test_data_shapes import preview, trained_text, untrained_text, write_jsonl
@@ -104,8 +105,9 @@ class TestMossRows:
         (moss_row(EXCHANGES, num_turns=3), "row 2 of split 'train': has num_turns 3 but the turns turn_1, turn_2"),
         ({**moss_row(EXCHANGES[:1]), "chat": {"turn_1": {"Human": "<|Human|>: 你好<eoh>\n"}}},
          "row 2 of split 'train': turn_1 lacks its MOSS text"),
-        (moss_row(EXCHANGES, {"Commands": "<|Commands|>: Search(\"尤克里里\")<eoc>\n"}),
-         "row 2 of split 'train': turn_1 has commands but no tool responses"),
+        (moss_row(EXCHANGES, {"Thoughts": "<|Thoughts|>: 想一想<eot>\n"}),
+         "row 2 of split 'train': turn_1 has an unknown field 'Thoughts' (known: Human, Inner Thoughts, Commands, "
+         "Tool Responses, MOSS)"),
     ])
     def test_a_bad_row_is_named_in_one_line(self, tiny_model_dir, tmp_path, capsys, row, message):
         path = write_jsonl(tmp_path / "moss.jsonl", [moss_row(EXCHANGES), row])
@@ -282,5 +284,60 @@ class TestMossToolUse:
 
     def test_a_command_that_is_not_a_call_is_named(self):
         turn = {**self.PLUGIN_TURN, "Commands": "<|Commands|>: 搜索一下<eoc>\n"}
-        with pytest.raises(ConversationError, match="turn_1 has commands that are not Name"):
+        with pytest.raises(SkippedRow, match="turn_1 has commands that are not Name"):
             moss.format_moss(moss_row(EXCHANGES[:1], turn))
+
+    @pytest.mark.parametrize("commands", ["None", "None.", ""])
+    def test_thoughts_without_a_command_are_a_plain_turn_their_thoughts_dropped(self, commands):
+        """MOSS writes `Commands: None` for a turn that thinks but calls no plugin."""
+        turn = {"Inner Thoughts": "<|Inner Thoughts|>: 这是常识，不必搜索，直接回答。<eot>\n",
+                "Commands": f"<|Commands|>: {commands}<eoc>\n", "Tool Responses": "<|Results|>:\nNone\n<eor>\n"}
+        formatted = moss.format_moss(moss_row(EXCHANGES, turn))
+        assert formatted["messages"] == moss.format_moss(moss_row(EXCHANGES, NO_TOOL_FIELDS))["messages"]
+        assert formatted[moss.THOUGHTS_DROPPED] == 2
+
+    def test_thoughts_without_a_command_load_beside_plugin_turns_and_are_counted(self, tiny_model_dir, tmp_path,
+                                                                                 capsys, caplog):
+        thinking = {"Inner Thoughts": "<|Inner Thoughts|>: 用户问练习时间，凭经验回答即可。<eot>\n",
+                    "Commands": "<|Commands|>: None<eoc>\n", "Tool Responses": "<|Results|>: None<eor>\n"}
+        row = moss_row(EXCHANGES, self.PLUGIN_TURN)
+        row["chat"]["turn_2"] = moss_turn(*EXCHANGES[1], thinking)
+        template = tmp_path / "tools.jinja"
+        template.write_text(TOOL_TEMPLATE, encoding="utf-8")
+        path = write_jsonl(tmp_path / "moss.jsonl", [row])
+        with caplog.at_level(logging.INFO, logger="qlorakit.data"):
+            code, segments, _ = preview(tiny_model_dir, tmp_path, capsys, path, "--chat_template", str(template))
+        call = as_json({"name": "Search", "arguments": {"input": "尤克里里 价格"}})
+        assert code == 0 and trained_text(segments) == [f"需要查一下尤克里里的价格。<call>{call}</call></s>",
+                                                        f"{EXCHANGES[0][1]}</s>", f"{EXCHANGES[1][1]}</s>"]
+        assert "用户问练习时间" not in untrained_text(segments)
+        assert f"{path}: split 'train': turns with inner thoughts but no command: 1; their thoughts are dropped" \
+            in caplog.text
+
+    @pytest.mark.parametrize("fields, reason", [
+        ({"Commands": "<|Commands|>: 1. Search(\"尤克里里\")  # 先查价格<eoc>\n"},
+         "turn_2 has commands that are not Name(\"argument\")"),
+        ({"Tool Responses": "<|Results|>: None<eor>\n"}, "turn_2 has commands but no tool responses"),
+        ({"Commands": "<|Commands|>: None<eoc>\n"}, "turn_2 has tool responses but no commands"),
+    ])
+    def test_a_row_whose_plugin_use_cannot_be_read_is_skipped_and_counted(self, tokenizer, tmp_path, caplog,
+                                                                          fields, reason):
+        bad = moss_row(EXCHANGES, NO_TOOL_FIELDS)
+        bad["chat"]["turn_2"] = moss_turn(*EXCHANGES[1], {**self.PLUGIN_TURN, **fields})
+        good = [moss_row(EXCHANGES[:1], self.PLUGIN_TURN), moss_row(EXCHANGES, NO_TOOL_FIELDS)]
+        path = write_jsonl(tmp_path / "moss.jsonl", [good[0], bad, good[1], bad])
+        saved, tokenizer.chat_template = tokenizer.chat_template, TOOL_TEMPLATE
+        try:
+            with caplog.at_level(logging.INFO, logger="qlorakit.data"):
+                rows = tokenized_rows(path, tokenizer)
+            assert rows == tokenized_rows(write_jsonl(tmp_path / "good.jsonl", good), tokenizer)
+        finally:
+            tokenizer.chat_template = saved
+        assert f"{path}: 2 of 4 rows of split 'train' skipped, unreadable (rows 2, 4); row 2: {reason}" in caplog.text
+
+    def test_a_file_of_unreadable_rows_is_refused(self, tiny_model_dir, tmp_path, capsys):
+        turn = {**self.PLUGIN_TURN, "Tool Responses": "<|Results|>: None<eor>\n"}
+        path = write_jsonl(tmp_path / "moss.jsonl", [moss_row(EXCHANGES[:1], turn)] * 2)
+        code, _, error = preview(tiny_model_dir, tmp_path, capsys, path, "--chat_template", "guanaco")
+        assert code == 2 and error == (f"error: {path}: no row of split 'train' could be read; row 1: turn_1 has "
+                                       "commands but no tool responses: 'Search(\"尤克里里 价格\")'")
