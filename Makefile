@@ -34,8 +34,13 @@ demo: $(DEMO)/tiny-llama/config.json
 	$(DEMO_ANSWER) --adapter $(DEMO)/output/checkpoint-40/adapter_model
 	$(PY) scripts/plot_training.py $(DEMO)/output
 
+# Two pytest workers (pytest-xdist), one torch thread each: the suite is mostly tiny-model runs and
+# fresh interpreters, which two processes keep both cores of a CI machine busy with. Subprocesses
+# inherit OMP_NUM_THREADS, so a test's own qlora.py runs stay on one thread too.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
