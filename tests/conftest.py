@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny local LLaMA built once per test session (no download)."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,36 @@ def run_python(args, cwd=REPO_ROOT, check=True, timeout=600, env=None):
     if check and result.returncode != 0:
         raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+@pytest.fixture
+def run_in_process(capsys, monkeypatch):
+    """Run a command's console entry point (``module.console_main``) in this process, with the
+    arguments as its command line, from the checkout as run_python does; returns a CompletedProcess
+    with the exit status and what it printed.
+
+    For bad input that a command refuses in one line: the line and the exit status come from the
+    same code as in a fresh interpreter, without the seconds of importing torch and transformers
+    again. Warnings logged on the way reach stderr as in a command that configures no
+    logging (Python's last-resort handler; pytest's own log handlers would keep them off it).
+    Every command keeps tests that run it as a subprocess, for the console path.
+    """
+    def run(module, args):
+        monkeypatch.chdir(REPO_ROOT)
+        monkeypatch.setattr(sys, "argv", [module.__name__, *args])
+        capsys.readouterr()
+        root = logging.getLogger()
+        root.addHandler(logging.lastResort)
+        try:
+            status = module.console_main()
+        except SystemExit as stop:
+            status = stop.code
+        finally:
+            root.removeHandler(logging.lastResort)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([module.__name__, *args], 0 if status is None else status, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from conftest import run_python
 from qlorakit import SAMPLE_DATA_DIR
+from qlorakit.cli import train as train_cli
 
 ALPACA = os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json")
 STEPS = 3  # N
@@ -147,10 +148,11 @@ def test_a_checkpoint_in_the_output_dir_is_resumed_instead_and_that_is_said(tiny
     assert (interrupted / f"checkpoint-{STEPS + 1}" / "checkpoint_complete").is_file()
 
 
-def test_resume_from_checkpoint_pointed_at_an_adapter_names_the_adapter_flag(tiny_model_dir, first_run, tmp_path):
+def test_resume_from_checkpoint_pointed_at_an_adapter_names_the_adapter_flag(tiny_model_dir, first_run, tmp_path,
+                                                                             run_in_process):
     adapter = os.path.join(first_run, f"checkpoint-{STEPS}", "adapter_model")
-    result = run_python(["qlora.py", *flags(tiny_model_dir, tmp_path / "run", "--resume_from_checkpoint", adapter,
-                                            "--max_steps", "1")], check=False)
+    result = run_in_process(train_cli, flags(tiny_model_dir, tmp_path / "run", "--resume_from_checkpoint", adapter,
+                                             "--max_steps", "1"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and f"--adapter_name_or_path {adapter}" in last and "marker" not in last
@@ -160,9 +162,9 @@ def test_resume_from_checkpoint_pointed_at_an_adapter_names_the_adapter_flag(tin
     ("./no/such/adapter_model", "no adapter_config.json there"),
     ("nobody/no-such-adapter", "cannot read the adapter config"),  # offline: a hub id that cannot be fetched
 ])
-def test_an_adapter_that_is_not_there_is_one_line_before_the_base_loads(tiny_model_dir, tmp_path, adapter, message):
-    result = run_python(["qlora.py", *flags(tiny_model_dir, tmp_path / "run", "--adapter_name_or_path", adapter)],
-                        check=False)
+def test_an_adapter_that_is_not_there_is_one_line_before_the_base_loads(tiny_model_dir, tmp_path, run_in_process,
+                                                                        adapter, message):
+    result = run_in_process(train_cli, flags(tiny_model_dir, tmp_path / "run", "--adapter_name_or_path", adapter))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
     assert "trainable params" not in result.stdout

@@ -128,8 +128,10 @@ def test_other_precisions_train_and_save(tiny_model_dir, tmp_path, flags, adapte
     (("--bits", "3"), "--bits must be one of"),
     (("--lora_rnk", "8"), "lora_rnk"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, flags, message):
-    result = run_python(quick_flags(tiny_model_dir, str(tmp_path), *flags), check=False)
+def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, run_in_process, flags, message):
+    from qlorakit.cli import train
+
+    result = run_in_process(train, quick_flags(tiny_model_dir, str(tmp_path), *flags)[1:])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
