@@ -39,7 +39,7 @@ def run_in_process(capsys, monkeypatch):
     """
     def run(module, args):
         monkeypatch.chdir(REPO_ROOT)
-        monkeypatch.setattr(sys, "argv", [module.__name__, *args])
+        monkeypatch.setattr(sys, "argv", [os.path.basename(module.__file__), *args])  # argparse's prog
         capsys.readouterr()
         root = logging.getLogger()
         root.addHandler(logging.lastResort)

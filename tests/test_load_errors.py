@@ -91,7 +91,8 @@ class TestModelFolderWithoutWeights:
 
     def test_qlora_stops_in_one_line(self, no_weights_dir, tmp_path, run_in_process):
         result = run_in_process(train, ["--model_name_or_path", no_weights_dir, "--output_dir", str(tmp_path / "out"),
-                                        "--dataset", ALPACA, "--dataset_format", "alpaca", "--use_cpu", "--max_steps", "1"])
+                                        "--dataset", ALPACA, "--dataset_format", "alpaca", "--use_cpu",
+                                        "--max_steps", "1"])
         assert error_line(result) == (f"error: {no_weights_dir}: no model weights found in this folder "
                                       "(no *.safetensors or pytorch_model*.bin)")
 

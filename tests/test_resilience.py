@@ -79,10 +79,13 @@ def test_a_torn_checkpoint_is_skipped_for_the_previous_one(tiny_model_dir, tmp_p
     assert os.path.exists(os.path.join(output_dir, "checkpoint-4", "checkpoint_complete"))
 
 
-def test_an_explicit_incomplete_checkpoint_is_refused(tiny_model_dir, tmp_path):
+def test_an_explicit_incomplete_checkpoint_is_refused(tiny_model_dir, tmp_path, run_in_process):
+    from qlorakit.cli import train
+
     torn = tmp_path / "checkpoint-2"
     torn.mkdir()
-    result = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--resume_from_checkpoint", str(torn)), check=False)
+    flags = quick_flags(tiny_model_dir, str(tmp_path), "--resume_from_checkpoint", str(torn))
+    result = run_in_process(train, flags[1:])
     assert result.returncode == 2
     assert "no checkpoint_complete marker" in result.stderr.strip().splitlines()[-1]
 

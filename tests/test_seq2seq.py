@@ -49,11 +49,12 @@ def test_t5_trains_in_4bit_and_scores_mmlu(tmp_path):
     assert config["task_type"] == "SEQ_2_SEQ_LM"
 
 
-def test_chat_data_on_an_encoder_decoder_is_one_line_and_exit_2(tmp_path):
+def test_chat_data_on_an_encoder_decoder_is_one_line_and_exit_2(tmp_path, run_in_process):
+    from qlorakit.cli import train
     from test_model import build_tiny
 
     model_dir = build_tiny("t5", tmp_path / "t5")
-    result = run_python(["qlora.py", "--model_name_or_path", model_dir, "--output_dir", str(tmp_path / "run"),
-                         "--dataset", os.path.join(SAMPLE_DATA_DIR, "chat_sample.jsonl"), "--use_cpu"], check=False)
+    result = run_in_process(train, ["--model_name_or_path", model_dir, "--output_dir", str(tmp_path / "run"),
+                                    "--dataset", os.path.join(SAMPLE_DATA_DIR, "chat_sample.jsonl"), "--use_cpu"])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: chat data trains causal models")
