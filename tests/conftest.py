@@ -25,6 +25,13 @@ def run_python(args, cwd=REPO_ROOT, check=True, timeout=600, env=None):
     return result
 
 
+def torchrun(nproc_per_node=2):
+    """`python -m torch.distributed.run` on this machine, as arguments for run_python. --standalone
+    has the launcher's rendezvous bind a port of the system's choosing and hand it to the ranks, so
+    runs in parallel test processes never share a fixed port or race for a probed free one."""
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc_per_node)]
+
+
 @pytest.fixture
 def run_in_process(capsys, monkeypatch):
     """Run a command's console entry point (``module.console_main``) in this process, with the

@@ -10,9 +10,8 @@ import sys
 
 import pytest
 
-from conftest import run_python
+from conftest import run_python, torchrun
 from qlorakit import run_lock
-from test_distributed import free_port
 from test_qlora_cli import quick_flags
 
 
@@ -68,8 +67,8 @@ def test_a_locked_folder_refuses_a_second_run_on_every_rank(tiny_model_dir, tmp_
     assert single.returncode == 2
     assert single.stderr.strip().splitlines()[-1].startswith("error:")
     assert "locked" in single.stderr and f"pid {os.getpid()}" in single.stderr
-    parallel = run_python(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-                           *quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "1")], check=False, timeout=300)
+    parallel = run_python([*torchrun(2), *quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "1")], check=False,
+                          timeout=300)
     assert parallel.returncode != 0
     assert parallel.stderr.count(f"is locked by another run (pid {os.getpid()}") == 2  # both ranks, no hang
     assert not any(name.startswith("checkpoint-") for name in os.listdir(tmp_path))
