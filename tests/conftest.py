@@ -14,23 +14,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Tests that share a module- or class-scoped fixture form one xdist group (named after their
-    module): under `pytest -n 2 --dist loadgroup` (make test) they run on one worker, so the fixture
-    (a training run, six recipe scripts side by side, a built wheel) is built once rather than once
-    per worker that gets one of them. Every other test is handed out on its own."""
-    for item in items:
-        fixture_info = getattr(item, "_fixtureinfo", None)
-        if fixture_info is None:
-            continue
-        for name in item.fixturenames:
-            definitions = fixture_info.name2fixturedefs.get(name)
-            if definitions and definitions[-1].scope in ("class", "module", "package"):
-                item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-                break
-
-
 def run_python(args, cwd=REPO_ROOT, check=True, timeout=600, env=None):
     """Run a repo script as a user would; returns the CompletedProcess with text output."""
     result = subprocess.run(
