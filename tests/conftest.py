@@ -38,13 +38,14 @@ def run_in_process(capsys, monkeypatch):
     arguments as its command line, from the checkout as run_python does; returns a CompletedProcess
     with the exit status and what it printed.
 
-    For bad input that a command refuses in one line: the line and the exit status come from the
-    same code as in a fresh interpreter, without the seconds of importing torch and transformers
-    again. Warnings logged on the way reach stderr as in a command that configures no
-    logging (Python's last-resort handler; pytest's own log handlers would keep them off it).
-    Every command keeps tests that run it as a subprocess, for the console path.
+    For bad input that a command refuses in one line, and for runs whose files and printed lines
+    are what a test reads: they come from the same code as in a fresh interpreter, without the
+    seconds of importing torch and transformers again. Warnings logged on the way reach stderr as
+    in a command that configures no logging (Python's last-resort handler; pytest's own log
+    handlers would keep them off it); info lines do not. Every command keeps tests that run it as a
+    subprocess, for the console path. check: fail unless the exit status is 0, as run_python does.
     """
-    def run(module, args):
+    def run(module, args, check=False):
         monkeypatch.chdir(REPO_ROOT)
         monkeypatch.setattr(sys, "argv", [os.path.basename(module.__file__), *args])  # argparse's prog
         capsys.readouterr()
@@ -57,7 +58,10 @@ def run_in_process(capsys, monkeypatch):
         finally:
             root.removeHandler(logging.lastResort)
         out, err = capsys.readouterr()
-        return subprocess.CompletedProcess([module.__name__, *args], 0 if status is None else status, out, err)
+        status = 0 if status is None else status
+        if check and status != 0:
+            raise AssertionError(f"{module.__name__} failed ({status}):\n{out[-3000:]}\n{err[-6000:]}")
+        return subprocess.CompletedProcess([module.__name__, *args], status, out, err)
 
     return run
 

@@ -174,14 +174,18 @@ class TestOneLoader:
 
 @pytest.fixture(scope="module")
 def fp4_adapter(tiny_model_dir, tmp_path_factory):
-    """3 steps on the FP4 (no double quant) tiny base, fp32 compute, as qlora.py runs them."""
+    """3 steps on the FP4 (no double quant) tiny base, fp32 compute, by qlora.py's own entry point
+    (in this process: the run's files are what the tests read)."""
+    from qlorakit.cli import train
+
     output_dir = tmp_path_factory.mktemp("fp4-run")
-    run_python(["qlora.py", "--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir),
-                "--dataset", os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json"), "--dataset_format", "alpaca",
-                "--use_cpu", "--bits", "4", "--quant_type", "fp4", "--double_quant", "False",
-                "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--source_max_len", "32",
-                "--target_max_len", "32", "--lora_r", "8", "--learning_rate", "0.01", "--max_steps", "3",
-                "--save_steps", "3", "--seed", "0"])
+    status = train.main(["--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir),
+                         "--dataset", os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json"), "--dataset_format", "alpaca",
+                         "--use_cpu", "--bits", "4", "--quant_type", "fp4", "--double_quant", "False",
+                         "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+                         "--source_max_len", "32", "--target_max_len", "32", "--lora_r", "8", "--learning_rate", "0.01",
+                         "--max_steps", "3", "--save_steps", "3", "--seed", "0"])
+    assert status == 0
     return str(output_dir / "checkpoint-3" / "adapter_model")
 
 

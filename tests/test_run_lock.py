@@ -74,16 +74,18 @@ def test_a_locked_folder_refuses_a_second_run_on_every_rank(tiny_model_dir, tmp_
     assert not any(name.startswith("checkpoint-") for name in os.listdir(tmp_path))
 
 
-def test_a_resume_with_another_learning_rate_needs_consent(tiny_model_dir, tmp_path):
+def test_a_resume_with_another_learning_rate_needs_consent(tiny_model_dir, tmp_path, run_in_process):
+    from qlorakit.cli import train
+
     flags = ("--max_train_samples", "16", "--max_steps", "3", "--save_steps", "2")
     first = tmp_path / "first"
-    run_python(quick_flags(tiny_model_dir, str(first), *flags))
+    run_in_process(train, quick_flags(tiny_model_dir, str(first), *flags)[1:], check=True)
     assert not os.path.exists(first / run_lock.LOCK_FILE)  # released at the end
     resumed = tmp_path / "resumed"
     shutil.copytree(first, resumed, ignore=lambda folder, names: [
         name for name in names if folder == str(first) and name in ("completed", "checkpoint-3")])
     changed = [*flags, "--learning_rate", "0.002"]  # quick_flags trains at 0.003
-    refused = run_python(quick_flags(tiny_model_dir, str(resumed), *changed), check=False)
+    refused = run_in_process(train, quick_flags(tiny_model_dir, str(resumed), *changed)[1:])
     assert refused.returncode == 2
     assert "learning_rate 0.003 -> 0.002" in refused.stderr.strip().splitlines()[-1]
     agreed = run_python(quick_flags(tiny_model_dir, str(resumed), *changed, "--resume_with_changed_args", "True"))
