@@ -91,10 +91,10 @@ def test_a_bad_number_is_one_line_before_loading(tiny_model_dir, tmp_path, run_i
     assert not output_dir.exists() or os.listdir(output_dir) == []
 
 
-def test_an_output_dir_that_is_a_file_is_one_line(tiny_model_dir, tmp_path):
+def test_an_output_dir_that_is_a_file_is_one_line(tiny_model_dir, tmp_path, run_in_process):
     output_file = tmp_path / "taken"
     output_file.write_text("mine")
-    result = run_python(quick_flags(tiny_model_dir, str(output_file), "--max_steps", "1"), check=False)
+    result = run_in_process(train_cli, quick_flags(tiny_model_dir, str(output_file), "--max_steps", "1")[1:])
     assert_refused(result, "--output_dir")
     assert output_file.read_text() == "mine"
 
