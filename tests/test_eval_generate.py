@@ -16,7 +16,7 @@ GENERATION_FIELDS = {"question_id", "text", "category", "prompt", "generation", 
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_model_dir):
-    """The session's tiny model (scripts/make_tiny_model.py with its defaults); nothing here writes to it."""
+    """conftest's tiny_model_dir (scripts/make_tiny_model.py with its defaults); nothing here writes to it."""
     return Path(tiny_model_dir)
 
 
