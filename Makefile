@@ -34,8 +34,15 @@ demo: $(DEMO)/tiny-llama/config.json
 	$(DEMO_ANSWER) --adapter $(DEMO)/output/checkpoint-40/adapter_model
 	$(PY) scripts/plot_training.py $(DEMO)/output
 
+# Two pytest workers (pytest-xdist), one torch thread each: the suite is mostly tiny-model runs and
+# fresh interpreters, which two processes keep both cores of a CI machine busy with. Subprocesses
+# inherit OMP_NUM_THREADS, so a test's own qlora.py runs stay on one thread too. --dist loadfile
+# hands out whole test files: the module-scoped fixtures (training runs, six recipe scripts side by
+# side, a built wheel) are then built once, not once per worker that gets one of their tests.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -4,8 +4,9 @@
     python benchmarks/fault_injection.py --scenarios corrupt-optimizer mid-save-kill   # a few
 
 Every scenario trains the tiny LLaMA for 6 steps with a checkpoint every 2 (LoRA dropout on, so
-the RNG state matters) in an output folder of its own, does something bad to it, reruns the same
-command and compares the outcome with an uninterrupted run's:
+the RNG state matters; 16 micro-batches of 4 rows per step, qlora.py's default, unless
+--gradient_accumulation_steps says otherwise) in an output folder of its own, does something bad
+to it, reruns the same command and compares the outcome with an uninterrupted run's:
 
 - kill-N: SIGKILL at a random moment (uniform over the uninterrupted run's duration);
 - mid-save-kill: SIGKILL as soon as a checkpoint folder appears without its marker (a save
@@ -38,6 +39,8 @@ from safetensors.torch import load_file
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALPACA = os.path.join(REPO_ROOT, "qlorakit", "sample_data", "alpaca_sample.json")
 STEPS, SAVE_EVERY = 6, 2
+DEFAULT_ACCUMULATION = 16  # micro-batches per step: qlora.py's default
+ACCUMULATION = DEFAULT_ACCUMULATION  # main sets it from --gradient_accumulation_steps
 CORRUPTIONS = ("optimizer", "empty-optimizer", "trainer-state", "rng-state", "adapter-truncated",
                "adapter-byte", "adapter-dir")
 
@@ -48,7 +51,8 @@ def run_command(model_dir, output_dir):
             "--bf16", "True", "--per_device_train_batch_size", "4", "--source_max_len", "64",
             "--target_max_len", "64", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.1",
             "--learning_rate", "0.003", "--logging_steps", "1", "--seed", "0",
-            "--max_steps", str(STEPS), "--save_steps", str(SAVE_EVERY)]
+            "--gradient_accumulation_steps", str(ACCUMULATION), "--max_steps", str(STEPS),
+            "--save_steps", str(SAVE_EVERY)]
 
 
 def start(model_dir, output_dir, capture=True):
@@ -205,11 +209,15 @@ def parse_args(argv):
     parser.add_argument("--kills", type=int, default=20, help="random-moment SIGKILL scenarios")
     parser.add_argument("--scenarios", nargs="+", help="run only these (e.g. kill-0 mid-save-kill corrupt-optimizer)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=DEFAULT_ACCUMULATION,
+                        help=f"micro-batches per step of every run (default {DEFAULT_ACCUMULATION}, qlora.py's)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
+    global ACCUMULATION
     args = parse_args(argv)
+    ACCUMULATION = args.gradient_accumulation_steps
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="fault-injection-")
     model_dir = args.model_dir or os.path.join(work_dir, "tiny-model")
     if not os.path.isdir(model_dir):

@@ -17,9 +17,13 @@ from qlorakit import base_loading
 from qlorakit.adapter_paths import check_adapter, resolve_adapter
 from qlorakit.base_loading import (BaseLoading, add_base_loading_arguments, loading_overrides, read_base_loading,
                                    resolve_base_loading)
+from qlorakit.cli import chat, generate, guanaco_generate, merge_adapter
 from qlorakit.errors import ModelError
 
 MERGE = os.path.join(REPO_ROOT, "scripts", "merge_adapter.py")
+# The inference commands by the script that runs each from a checkout.
+COMMANDS = {"eval/generate.py": generate, "examples/guanaco_generate.py": guanaco_generate, "examples/chat.py": chat,
+            "scripts/merge_adapter.py": merge_adapter}
 
 
 class TestResolve:
@@ -171,14 +175,18 @@ class TestOneLoader:
 
 @pytest.fixture(scope="module")
 def fp4_adapter(tiny_model_dir, tmp_path_factory):
-    """3 steps on the FP4 (no double quant) tiny base, fp32 compute, as qlora.py runs them."""
+    """3 steps on the FP4 (no double quant) tiny base, fp32 compute, by qlora.py's own entry point
+    (in this process: the run's files are what the tests read)."""
+    from qlorakit.cli import train
+
     output_dir = tmp_path_factory.mktemp("fp4-run")
-    run_python(["qlora.py", "--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir),
-                "--dataset", os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json"), "--dataset_format", "alpaca",
-                "--use_cpu", "--bits", "4", "--quant_type", "fp4", "--double_quant", "False",
-                "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--source_max_len", "32",
-                "--target_max_len", "32", "--lora_r", "8", "--learning_rate", "0.01", "--max_steps", "3",
-                "--save_steps", "3", "--seed", "0"])
+    status = train.main(["--model_name_or_path", tiny_model_dir, "--output_dir", str(output_dir),
+                         "--dataset", os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json"), "--dataset_format", "alpaca",
+                         "--use_cpu", "--bits", "4", "--quant_type", "fp4", "--double_quant", "False",
+                         "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+                         "--source_max_len", "32", "--target_max_len", "32", "--lora_r", "8", "--learning_rate", "0.01",
+                         "--max_steps", "3", "--save_steps", "3", "--seed", "0"])
+    assert status == 0
     return str(output_dir / "checkpoint-3" / "adapter_model")
 
 
@@ -249,13 +257,13 @@ class TestMissingAdapter:
 
     @pytest.mark.parametrize("script", ["eval/generate.py", "examples/guanaco_generate.py", "examples/chat.py",
                                         "scripts/merge_adapter.py"])
-    def test_every_inference_path_says_it_in_one_line(self, script, tiny_model_dir, tmp_path):
+    def test_every_inference_path_says_it_in_one_line(self, script, tiny_model_dir, tmp_path, run_in_process):
         missing = str(tmp_path / "checkpoint-9" / "adapter_model")
         (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 1, "text": "Hi?", "category": "generic"}) + "\n")
         flags = {"eval/generate.py": ["--model", tiny_model_dir, "-q", str(tmp_path / "q.jsonl"), "-o", str(tmp_path / "o")],
                  "scripts/merge_adapter.py": ["--base_model", tiny_model_dir, "--output", str(tmp_path / "merged")]}
-        result = run_python([script, *flags.get(script, ["--model_name_or_path", tiny_model_dir]), "--adapter", missing],
-                            check=False)
+        result = run_in_process(COMMANDS[script], [*flags.get(script, ["--model_name_or_path", tiny_model_dir]),
+                                                   "--adapter", missing])
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1] == (
             f"error: {missing}: no adapter_config.json there (pass a checkpoint-N/adapter_model directory or a hub id)")
@@ -302,10 +310,11 @@ class TestRunFolderAsAdapter:
 
     @pytest.mark.parametrize("script", ["eval/generate.py", "examples/guanaco_generate.py", "examples/chat.py",
                                         "scripts/merge_adapter.py"])
-    def test_a_run_without_a_complete_checkpoint_is_one_line(self, script, tmp_path, random_adapter_dir):
+    def test_a_run_without_a_complete_checkpoint_is_one_line(self, script, tmp_path, random_adapter_dir,
+                                                             run_in_process):
         run = self.make_run(tmp_path / "run", random_adapter_dir, complete_steps=(), torn_steps=(5,))
         model_flag = "--base_model" if "merge" in script else "--model_name_or_path"
-        result = run_python([script, model_flag, "unused", "--adapter", run, "-q", "q", "-o", "o", "--output", "o"],
-                            check=False)
+        result = run_in_process(COMMANDS[script], [model_flag, "unused", "--adapter", run, "-q", "q", "-o", "o",
+                                                   "--output", "o"])
         assert result.returncode == 2
         assert f"{run}: no complete checkpoint in this run folder" in result.stderr.strip().splitlines()[-1]

@@ -9,6 +9,7 @@ from transformers import TrainerState, TrainingArguments
 
 from conftest import run_python
 from qlorakit import checkpoints
+from qlorakit.cli import train as train_cli
 from qlorakit.config import ArgumentError
 from test_config import parse
 from test_guards import assert_refused
@@ -89,14 +90,16 @@ def test_a_resumed_run_ends_on_the_best_checkpoint_found_before_it_stopped(best_
     assert "loaded as the final adapter" in resumed_log
 
 
-def test_early_stopping_stops_when_the_metric_stops_improving_and_saves_that_step(tiny_model_dir, tmp_path):
+def test_early_stopping_stops_when_the_metric_stops_improving_and_saves_that_step(tiny_model_dir, tmp_path,
+                                                                                   run_in_process):
     """The rig: no evaluation improves mmlu_loss by more than 100, so with patience 2 the third
     evaluation (step 3) stops training, between two scheduled saves (every 5 steps)."""
     output_dir = str(tmp_path)
-    result = run_python(quick_flags(
+    result = run_in_process(train_cli, quick_flags(
         tiny_model_dir, output_dir, "--max_steps", "10", *EVERY_STEP, "--save_steps", "5",
         "--do_mmlu_eval", "--mmlu_data_dir", MMLU_DIR, "--mmlu_dataset", "mmlu-zs", "--max_mmlu_samples", "8",
-        "--metric_for_best_model", "mmlu_loss", "--early_stopping_patience", "2", "--early_stopping_threshold", "100"))
+        "--metric_for_best_model", "mmlu_loss", "--early_stopping_patience", "2", "--early_stopping_threshold",
+        "100")[1:], check=True)
     state = read_json(os.path.join(output_dir, "trainer_state.json"))
     mmlu_losses = {entry["step"]: entry["mmlu_loss"] for entry in state["log_history"] if "mmlu_loss" in entry}
     assert state["global_step"] == 3 and sorted(mmlu_losses) == [1, 2, 3]
@@ -108,10 +111,10 @@ def test_early_stopping_stops_when_the_metric_stops_improving_and_saves_that_ste
             f"{best_step} (mmlu_loss {mmlu_losses[best_step]:.4g}), which has no checkpoint") in result.stdout
 
 
-def test_a_metric_the_evaluation_never_logs_stops_the_run_in_one_line(tiny_model_dir, tmp_path):
-    result = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "2", *EVERY_STEP,
-                                    "--load_best_model_at_end", "True", "--metric_for_best_model", "accuracy"),
-                        check=False)
+def test_a_metric_the_evaluation_never_logs_stops_the_run_in_one_line(tiny_model_dir, tmp_path, run_in_process):
+    result = run_in_process(train_cli, quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "2", *EVERY_STEP,
+                                                   "--load_best_model_at_end", "True",
+                                                   "--metric_for_best_model", "accuracy")[1:])
     assert_refused(result, "--metric_for_best_model accuracy", "logged no such metric", "eval_loss")
 
 

@@ -247,12 +247,12 @@ class TestConfigFiles:
         with pytest.raises(ArgumentError, match="unknown key 'lora_rnk' \\(did you mean 'lora_r'\\?\\)"):
             parse_arguments([str(path)])
 
-    def test_qlora_py_reports_it_in_one_line_with_exit_2(self, tmp_path):
-        from conftest import run_python
+    def test_qlora_py_reports_it_in_one_line_with_exit_2(self, tmp_path, run_in_process):
+        from qlorakit.cli import train
 
         path = tmp_path / "run.yaml"
         path.write_text("model_name_or_path: org/m\nlora_rnk: 8\n")
-        result = run_python(["qlora.py", str(path)], check=False)
+        result = run_in_process(train, [str(path)])
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines() == [f"error: {path}: unknown key 'lora_rnk' (did you mean 'lora_r'?)"]
 

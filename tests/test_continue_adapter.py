@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from conftest import run_python
 from qlorakit import SAMPLE_DATA_DIR
+from qlorakit.cli import train as train_cli
 
 ALPACA = os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json")
 STEPS = 3  # N
@@ -52,10 +53,10 @@ def warning_lines(result):
 
 @pytest.fixture(scope="module")
 def first_run(tiny_model_dir, tmp_path_factory):
-    """An N-step run: the adapter to continue from."""
+    """An N-step run (qlora.py's entry point, in this process): the adapter to continue from."""
     output_dir = tmp_path_factory.mktemp("first")
-    run_python(["qlora.py", *flags(tiny_model_dir, output_dir, *FIRST_RUN_LORA, "--max_steps", str(STEPS),
-                                   "--save_steps", str(STEPS))])
+    assert train_cli.main(flags(tiny_model_dir, output_dir, *FIRST_RUN_LORA, "--max_steps", str(STEPS),
+                                "--save_steps", str(STEPS))) == 0
     return output_dir
 
 
@@ -98,14 +99,15 @@ def test_continuing_n_steps_equals_a_straight_run_with_the_optimizer_reset_at_n(
     assert largest_gap(got, adapter_weights(first_run, STEPS)) > 1000 * TOLERANCE
 
 
-def test_the_adapters_lora_settings_win_and_the_flags_given_are_named_as_ignored(tiny_model_dir, first_run, tmp_path):
+def test_the_adapters_lora_settings_win_and_the_flags_given_are_named_as_ignored(tiny_model_dir, first_run, tmp_path,
+                                                                                 run_in_process):
     """The adapter has r 8, alpha 16, dropout 0 on every linear layer. Given: r 4 and dropout 0.1
     (differ), alpha 16 (agrees); --lora_modules is left at its default and not compared."""
     continued = tmp_path / "continued"
-    result = run_python(["qlora.py", *flags(tiny_model_dir, continued, "--adapter_name_or_path",
-                                            os.path.join(first_run, f"checkpoint-{STEPS}"), "--lora_r", "4",
-                                            "--lora_dropout", "0.1", "--lora_alpha", "16", "--max_steps", "1",
-                                            "--save_steps", "1")])
+    result = run_in_process(train_cli, flags(tiny_model_dir, continued, "--adapter_name_or_path",
+                                             os.path.join(first_run, f"checkpoint-{STEPS}"), "--lora_r", "4",
+                                             "--lora_dropout", "0.1", "--lora_alpha", "16", "--max_steps", "1",
+                                             "--save_steps", "1"), check=True)
     [line] = warning_lines(result)
     assert "lora_r=8 (flags: 4)" in line and "lora_dropout=0.0 (flags: 0.1)" in line and "ignored" in line
     assert "lora_alpha" not in line and "targets" not in line
@@ -116,7 +118,8 @@ def test_the_adapters_lora_settings_win_and_the_flags_given_are_named_as_ignored
     assert {tensor.shape[0] for name, tensor in trained.items() if "lora_A" in name} == {8}
 
 
-def test_the_base_loads_as_the_adapter_was_trained_unless_a_flag_says_otherwise(tiny_model_dir, first_run, tmp_path):
+def test_the_base_loads_as_the_adapter_was_trained_unless_a_flag_says_otherwise(tiny_model_dir, first_run, tmp_path,
+                                                                                 run_in_process):
     """The adapter's record says fp4 without double quant: fp4 stays (--quant_type not given),
     --double_quant True is given and wins, named in one line."""
     adapter = tmp_path / "adapter"
@@ -125,8 +128,9 @@ def test_the_base_loads_as_the_adapter_was_trained_unless_a_flag_says_otherwise(
     record = json.load(open(record_path))
     record_path.write_text(json.dumps({**record, "quant_type": "fp4", "double_quant": False}))
     continued = tmp_path / "continued"
-    result = run_python(["qlora.py", *flags(tiny_model_dir, continued, "--adapter_name_or_path", str(adapter),
-                                            "--double_quant", "True", "--max_steps", "1", "--save_steps", "1")])
+    result = run_in_process(train_cli, flags(tiny_model_dir, continued, "--adapter_name_or_path", str(adapter),
+                                             "--double_quant", "True", "--max_steps", "1", "--save_steps", "1"),
+                            check=True)
     [line] = [line for line in result.stderr.splitlines() if "trained on a base loaded with" in line]
     assert "double_quant=False (flags: True)" in line and "quant_type" not in line
     saved = json.load(open(continued / "checkpoint-1" / "adapter_model" / "base_loading.json"))
@@ -147,10 +151,11 @@ def test_a_checkpoint_in_the_output_dir_is_resumed_instead_and_that_is_said(tiny
     assert (interrupted / f"checkpoint-{STEPS + 1}" / "checkpoint_complete").is_file()
 
 
-def test_resume_from_checkpoint_pointed_at_an_adapter_names_the_adapter_flag(tiny_model_dir, first_run, tmp_path):
+def test_resume_from_checkpoint_pointed_at_an_adapter_names_the_adapter_flag(tiny_model_dir, first_run, tmp_path,
+                                                                             run_in_process):
     adapter = os.path.join(first_run, f"checkpoint-{STEPS}", "adapter_model")
-    result = run_python(["qlora.py", *flags(tiny_model_dir, tmp_path / "run", "--resume_from_checkpoint", adapter,
-                                            "--max_steps", "1")], check=False)
+    result = run_in_process(train_cli, flags(tiny_model_dir, tmp_path / "run", "--resume_from_checkpoint", adapter,
+                                             "--max_steps", "1"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and f"--adapter_name_or_path {adapter}" in last and "marker" not in last
@@ -160,9 +165,9 @@ def test_resume_from_checkpoint_pointed_at_an_adapter_names_the_adapter_flag(tin
     ("./no/such/adapter_model", "no adapter_config.json there"),
     ("nobody/no-such-adapter", "cannot read the adapter config"),  # offline: a hub id that cannot be fetched
 ])
-def test_an_adapter_that_is_not_there_is_one_line_before_the_base_loads(tiny_model_dir, tmp_path, adapter, message):
-    result = run_python(["qlora.py", *flags(tiny_model_dir, tmp_path / "run", "--adapter_name_or_path", adapter)],
-                        check=False)
+def test_an_adapter_that_is_not_there_is_one_line_before_the_base_loads(tiny_model_dir, tmp_path, run_in_process,
+                                                                        adapter, message):
+    result = run_in_process(train_cli, flags(tiny_model_dir, tmp_path / "run", "--adapter_name_or_path", adapter))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
     assert "trainable params" not in result.stdout

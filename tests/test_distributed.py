@@ -3,23 +3,16 @@
 import json
 import math
 import os
-import socket
 
 import pytest
-from conftest import run_python
+from conftest import run_python, torchrun
 from test_qlora_cli import quick_flags
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
 
 
 def test_two_process_data_parallel_run(tiny_model_dir, tmp_path):
     flags = quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "4", "--save_steps", "4",
                         "--lora_dropout", "0.1", "--do_eval", "--eval_dataset_size", "8", "--group_by_length")
-    result = run_python(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), *flags])
+    result = run_python([*torchrun(2), *flags])
     log = result.stdout + result.stderr
     assert log.count("world size: 2") == 1  # printed once, by rank 0
     assert log.count("--group_by_length True is read as --train_sampling_strategy group_by_length") == 1
@@ -51,8 +44,7 @@ def test_readme_command_without_a_gpu_is_data_parallel(tiny_model_dir, tmp_path)
     """Two ranks of batch 4 take the same steps as one process of batch 8: the same rows (the
     random sampler's order, sharded batch by batch), the same mean loss and the same update."""
     parallel, single = tmp_path / "parallel", tmp_path / "single"
-    result = run_python(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-                         *readme_flags(tiny_model_dir, str(parallel), "--max_steps", "3")])
+    result = run_python([*torchrun(2), *readme_flags(tiny_model_dir, str(parallel), "--max_steps", "3")])
     log = result.stdout + result.stderr
     assert log.count("no GPU or other accelerator found: training on the CPU") == 1
     assert "trained weights identical on all 2 ranks" in log

@@ -3,6 +3,7 @@
 from conftest import run_python
 
 from qlorakit.chat_data import TEMPLATE_CHOICES
+from qlorakit.cli import guanaco_generate
 
 
 def test_the_prompt_is_rendered_by_the_chosen_training_template(tiny_model_dir, random_adapter_dir, tmp_path):
@@ -17,8 +18,8 @@ def test_the_prompt_is_rendered_by_the_chosen_training_template(tiny_model_dir, 
     assert guanaco.stdout.startswith("### Human: Hi?### Assistant:")
 
 
-def test_a_template_that_is_no_choice_is_refused_before_loading(tmp_path):
-    result = run_python(["examples/guanaco_generate.py", "--model_name_or_path", str(tmp_path / "no-model"),
-                         "--chat_template", "missing.jinja"], check=False)
+def test_a_template_that_is_no_choice_is_refused_before_loading(tmp_path, run_in_process):
+    result = run_in_process(guanaco_generate, ["--model_name_or_path", str(tmp_path / "no-model"),
+                                               "--chat_template", "missing.jinja"])
     assert result.returncode == 2 and (f"'missing.jinja' is not {', '.join(TEMPLATE_CHOICES)}, tokenizer:NAME"
                                           in result.stderr.splitlines()[-1])

@@ -63,6 +63,7 @@ import shutil  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import run_python  # noqa: E402
+from qlorakit.cli import train as train_cli  # noqa: E402
 from test_qlora_cli import quick_flags  # noqa: E402
 
 
@@ -83,17 +84,17 @@ def assert_refused(result, *words):
     (("--learning_rate", "-0.001"), ("--learning_rate",)),
     (("--max_steps", "-5", "--num_train_epochs", "0"), ("0 steps",)),
 ])
-def test_a_bad_number_is_one_line_before_loading(tiny_model_dir, tmp_path, flags, words):
+def test_a_bad_number_is_one_line_before_loading(tiny_model_dir, tmp_path, run_in_process, flags, words):
     output_dir = tmp_path / "run"
-    result = run_python(quick_flags(tiny_model_dir, str(output_dir), "--max_steps", "1", *flags), check=False)
+    result = run_in_process(train_cli, quick_flags(tiny_model_dir, str(output_dir), "--max_steps", "1", *flags)[1:])
     assert_refused(result, *words)
     assert not output_dir.exists() or os.listdir(output_dir) == []
 
 
-def test_an_output_dir_that_is_a_file_is_one_line(tiny_model_dir, tmp_path):
+def test_an_output_dir_that_is_a_file_is_one_line(tiny_model_dir, tmp_path, run_in_process):
     output_file = tmp_path / "taken"
     output_file.write_text("mine")
-    result = run_python(quick_flags(tiny_model_dir, str(output_file), "--max_steps", "1"), check=False)
+    result = run_in_process(train_cli, quick_flags(tiny_model_dir, str(output_file), "--max_steps", "1")[1:])
     assert_refused(result, "--output_dir")
     assert output_file.read_text() == "mine"
 
@@ -104,10 +105,10 @@ def test_an_output_dir_that_is_a_file_is_one_line(tiny_model_dir, tmp_path):
     ("max_steps: 2.5", ("max_steps", "int")),
     ("learning_rate: fast", ("learning_rate", "float")),
 ])
-def test_a_config_file_value_of_the_wrong_type_is_one_line(tmp_path, line, words):
+def test_a_config_file_value_of_the_wrong_type_is_one_line(tmp_path, run_in_process, line, words):
     config = tmp_path / "run.yaml"
     config.write_text(f"model_name_or_path: {tmp_path}\noutput_dir: {tmp_path / 'run'}\n{line}\n")
-    assert_refused(run_python(["qlora.py", str(config)], check=False), str(config), *words)
+    assert_refused(run_in_process(train_cli, [str(config)]), str(config), *words)
 
 
 def test_a_config_file_number_written_as_yaml_string_is_read_as_a_number(tmp_path):
@@ -119,14 +120,15 @@ def test_a_config_file_number_written_as_yaml_string_is_read_as_a_number(tmp_pat
     assert args.training.learning_rate == 2e-4 and args.training.max_steps == 7
 
 
-def test_a_tokenizer_without_eos_is_refused_instead_of_training_the_text_none(tiny_model_dir, tmp_path):
+def test_a_tokenizer_without_eos_is_refused_instead_of_training_the_text_none(tiny_model_dir, tmp_path,
+                                                                            run_in_process):
     model_dir = tmp_path / "no-eos"
     shutil.copytree(tiny_model_dir, model_dir)
     for name, key in (("tokenizer_config.json", "eos_token"), ("config.json", "eos_token_id")):
         config = json.loads((model_dir / name).read_text())
         config[key] = None
         (model_dir / name).write_text(json.dumps(config))
-    result = run_python(quick_flags(str(model_dir), str(tmp_path / "run"), "--max_steps", "1"), check=False)
+    result = run_in_process(train_cli, quick_flags(str(model_dir), str(tmp_path / "run"), "--max_steps", "1")[1:])
     assert_refused(result, "eos")
 
 

@@ -9,13 +9,17 @@ import shutil
 
 import pytest
 
-from conftest import REPO_ROOT, run_python
+from conftest import run_python
 from qlorakit import SAMPLE_DATA_DIR
+from qlorakit.cli import chat, generate, guanaco_generate, merge_adapter, train
 from qlorakit.base_loading import base_difference, check_model_weights, read_base_loading
 from qlorakit.errors import ModelError
 
 ALPACA = os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json")
 OTHER_BASE_WARNING = "was trained on the base"
+# The commands by the script that runs each from a checkout.
+COMMANDS = {"qlora.py": train, "eval/generate.py": generate, "examples/guanaco_generate.py": guanaco_generate,
+            "examples/chat.py": chat, "scripts/merge_adapter.py": merge_adapter}
 
 
 def copy_model(source, destination, leave_out=()):
@@ -45,16 +49,20 @@ def no_weights_dir(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def other_base_dir(tmp_path_factory):
     """A tiny LLaMA of another width: the adapters of the tiny model do not fit it."""
+    from qlorakit.cli.make_tiny_model import make_tiny_model
+
     path = str(tmp_path_factory.mktemp("narrow-llama"))
-    run_python([os.path.join(REPO_ROOT, "scripts", "make_tiny_model.py"), path, "--hidden_size", "128"])
+    make_tiny_model(path, hidden_size=128)  # scripts/make_tiny_model.py PATH --hidden_size 128
     return path
 
 
 @pytest.fixture(scope="module")
 def other_vocab_dir(tmp_path_factory):
     """A tiny LLaMA of the same width and another vocabulary: the adapters load, silently wrong."""
+    from qlorakit.cli.make_tiny_model import make_tiny_model
+
     path = str(tmp_path_factory.mktemp("other-vocab-llama"))
-    run_python([os.path.join(REPO_ROOT, "scripts", "make_tiny_model.py"), path, "--vocab_size", "1024"])
+    make_tiny_model(path, vocab_size=1024)  # scripts/make_tiny_model.py PATH --vocab_size 1024
     return path
 
 
@@ -81,23 +89,24 @@ class TestModelFolderWithoutWeights:
         check_model_weights(tiny_model_dir)
         check_model_weights("huggyllama/llama-7b")
 
-    def test_qlora_stops_in_one_line(self, no_weights_dir, tmp_path):
-        result = run_python(["qlora.py", "--model_name_or_path", no_weights_dir, "--output_dir", str(tmp_path / "out"),
-                             "--dataset", ALPACA, "--dataset_format", "alpaca", "--use_cpu", "--max_steps", "1"],
-                            check=False)
+    def test_qlora_stops_in_one_line(self, no_weights_dir, tmp_path, run_in_process):
+        result = run_in_process(train, ["--model_name_or_path", no_weights_dir, "--output_dir", str(tmp_path / "out"),
+                                        "--dataset", ALPACA, "--dataset_format", "alpaca", "--use_cpu",
+                                        "--max_steps", "1"])
         assert error_line(result) == (f"error: {no_weights_dir}: no model weights found in this folder "
                                       "(no *.safetensors or pytorch_model*.bin)")
 
     @pytest.mark.parametrize("command", ["eval/generate.py", "examples/guanaco_generate.py", "examples/chat.py",
                                          "scripts/merge_adapter.py"])
-    def test_inference_commands_stop_in_one_line(self, command, no_weights_dir, random_adapter_dir, tmp_path):
+    def test_inference_commands_stop_in_one_line(self, command, no_weights_dir, random_adapter_dir, tmp_path,
+                                                 run_in_process):
         questions = tmp_path / "questions.jsonl"
         questions.write_text(json.dumps({"question_id": 1, "text": "Hi?"}) + "\n")
         flags = {"eval/generate.py": ["--model_name_or_path", no_weights_dir, "-q", str(questions),
                                       "-o", str(tmp_path / "answers.jsonl")],
                  "scripts/merge_adapter.py": ["--base_model", no_weights_dir, "--adapter", random_adapter_dir,
                                               "--output", str(tmp_path / "merged")]}
-        result = run_python([command, *flags.get(command, ["--model_name_or_path", no_weights_dir])], check=False)
+        result = run_in_process(COMMANDS[command], flags.get(command, ["--model_name_or_path", no_weights_dir]))
         assert error_line(result).startswith(f"error: {no_weights_dir}: no model weights found in this folder")
         assert not os.path.exists(tmp_path / "merged")
 
@@ -140,11 +149,11 @@ class TestAdapterWeightsThatDoNotMatchItsConfig:
         assert "rank 4 in the weights, r 8 in the config" in message and "\n" not in message
 
     @pytest.mark.parametrize("command", ["examples/guanaco_generate.py", "scripts/merge_adapter.py"])
-    def test_commands_stop_in_one_line(self, command, tiny_model_dir, r_edited_adapter_dir, tmp_path):
+    def test_commands_stop_in_one_line(self, command, tiny_model_dir, r_edited_adapter_dir, tmp_path, run_in_process):
         base_flag = "--base_model" if command.endswith("merge_adapter.py") else "--model_name_or_path"
         output = ["--output", str(tmp_path / "merged")] if command.endswith("merge_adapter.py") else []
-        result = run_python([command, base_flag, tiny_model_dir, "--adapter", r_edited_adapter_dir, *output],
-                            check=False)
+        result = run_in_process(COMMANDS[command], [base_flag, tiny_model_dir, "--adapter", r_edited_adapter_dir,
+                                                    *output])
         assert "its weights do not match its adapter_config.json (size mismatch" in error_line(result)
         assert OTHER_BASE_WARNING not in result.stderr  # the right base: only the adapter is wrong
 

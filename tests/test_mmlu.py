@@ -28,15 +28,17 @@ def test_missing_files_are_explained(tmp_path):
     assert mmlu_file(str(tmp_path), "mmlu-zs", "eval").endswith("zero_shot_mmlu_val.json")
 
 
-def mmlu_run(model_dir, output_dir, *flags):
+def mmlu_run(run_in_process, model_dir, output_dir, *flags):
+    """qlora.py with MMLU evaluation (its entry point, in this process); reads the run's JSON files by name."""
     import os
 
-    from conftest import run_python
+    from qlorakit.cli import train
     from test_qlora_cli import MMLU_DIR, quick_flags
 
-    run_python(quick_flags(model_dir, output_dir, "--do_eval", "--eval_dataset_size", "4",
-                           "--per_device_eval_batch_size", "4", "--do_mmlu_eval", "--mmlu_data_dir", MMLU_DIR,
-                           "--mmlu_dataset", "mmlu-zs", "--max_mmlu_samples", "4", *flags))
+    run_in_process(train, quick_flags(model_dir, output_dir, "--do_eval", "--eval_dataset_size", "4",
+                                      "--per_device_eval_batch_size", "4", "--do_mmlu_eval", "--mmlu_data_dir",
+                                      MMLU_DIR, "--mmlu_dataset", "mmlu-zs", "--max_mmlu_samples", "4", *flags)[1:],
+                   check=True)
     return lambda name: __import__("json").load(open(os.path.join(output_dir, name)))
 
 
@@ -44,8 +46,8 @@ def mmlu_run(model_dir, output_dir, *flags):
     (("--do_train", "False"), ("eval_results.json", "all_results.json", "metrics.json")),
     (("--max_steps", "1", "--save_steps", "1"), ("eval_results.json", "all_results.json", "metrics.json")),
 ])
-def test_mmlu_scores_are_in_the_saved_eval_metrics(tiny_model_dir, tmp_path, flags, files):
-    read = mmlu_run(tiny_model_dir, str(tmp_path), *flags)
+def test_mmlu_scores_are_in_the_saved_eval_metrics(tiny_model_dir, tmp_path, run_in_process, flags, files):
+    read = mmlu_run(run_in_process, tiny_model_dir, str(tmp_path), *flags)
     for name in files:
         metrics = read(name)
         assert 0.0 <= metrics["mmlu_eval_accuracy"] <= 1.0 and metrics["mmlu_loss"] > 0, name

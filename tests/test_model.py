@@ -184,13 +184,13 @@ class TestModelTask:
 
         assert model_task(AutoConfig.for_model(model_type), "m") == task
 
-    def test_neither_causal_nor_seq2seq_is_refused_before_loading(self, tmp_path):
+    def test_neither_causal_nor_seq2seq_is_refused_before_loading(self, tmp_path, run_in_process):
         from transformers import AutoConfig
 
-        from conftest import run_python
+        from qlorakit.cli import train
 
         AutoConfig.for_model("distilbert").save_pretrained(tmp_path)  # a config, no weights, no tokenizer
-        result = run_python(["qlora.py", "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "out"),
-                             "--dataset", "qlorakit/sample_data/alpaca_sample.json"], check=False)
+        result = run_in_process(train, ["--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "out"),
+                                        "--dataset", "qlorakit/sample_data/alpaca_sample.json"])
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "'distilbert' is neither a causal nor a seq2seq language model" in result.stderr.strip().splitlines()[-1]

@@ -115,8 +115,11 @@ def test_reloaded_adapter_reproduces_the_trained_logits(tiny_model_dir, tmp_path
     (("--bits", "4", "--quant_type", "fp4", "--double_quant", "False", "--bf16", "False", "--fp16"), True),
     (("--bits", "16", "--full_finetune"), False),
 ])
-def test_other_precisions_train_and_save(tiny_model_dir, tmp_path, flags, adapter):
-    run_python(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "2", "--save_steps", "2", *flags))
+def test_other_precisions_train_and_save(tiny_model_dir, tmp_path, run_in_process, flags, adapter):
+    from qlorakit.cli import train
+
+    run_in_process(train, quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "2", "--save_steps", "2",
+                                      *flags)[1:], check=True)
     checkpoint = tmp_path / "checkpoint-2"
     saved = "adapter_model/adapter_model.safetensors" if adapter else "model.safetensors"
     assert (checkpoint / saved).is_file() and (checkpoint / "checkpoint_complete").is_file()
@@ -128,42 +131,48 @@ def test_other_precisions_train_and_save(tiny_model_dir, tmp_path, flags, adapte
     (("--bits", "3"), "--bits must be one of"),
     (("--lora_rnk", "8"), "lora_rnk"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, flags, message):
-    result = run_python(quick_flags(tiny_model_dir, str(tmp_path), *flags), check=False)
+def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, run_in_process, flags, message):
+    from qlorakit.cli import train
+
+    result = run_in_process(train, quick_flags(tiny_model_dir, str(tmp_path), *flags)[1:])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
 
 
-def test_a_finished_run_predicts_with_its_own_adapter_config(trained_run, tiny_model_dir, tmp_path):
+def test_a_finished_run_predicts_with_its_own_adapter_config(trained_run, tiny_model_dir, tmp_path, run_in_process):
     """The reference's generate workflow: the same output_dir, --do_train False --do_predict True and
     no LoRA flags (defaults r 64, the run used r 8): the saved adapter is loaded as it was trained."""
     import shutil
+
+    from qlorakit.cli import train
 
     output_dir, _ = trained_run
     copy = str(tmp_path / "run")
     shutil.copytree(output_dir, copy)
     os.remove(os.path.join(copy, "predictions.jsonl"))
-    result = run_python(["qlora.py", "--model_name_or_path", tiny_model_dir, "--output_dir", copy,
-                         "--dataset", ALPACA, "--dataset_format", "alpaca", "--use_cpu", "--bf16",
-                         "--do_train", "False", "--do_predict", "True", "--eval_dataset_size", "8",
-                         "--per_device_eval_batch_size", "4", "--source_max_len", "64", "--max_new_tokens", "6"])
+    result = run_in_process(train, ["--model_name_or_path", tiny_model_dir, "--output_dir", copy,
+                                    "--dataset", ALPACA, "--dataset_format", "alpaca", "--use_cpu", "--bf16",
+                                    "--do_train", "False", "--do_predict", "True", "--eval_dataset_size", "8",
+                                    "--per_device_eval_batch_size", "4", "--source_max_len", "64",
+                                    "--max_new_tokens", "6"], check=True)
     warnings = [line for line in result.stderr.splitlines() if "was trained with" in line]
     assert len(warnings) == 1 and "lora_r=8 (flags: 64)" in warnings[0] and "lora_alpha" not in warnings[0]
     read = lambda path: [json.loads(line)["prediction"] for line in open(os.path.join(path, "predictions.jsonl"))]
     assert read(copy) == read(output_dir)  # greedy decoding with the same trained adapter
 
 
-def test_a_sentencepiece_only_checkpoint_trains(tmp_path):
+def test_a_sentencepiece_only_checkpoint_trains(tmp_path, run_in_process):
     """Early LLaMA conversions ship tokenizer.model and no tokenizer.json; transformers converts it
     (sentencepiece and protobuf from requirements.txt)."""
+    from qlorakit.cli import train
     from test_model import build_tiny
 
     model_dir = build_tiny("llama", tmp_path / "model", tokenizer_kind="sentencepiece")
     assert sorted(name for name in os.listdir(model_dir) if "token" in name) == ["tokenizer.model",
                                                                                  "tokenizer_config.json"]
     output_dir = str(tmp_path / "run")
-    run_python(quick_flags(model_dir, output_dir, "--max_steps", "2", "--save_steps", "2"))
+    run_in_process(train, quick_flags(model_dir, output_dir, "--max_steps", "2", "--save_steps", "2")[1:], check=True)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(output_dir)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, run_python
 from qlorakit import checkpoints
+from qlorakit.cli import train as train_cli
 from test_qlora_cli import quick_flags
 
 RESUME_FLAGS = ("--max_steps", "6", "--save_steps", "3", "--lora_dropout", "0.1", "--save_total_limit", "1")
@@ -63,9 +64,10 @@ def test_a_killed_run_resumes_to_the_same_losses_and_weights(tiny_model_dir, tmp
     assert sorted(p for p in os.listdir(killed) if p.startswith("checkpoint-")) == ["checkpoint-6"]
 
 
-def test_a_torn_checkpoint_is_skipped_for_the_previous_one(tiny_model_dir, tmp_path):
+def test_a_torn_checkpoint_is_skipped_for_the_previous_one(tiny_model_dir, tmp_path, run_in_process):
     output_dir = str(tmp_path)
-    run_python(quick_flags(tiny_model_dir, output_dir, "--max_steps", "3", "--save_steps", "3"))
+    run_in_process(train_cli, quick_flags(tiny_model_dir, output_dir, "--max_steps", "3", "--save_steps", "3")[1:],
+                   check=True)
     os.remove(os.path.join(output_dir, "completed"))
     torn = os.path.join(output_dir, "checkpoint-5")
     shutil.copytree(os.path.join(output_dir, "checkpoint-3"), torn)
@@ -79,18 +81,20 @@ def test_a_torn_checkpoint_is_skipped_for_the_previous_one(tiny_model_dir, tmp_p
     assert os.path.exists(os.path.join(output_dir, "checkpoint-4", "checkpoint_complete"))
 
 
-def test_an_explicit_incomplete_checkpoint_is_refused(tiny_model_dir, tmp_path):
+def test_an_explicit_incomplete_checkpoint_is_refused(tiny_model_dir, tmp_path, run_in_process):
     torn = tmp_path / "checkpoint-2"
     torn.mkdir()
-    result = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--resume_from_checkpoint", str(torn)), check=False)
+    flags = quick_flags(tiny_model_dir, str(tmp_path), "--resume_from_checkpoint", str(torn))
+    result = run_in_process(train_cli, flags[1:])
     assert result.returncode == 2
     assert "no checkpoint_complete marker" in result.stderr.strip().splitlines()[-1]
 
 
-def test_a_checkpoint_without_optimizer_state_is_not_resumed(tiny_model_dir, tmp_path):
+def test_a_checkpoint_without_optimizer_state_is_not_resumed(tiny_model_dir, tmp_path, run_in_process):
     """Resuming without optimizer.pt would silently change every later loss: fall back instead."""
     output_dir = str(tmp_path)
-    run_python(quick_flags(tiny_model_dir, output_dir, "--max_steps", "4", "--save_steps", "2"))
+    run_in_process(train_cli, quick_flags(tiny_model_dir, output_dir, "--max_steps", "4", "--save_steps", "2")[1:],
+                   check=True)
     os.remove(os.path.join(output_dir, "completed"))
     os.remove(os.path.join(output_dir, "checkpoint-4", "optimizer.pt"))
     result = run_python(quick_flags(tiny_model_dir, output_dir, "--max_steps", "5", "--save_steps", "5"))
@@ -126,13 +130,14 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_stops_in_one
     assert not checkpoints.is_complete(str(tmp_path / "checkpoint-4"))
 
 
-def test_a_checkpoint_saved_again_loses_its_marker_before_its_files_change(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_checkpoint_saved_again_loses_its_marker_before_its_files_change(tiny_model_dir, tmp_path, monkeypatch,
+                                                                          run_in_process):
     """Resumed from checkpoint-2, the run saves checkpoint-4 again; torn, it must not look complete."""
     from qlorakit.config import parse_arguments
     from qlorakit.train import setup_trainer
 
     flags = quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "4", "--save_steps", "2")
-    run_python(flags)
+    run_in_process(train_cli, flags[1:], check=True)
     arguments = parse_arguments([*flags[1:], "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")])
     trainer, _, _ = setup_trainer(arguments, str(tmp_path / "checkpoint-2"))
     fail_on_save(trainer, monkeypatch, 4)
@@ -221,10 +226,11 @@ def test_sigterm_checkpoints_the_current_step_and_resumes(tiny_model_dir, tmp_pa
 
 
 def test_fault_injection_short_form(tiny_model_dir, tmp_path, capsys):
-    """benchmarks/fault_injection.py's kill during a save (corruptions: test_checkpoints and the long form)."""
+    """benchmarks/fault_injection.py's kill during a save (corruptions: test_checkpoints and the long form),
+    with 2 micro-batches per step instead of 16: still accumulated steps to resume, 1/8 of the work."""
     import fault_injection
 
     status = fault_injection.main(["--model_dir", tiny_model_dir, "--work_dir", str(tmp_path),
-                                   "--scenarios", "mid-save-kill"])
+                                   "--scenarios", "mid-save-kill", "--gradient_accumulation_steps", "2"])
     assert "mid-save-kill: ok" in capsys.readouterr().out
     assert status == 0

@@ -10,9 +10,8 @@ import sys
 
 import pytest
 
-from conftest import run_python
+from conftest import run_python, torchrun
 from qlorakit import run_lock
-from test_distributed import free_port
 from test_qlora_cli import quick_flags
 
 
@@ -68,23 +67,25 @@ def test_a_locked_folder_refuses_a_second_run_on_every_rank(tiny_model_dir, tmp_
     assert single.returncode == 2
     assert single.stderr.strip().splitlines()[-1].startswith("error:")
     assert "locked" in single.stderr and f"pid {os.getpid()}" in single.stderr
-    parallel = run_python(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-                           *quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "1")], check=False, timeout=300)
+    parallel = run_python([*torchrun(2), *quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "1")], check=False,
+                          timeout=300)
     assert parallel.returncode != 0
     assert parallel.stderr.count(f"is locked by another run (pid {os.getpid()}") == 2  # both ranks, no hang
     assert not any(name.startswith("checkpoint-") for name in os.listdir(tmp_path))
 
 
-def test_a_resume_with_another_learning_rate_needs_consent(tiny_model_dir, tmp_path):
+def test_a_resume_with_another_learning_rate_needs_consent(tiny_model_dir, tmp_path, run_in_process):
+    from qlorakit.cli import train
+
     flags = ("--max_train_samples", "16", "--max_steps", "3", "--save_steps", "2")
     first = tmp_path / "first"
-    run_python(quick_flags(tiny_model_dir, str(first), *flags))
+    run_in_process(train, quick_flags(tiny_model_dir, str(first), *flags)[1:], check=True)
     assert not os.path.exists(first / run_lock.LOCK_FILE)  # released at the end
     resumed = tmp_path / "resumed"
     shutil.copytree(first, resumed, ignore=lambda folder, names: [
         name for name in names if folder == str(first) and name in ("completed", "checkpoint-3")])
     changed = [*flags, "--learning_rate", "0.002"]  # quick_flags trains at 0.003
-    refused = run_python(quick_flags(tiny_model_dir, str(resumed), *changed), check=False)
+    refused = run_in_process(train, quick_flags(tiny_model_dir, str(resumed), *changed)[1:])
     assert refused.returncode == 2
     assert "learning_rate 0.003 -> 0.002" in refused.stderr.strip().splitlines()[-1]
     agreed = run_python(quick_flags(tiny_model_dir, str(resumed), *changed, "--resume_with_changed_args", "True"))

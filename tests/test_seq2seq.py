@@ -5,7 +5,6 @@ import os
 
 import torch
 
-from conftest import run_python
 from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.collate import IGNORE_INDEX, Seq2SeqCollator
 from qlorakit.mmlu import answer_positions
@@ -27,20 +26,21 @@ def test_a_decoder_predicts_each_label_at_its_own_position():
     assert answer_positions(labels, shift=0).tolist() == [2, 0]
 
 
-def test_t5_trains_in_4bit_and_scores_mmlu(tmp_path):
+def test_t5_trains_in_4bit_and_scores_mmlu(tmp_path, run_in_process):
     """(Predicting and merging T5: tests/test_architectures.py.)"""
+    from qlorakit.cli import train
     from test_model import build_tiny
 
     model_dir = build_tiny("t5", tmp_path / "t5")
     output_dir = str(tmp_path / "run")
-    result = run_python([
-        "qlora.py", "--model_name_or_path", model_dir, "--output_dir", output_dir,
+    result = run_in_process(train, [
+        "--model_name_or_path", model_dir, "--output_dir", output_dir,
         "--dataset", os.path.join(SAMPLE_DATA_DIR, "alpaca_sample.json"), "--dataset_format", "alpaca",
         "--use_cpu", "--bf16", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
         "--source_max_len", "48", "--target_max_len", "16", "--lora_r", "4", "--max_steps", "2", "--save_steps", "2",
         "--do_eval", "--eval_strategy", "steps", "--eval_steps", "2", "--eval_dataset_size", "2",
         "--do_mmlu_eval", "--mmlu_data_dir", os.path.join(SAMPLE_DATA_DIR, "mmlu_sample"), "--mmlu_dataset", "mmlu-zs",
-        "--max_mmlu_samples", "8", "--per_device_eval_batch_size", "4"])
+        "--max_mmlu_samples", "8", "--per_device_eval_batch_size", "4"], check=True)
     assert "4-bit linear layers: 28 of 33 (not quantized: wo x4, lm_head)" in result.stdout
     history = json.load(open(os.path.join(output_dir, "checkpoint-2", "trainer_state.json")))["log_history"]
     mmlu = [entry for entry in history if "mmlu_eval_accuracy" in entry]
@@ -49,11 +49,12 @@ def test_t5_trains_in_4bit_and_scores_mmlu(tmp_path):
     assert config["task_type"] == "SEQ_2_SEQ_LM"
 
 
-def test_chat_data_on_an_encoder_decoder_is_one_line_and_exit_2(tmp_path):
+def test_chat_data_on_an_encoder_decoder_is_one_line_and_exit_2(tmp_path, run_in_process):
+    from qlorakit.cli import train
     from test_model import build_tiny
 
     model_dir = build_tiny("t5", tmp_path / "t5")
-    result = run_python(["qlora.py", "--model_name_or_path", model_dir, "--output_dir", str(tmp_path / "run"),
-                         "--dataset", os.path.join(SAMPLE_DATA_DIR, "chat_sample.jsonl"), "--use_cpu"], check=False)
+    result = run_in_process(train, ["--model_name_or_path", model_dir, "--output_dir", str(tmp_path / "run"),
+                                    "--dataset", os.path.join(SAMPLE_DATA_DIR, "chat_sample.jsonl"), "--use_cpu"])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: chat data trains causal models")

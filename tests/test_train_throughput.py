@@ -28,9 +28,10 @@ def test_reference_style_batches_hold_the_same_tokens_and_labels(tiny_model_dir)
 
 
 
-def test_ablation_runs_ours_twice_and_reports_one_json_line():
+def test_ablation_runs_ours_twice_and_reports_one_json_line(tiny_model_dir):
+    # --model_dir: tiny_model_dir is the model the cpu-tiny preset would build (make_tiny_model's defaults).
     result = run_python(["benchmarks/train_throughput.py", "--preset", "cpu-tiny", "--steps", "2", "--ours_batch", "8",
-                         "--ablate", "--norms_in_fp32 True", "--json"])
+                         "--ablate", "--norms_in_fp32 True", "--json", "--model_dir", tiny_model_dir])
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["ablate"] == "--norms_in_fp32 True" and len(report["speedups"]) == 1
     for name in ("ours", "baseline"):

@@ -7,9 +7,9 @@ import os
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import run_python
 from qlorakit import SAMPLE_DATA_DIR
 from qlorakit.chat_data import GUANACO_TEMPLATE, render
+from qlorakit.cli import generate, guanaco_generate, merge_adapter
 
 # Not the tiny tokenizer's own (Guanaco-like) template: a prompt rendered with anything else shows.
 ROLE_TAGS_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}"
@@ -72,9 +72,10 @@ def test_qlora_chat_prompts_as_trained(tiny_model_dir, trained_run, adapter_dir,
     assert f"prompt template: {trained_run[1]} (as trained, from " in result.stderr
 
 
-def test_qlora_guanaco_generate_prompts_as_trained(tiny_model_dir, adapter_dir, training_prompt):
-    result = run_python(["examples/guanaco_generate.py", "--model_name_or_path", tiny_model_dir, "--adapter",
-                         adapter_dir, "--question", QUESTION, "--temperature", "0", "--max_new_tokens", "1"])
+def test_qlora_guanaco_generate_prompts_as_trained(tiny_model_dir, adapter_dir, training_prompt, run_in_process):
+    result = run_in_process(guanaco_generate, ["--model_name_or_path", tiny_model_dir, "--adapter", adapter_dir,
+                                               "--question", QUESTION, "--temperature", "0", "--max_new_tokens", "1"],
+                            check=True)
     assert result.stdout.startswith(training_prompt)
     assert "as trained, from " + os.path.join(adapter_dir, "prompt_template.json") in result.stderr
 
@@ -88,19 +89,19 @@ def test_a_template_flag_wins_and_says_it_differs(tiny_model_dir, adapter_dir, c
     assert "prompt template: guanaco (--chat_template; differs from the " in capsys.readouterr().err
 
 
-def test_qlora_generate_prompts_as_trained(tiny_model_dir, adapter_dir, training_prompt, tmp_path):
+def test_qlora_generate_prompts_as_trained(tiny_model_dir, adapter_dir, training_prompt, tmp_path, run_in_process):
     questions = tmp_path / "questions.jsonl"
     questions.write_text(json.dumps({"question_id": 1, "text": QUESTION, "category": "generic"}) + "\n")
     output = tmp_path / "generations.jsonl"
-    result = run_python(["eval/generate.py", "--model_name_or_path", tiny_model_dir, "--adapter", adapter_dir,
-                         "-q", str(questions), "-o", str(output), "--max-new-tokens", "1"])
+    result = run_in_process(generate, ["--model_name_or_path", tiny_model_dir, "--adapter", adapter_dir,
+                                       "-q", str(questions), "-o", str(output), "--max-new-tokens", "1"], check=True)
     assert json.loads(output.read_text())["prompt"] == training_prompt
     assert "(as trained, from " in result.stderr
 
 
-def test_the_merged_tokenizer_carries_the_template(tiny_model_dir, adapter_dir, tmp_path):
-    result = run_python(["scripts/merge_adapter.py", "--base_model", tiny_model_dir, "--adapter", adapter_dir,
-                         "--output", str(tmp_path / "merged"), "--dtype", "fp32"])
+def test_the_merged_tokenizer_carries_the_template(tiny_model_dir, adapter_dir, tmp_path, run_in_process):
+    result = run_in_process(merge_adapter, ["--base_model", tiny_model_dir, "--adapter", adapter_dir,
+                                            "--output", str(tmp_path / "merged"), "--dtype", "fp32"], check=True)
     assert AutoTokenizer.from_pretrained(tmp_path / "merged").chat_template == ROLE_TAGS_TEMPLATE
     assert "chat template of the saved tokenizer: " in result.stdout
 
