@@ -20,15 +20,16 @@ QUESTIONS = [
 NEW_TOKENS = 12
 
 
+# How far a row's logits may move with the batch shape alone. bitsandbytes computes 4-bit matmuls
+# on AVX512-BF16 CPUs in bf16 whatever the compute dtype, so there a row's logits move by a bf16
+# rounding step (~2.5e-3 measured on the tiny model); elsewhere they move by ~5e-7 in fp32.
+# Padding handled wrongly (e.g. the attention mask dropped) moves them by more than 1.
+BATCH_SHAPE_NOISE = 1e-2
+
+
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model_dir, random_adapter_dir):
-    """The 4-bit tiny model with an adapter, loaded as the generation scripts load it.
-
-    fp32 compute: in bf16 a row's logits move by one rounding step (~8e-3) with the batch shape,
-    and the random tiny model's top two logits are often closer than that, so greedy choices
-    would flip for reasons that have nothing to do with padding. In fp32 the batch moves them by
-    ~5e-7, far below those gaps, and a difference in tokens means the padding is handled wrongly.
-    """
+    """The 4-bit tiny model with an adapter, loaded as the generation scripts load it (fp32 compute)."""
     return load_for_inference(tiny_model_dir, adapter=random_adapter_dir, compute_dtype=torch.float32)
 
 
@@ -40,16 +41,26 @@ def prompt_ids(tokenizer):
 
 
 def generate_greedy(model, tokenizer, batch):
-    """New tokens per row, up to and including eos (what follows is padding)."""
+    """(new tokens, the logits each was chosen from) per row, up to and including eos."""
     with torch.no_grad():
         output = model.generate(**batch, do_sample=False, max_new_tokens=NEW_TOKENS,
-                                pad_token_id=tokenizer.pad_token_id)
+                                pad_token_id=tokenizer.pad_token_id,
+                                return_dict_in_generate=True, output_logits=True)
+    logits = torch.stack(output.logits, dim=1)
     rows = []
-    for row in output[:, batch["input_ids"].shape[1]:].tolist():
+    for row, row_logits in zip(output.sequences[:, batch["input_ids"].shape[1]:].tolist(), logits):
         if tokenizer.eos_token_id in row:
             row = row[: row.index(tokenizer.eos_token_id) + 1]
-        rows.append(row)
+        rows.append((row, row_logits[: len(row)]))
     return rows
+
+
+def compared_steps(together, alone):
+    """Steps whose contexts are the same in both runs: up to and including the first token that differs."""
+    same = 0
+    while same < min(len(together), len(alone)) and together[same] == alone[same]:
+        same += 1
+    return min(same + 1, len(together), len(alone))
 
 
 def batch_from_collator(tokenizer, sources):
@@ -63,14 +74,34 @@ def batch_from_tokenizer(tokenizer, sources):
 
 @pytest.mark.parametrize("make_batch", [batch_from_collator, batch_from_tokenizer])
 def test_batched_left_padded_generation_equals_one_by_one(model_and_tokenizer, make_batch):
+    """Each row of a left-padded batch is generated from the logits it gets alone.
+
+    Tokens are compared up to the first that differs, logits up to and including it: a greedy
+    near-tie may flip with the batch-shape noise, after which the two contexts differ.
+    """
     model, tokenizer = model_and_tokenizer
     sources = prompt_ids(tokenizer)
     batch = make_batch(tokenizer, sources)
     assert (batch["input_ids"][:, 0] == tokenizer.pad_token_id).sum() >= 2, "the batch must hold left padding"
     together = generate_greedy(model, tokenizer, batch)
     alone = [generate_greedy(model, tokenizer, make_batch(tokenizer, [source]))[0] for source in sources]
-    assert together == alone
-    assert all(len(row) > 0 for row in alone)
+    for (tokens, logits), (alone_tokens, alone_logits) in zip(together, alone):
+        steps = compared_steps(tokens, alone_tokens)
+        assert steps >= 1
+        assert (logits[:steps] - alone_logits[:steps]).abs().max() < BATCH_SHAPE_NOISE
+    assert all(len(tokens) > 0 for tokens, _ in alone)
+
+
+def test_the_noise_bound_catches_padding_handled_wrongly(model_and_tokenizer):
+    """Without its attention mask a padded row's logits move far beyond BATCH_SHAPE_NOISE."""
+    model, tokenizer = model_and_tokenizer
+    batch = batch_from_collator(tokenizer, prompt_ids(tokenizer))
+    padded = batch["input_ids"][:, 0] == tokenizer.pad_token_id
+    with torch.no_grad():
+        masked = model(**batch).logits[:, -1]
+        unmasked = model(input_ids=batch["input_ids"]).logits[:, -1]
+    moved = (masked - unmasked).abs().amax(dim=-1)
+    assert (moved[padded] > 100 * BATCH_SHAPE_NOISE).all()
 
 
 class FixedDecoderModel:
