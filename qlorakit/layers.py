@@ -69,6 +69,20 @@ def find_linear_module_names(model):
     return sorted({short_name(name) for name, module in base_linear_layers(model) if module is not output_head})
 
 
+def keep_4bit_layers_trainable(model):
+    """Keep every 4-bit layer in the layout its backward pass needs.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for a faster bf16 kernel the
+    first time the layer runs in eval mode without gradients (an evaluation during training, the
+    MMLU callback) and keeps it repacked. That kernel has no backward, so every later training
+    step silently lost the gradient through the frozen base layers (the first layers' LoRA
+    gradients became zero) and computed them in bf16 whatever the compute dtype.
+    """
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def is_norm_layer(module):
     """LayerNorm, RMSNorm and the architectures' own norm classes (LlamaRMSNorm, T5LayerNorm, ...)."""
     return isinstance(module, NORM_TYPES) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))

@@ -194,3 +194,39 @@ class TestModelTask:
                                         "--dataset", "qlorakit/sample_data/alpaca_sample.json"])
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "'distilbert' is neither a causal nor a seq2seq language model" in result.stderr.strip().splitlines()[-1]
+
+
+def test_an_evaluation_forward_does_not_change_the_next_training_step(tiny_model_dir):
+    """An eval-mode forward without gradients (evaluation during training) leaves the base's 4-bit
+    layers as training needs them: the next step's gradients are the same as before it.
+
+    On CPUs with AVX512-BF16 bitsandbytes would repack the weights for an inference kernel without
+    a backward pass, and the gradients through the base were lost; elsewhere nothing is repacked.
+    """
+    from qlorakit.config import parse_arguments
+    from qlorakit.training_model import load_model
+
+    arguments = parse_arguments(["--model_name_or_path", tiny_model_dir, "--output_dir", "unused", "--use_cpu",
+                                 "--lora_r", "8", "--lora_dropout", "0"])
+    tokenizer = load_tokenizer(tiny_model_dir)
+    torch.manual_seed(0)
+    model = load_model(arguments, tokenizer)
+    for name, param in model.named_parameters():  # LoRA B starts at zero: make A's gradients non-zero
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    ids = torch.randint(3, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def gradients():
+        model.train()
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {name: param.grad.clone() for name, param in model.named_parameters() if param.requires_grad}
+
+    before = gradients()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    after = gradients()
+    assert before.keys() == after.keys()
+    assert all(before[name].abs().sum() > 0 for name in before)
+    assert all(torch.equal(before[name], after[name]) for name in before)
