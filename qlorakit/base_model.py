@@ -15,6 +15,7 @@ from .base_loading import weight_files
 from .checkpoints import safetensors_problem, torch_file_problem
 from .errors import ModelError
 from .launcher import local_rank, world_size
+from .layers import keep_4bit_weights_unpacked
 from .quantization import build_quantization_config, ensure_quantized
 
 CAUSAL, SEQ2SEQ = "causal", "seq2seq"
@@ -106,4 +107,6 @@ def load_base_weights(model_name_or_path, task, loading, dtype, quant_storage=to
     quantization_config = build_quantization_config(loading, quant_storage)
     model = load_weights(AUTO_MODEL_CLASSES[task], model_name_or_path, quantization_config=quantization_config,
                          dtype=dtype, **kwargs)
-    return ensure_quantized(model, quantization_config, model_name_or_path)
+    model = ensure_quantized(model, quantization_config, model_name_or_path)
+    keep_4bit_weights_unpacked(model)
+    return model

@@ -69,14 +69,15 @@ def find_linear_module_names(model):
     return sorted({short_name(name) for name, module in base_linear_layers(model) if module is not output_head})
 
 
-def keep_4bit_layers_trainable(model):
-    """Keep every 4-bit layer in the layout its backward pass needs.
+def keep_4bit_weights_unpacked(model):
+    """Keep every 4-bit layer's weight in bitsandbytes' standard layout, on every CPU.
 
-    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for a faster bf16 kernel the
-    first time the layer runs in eval mode without gradients (an evaluation during training, the
-    MMLU callback) and keeps it repacked. That kernel has no backward, so every later training
-    step silently lost the gradient through the frozen base layers (the first layers' LoRA
-    gradients became zero) and computed them in bf16 whatever the compute dtype.
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for a bf16 kernel the first time
+    the layer runs in eval mode without gradients, and keeps it repacked. That kernel has no
+    backward pass: after an evaluation during training, every later step silently lost the
+    gradient through the frozen base (the first layers' LoRA gradients became zero). It also
+    computes in bf16 whatever the compute dtype, so a loaded adapter's logits differed from the
+    ones it was trained with, and depended on the CPU.
     """
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):

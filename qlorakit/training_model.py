@@ -17,7 +17,7 @@ from .base_loading import (BASE_LOADING_FILE, base_loading_conflicts, base_loadi
                            config_fields, read_base_loading, resolve_base_loading, trained_settings)
 from .base_model import CAUSAL, hub_kwargs, load_base_weights, resolve_device_map
 from .launcher import launched_sharded
-from .layers import is_norm_layer, keep_4bit_layers_trainable
+from .layers import is_norm_layer
 from .errors import ModelError
 from .lora import (PEFT_TASK_TYPES, load_adapter, lora_conflicts, lora_target_modules, note_other_model_class,
                    adapter_tokenizer, read_adapter_config, save_adapter, trainable_token_layers, trained_token_ids)
@@ -68,7 +68,7 @@ def load_base_model(args, task=CAUSAL, loading=None, sharded=False):
 
 
 def prepare_base_for_training(model, activation_checkpointing=False, activation_checkpointing_kwargs=None):
-    """Freeze the base, keep its 4-bit layers differentiable, and set up activation checkpointing.
+    """Freeze the base and set up activation checkpointing.
 
     peft's prepare_model_for_kbit_training would also upcast embeddings, head and norms to fp32,
     a transient ~1 GB for a 7B model that cast_for_training undoes for the embeddings and head
@@ -76,7 +76,6 @@ def prepare_base_for_training(model, activation_checkpointing=False, activation_
     """
     for param in model.parameters():
         param.requires_grad_(False)
-    keep_4bit_layers_trainable(model)
     if activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs)
         model.enable_input_require_grads()
