@@ -337,6 +337,19 @@ def run(args):
             run_lock.release(lock)
 
 
+def check_completed_run_settings(args):
+    """A rerun of a finished run trains nothing. Asked to train with other settings than the run was
+    trained with (another dataset, learning rate, LoRA shape), it would hand back the old adapter as
+    if trained on them: refused in one line."""
+    output_dir = args.training.output_dir
+    saved = run_settings.read_settings(output_dir)
+    changed = run_settings.changed_settings(saved or {}, run_settings.training_settings(args))
+    if changed:
+        raise ArgumentError(f"{output_dir} holds a completed run trained with other settings ({', '.join(changed)}): "
+                            "pass another --output_dir to train with these, or --do_train False to evaluate or "
+                            "predict with its adapter")
+
+
 def completed_run_plan(training_args, checkpoint):
     """What a rerun of a finished run does instead of training, in words for the log."""
     tasks = [name for name, asked in (("evaluating", training_args.do_eval), ("predicting", training_args.do_predict))
@@ -375,6 +388,8 @@ def train_evaluate_predict(args):
     start_adapter = starting_adapter(args, resume_from)
     if training_args.do_train and not completed:
         check_resume_settings(args, resume_from)
+    elif training_args.do_train and resume_from:
+        check_completed_run_settings(args)
     if completed and resume_from and training_args.load_best_model_at_end:
         resume_from = checkpoints.best_checkpoint_of(resume_from) or resume_from
     trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from, start_adapter)
