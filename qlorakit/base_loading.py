@@ -9,7 +9,6 @@ Light on purpose (no torch import), so that command lines can parse their flags 
 heavy loads.
 """
 
-import argparse
 import dataclasses
 import glob
 import json
@@ -17,7 +16,7 @@ import os
 import re
 
 from .errors import ModelError
-from .jsonl import write_json_atomic
+from .jsonl import read_json_object, write_json_atomic
 
 BASE_LOADING_FILE = "base_loading.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's
@@ -140,8 +139,7 @@ def read_base_loading(adapter_dir):
     path = os.path.join(adapter_dir, BASE_LOADING_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as handle:
-        saved = json.load(handle)
+    saved = read_json_object(path)
     known = {field.name for field in dataclasses.fields(BaseLoading)}
     return BaseLoading(**{key: value for key, value in saved.items() if key in known})
 

@@ -36,6 +36,19 @@ def read_jsonl(path, tolerate_torn_tail=False):
             raise InputError(f"{path}:{number}: invalid JSON ({err})") from None
 
 
+def read_json_object(path):
+    """The JSON object a record file (base_loading.json, run_settings.json, ...) holds; a file damaged
+    by hand or by the disk is an ``InputError`` naming it, not a traceback."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
 def fsync_directory(path):
     descriptor = os.open(path, os.O_RDONLY)
     try:

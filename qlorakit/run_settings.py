@@ -40,8 +40,7 @@ def read_settings(run_dir):
     path = os.path.join(run_dir, SETTINGS_FILE)
     if not os.path.isfile(path):
         return None  # a run from before this file existed: nothing to compare
-    with open(path) as f:
-        return json.load(f)
+    return jsonl.read_json_object(path)
 
 
 def save_settings(run_dir, settings):

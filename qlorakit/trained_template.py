@@ -8,11 +8,10 @@ qlora-generate render with it unless their template flag names another; adapters
 file are prompted as before. Light on purpose (no torch import).
 """
 
-import json
 import os
 import sys
 
-from .jsonl import write_json_atomic
+from .jsonl import read_json_object, write_json_atomic
 
 TEMPLATE_FILE = "prompt_template.json"
 
@@ -32,8 +31,7 @@ def read_template_record(adapter_dir):
     path = os.path.join(os.path.expanduser(adapter_dir), TEMPLATE_FILE) if adapter_dir else ""
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return read_json_object(path)
 
 
 def inference_template(choice, tokenizer, adapter, flag, default=None, tools=None):

@@ -247,3 +247,32 @@ class TestAnotherBase:
         warnings = [line for line in result.stderr.splitlines() if OTHER_BASE_WARNING in line]
         assert len(warnings) == 1 and other_base_dir in warnings[0] and "hidden_size 256 vs 128" in warnings[0]
         assert not os.path.exists(tmp_path / "merged")
+
+
+class TestDamagedRecordFiles:
+    """The JSON records saved beside adapters and runs, damaged by hand or by the disk: one line
+    naming the file, never a traceback."""
+
+    @pytest.mark.parametrize("record", ["base_loading.json", "prompt_template.json"])
+    @pytest.mark.parametrize("damage", ['{"bits": 4', "[4, 16]"])
+    def test_inference_stops_in_one_line(self, record, damage, tiny_model_dir, recorded_adapter_dir, tmp_path,
+                                         run_in_process):
+        adapter = copy_model(recorded_adapter_dir, tmp_path / "adapter")
+        with open(os.path.join(adapter, record), "w") as handle:
+            handle.write(damage)
+        result = run_in_process(guanaco_generate, ["--model_name_or_path", tiny_model_dir, "--adapter", adapter,
+                                                   "--question", "Hi?", "--max_new_tokens", "2"])
+        assert result.returncode == 2
+        reason = "invalid JSON" if damage.startswith("{") else "expected a JSON object, found list"
+        assert error_line(result).startswith(f"error: {os.path.join(adapter, record)}: {reason}")
+
+    def test_a_resume_with_damaged_run_settings_stops_in_one_line(self, tiny_model_dir, tmp_path, run_in_process):
+        flags = ["--model_name_or_path", tiny_model_dir, "--output_dir", str(tmp_path), "--dataset", ALPACA,
+                 "--use_cpu", "--max_steps", "2", "--save_steps", "1", "--lora_r", "4",
+                 "--source_max_len", "32", "--target_max_len", "32"]
+        run_in_process(train, [*flags, "--max_steps", "1"], check=True)
+        os.remove(tmp_path / "completed")
+        (tmp_path / "run_settings.json").write_text('{"lora_r": 4, "dataset"')
+        result = run_in_process(train, flags)
+        assert result.returncode == 2
+        assert error_line(result).startswith(f"error: {tmp_path / 'run_settings.json'}: invalid JSON")

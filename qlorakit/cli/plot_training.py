@@ -8,7 +8,6 @@ OUTPUT_DIR/training_curves.png.
 """
 
 import argparse
-import json
 import os
 
 import matplotlib
@@ -18,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from qlorakit.checkpoints import list_checkpoints  # noqa: E402
 from qlorakit.errors import InputError, run_main  # noqa: E402
+from qlorakit.jsonl import read_json_object  # noqa: E402
 
 
 def find_trainer_state(run_dir):
@@ -77,8 +77,7 @@ def main(argv=None):
     parser.add_argument("--output", help="PNG path (default RUN_DIR/training_curves.png)")
     args = parser.parse_args(argv)
     state_path = find_trainer_state(args.run_dir)
-    with open(state_path) as handle:
-        curves = collect_curves(json.load(handle)["log_history"])
+    curves = collect_curves(read_json_object(state_path).get("log_history", []))
     if not curves:
         raise InputError(f"{state_path} has no logged losses yet")
     output = args.output or os.path.join(args.run_dir, "training_curves.png")

@@ -14,7 +14,7 @@ import functools
 import logging
 import uuid
 
-from judgekit import cli, client, records
+from judgekit import cli, client
 from qlorakit.errors import run_main
 from qlorakit.jsonl import load_done_keys
 from qlorakit.questions import load_questions
