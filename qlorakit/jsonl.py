@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 
 def read_jsonl(path, tolerate_torn_tail=False):
-    """Yield ``(line_number, row)`` for each JSON line of ``path``; blank lines are skipped.
+    """Yield ``(line_number, row)`` for each JSON object line of ``path``; blank lines are skipped.
 
     With ``tolerate_torn_tail`` a last line that lacks its newline and does not parse (a write
     cut short by a crash) is ignored with a warning; any other bad line is an ``InputError``
@@ -27,13 +27,16 @@ def read_jsonl(path, tolerate_torn_tail=False):
         if not raw.strip():
             continue
         try:
-            yield number, json.loads(raw)
+            row = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             is_tail = number == len(lines)  # the last piece has no newline after it
             if tolerate_torn_tail and is_tail:
                 logger.warning("%s:%d: ignoring a torn last line (interrupted write)", path, number)
                 return
             raise InputError(f"{path}:{number}: invalid JSON ({err})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object, found {type(row).__name__}")
+        yield number, row
 
 
 def read_json_object(path):

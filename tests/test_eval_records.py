@@ -36,6 +36,11 @@ class TestLoadQuestions:
         with pytest.raises(InputError, match=r"q.jsonl:2: invalid JSON"):
             questions.load_questions(path)
 
+    def test_a_line_that_is_no_object_names_file_and_line(self, tmp_path):
+        path = write_lines(tmp_path / "q.jsonl", [json.dumps({"question_id": 1, "text": "a"}), "[1, 2]"])
+        with pytest.raises(InputError, match=r"q.jsonl:2: expected a JSON object, found list"):
+            questions.load_questions(path)
+
     def test_missing_file(self, tmp_path):
         with pytest.raises(InputError, match="no such file"):
             questions.load_questions(tmp_path / "absent.jsonl")
