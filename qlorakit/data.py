@@ -21,6 +21,7 @@ from datasets import DatasetDict, Features, List, Value, concatenate_datasets, l
 from . import chat_data, moss
 from .data_cache import map_rows
 from .errors import DataError, SkippedRow
+from .jsonl import JSON_KINDS
 from .trained_template import template_record
 
 logger = logging.getLogger(__name__)
@@ -383,9 +384,6 @@ def is_hub_id(dataset):
     return bool(owner and name) and "/" not in name and not os.path.splitext(dataset)[1]
 
 
-# What a JSON value is, as errors name it.
-JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
-              bool: "true or false", type(None): "null"}
 # What may stand between the items of a JSON list.
 BETWEEN_ITEMS = re.compile(r"[\s,]*")
 

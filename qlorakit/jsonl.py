@@ -11,6 +11,10 @@ from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
+# What a JSON value is, as errors name it.
+JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+              bool: "true or false", type(None): "null"}
+
 
 def read_jsonl(path, tolerate_torn_tail=False):
     """Yield ``(line_number, row)`` for each JSON object line of ``path``; blank lines are skipped.
@@ -35,7 +39,7 @@ def read_jsonl(path, tolerate_torn_tail=False):
                 return
             raise InputError(f"{path}:{number}: invalid JSON ({err})") from None
         if not isinstance(row, dict):
-            raise InputError(f"{path}:{number}: expected a JSON object, found {type(row).__name__}")
+            raise InputError(f"{path}:{number}: {JSON_KINDS[type(row)]}, not a JSON object (a row)")
         yield number, row
 
 
@@ -48,7 +52,7 @@ def read_json_object(path):
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: invalid JSON ({err})") from None
     if not isinstance(value, dict):
-        raise InputError(f"{path}: expected a JSON object, found {type(value).__name__}")
+        raise InputError(f"{path}: {JSON_KINDS[type(value)]}, not a JSON object")
     return value
 
 

@@ -38,7 +38,7 @@ class TestLoadQuestions:
 
     def test_a_line_that_is_no_object_names_file_and_line(self, tmp_path):
         path = write_lines(tmp_path / "q.jsonl", [json.dumps({"question_id": 1, "text": "a"}), "[1, 2]"])
-        with pytest.raises(InputError, match=r"q.jsonl:2: expected a JSON object, found list"):
+        with pytest.raises(InputError, match=r"q.jsonl:2: an array, not a JSON object \(a row\)$"):
             questions.load_questions(path)
 
     def test_missing_file(self, tmp_path):

@@ -263,7 +263,7 @@ class TestDamagedRecordFiles:
         result = run_in_process(guanaco_generate, ["--model_name_or_path", tiny_model_dir, "--adapter", adapter,
                                                    "--question", "Hi?", "--max_new_tokens", "2"])
         assert result.returncode == 2
-        reason = "invalid JSON" if damage.startswith("{") else "expected a JSON object, found list"
+        reason = "invalid JSON" if damage.startswith("{") else "an array, not a JSON object"
         assert error_line(result).startswith(f"error: {os.path.join(adapter, record)}: {reason}")
 
     def test_a_resume_with_damaged_run_settings_stops_in_one_line(self, tiny_model_dir, tmp_path, run_in_process):
