@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 
 from .base_loading import ADAPTER_CONFIG_FILE, BASE_LOADING_FILE
 from .errors import CheckpointError, InputError
-from .jsonl import fsync_directory, write_json_atomic, write_text_atomic
+from .jsonl import fsync_directory, give_default_modes, write_json_atomic, write_text_atomic
 from .trained_template import TEMPLATE_FILE
 
 logger = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ def fsync_tree(root):
 
 def finalize_checkpoint(checkpoint_dir, adapter_tokenizer=None):
     """Move the adapter into adapter_model/ (reference layout), save adapter_tokenizer there when
-    given, fsync everything, then write the marker with the manifest."""
+    given, give every file the umask's mode, fsync everything, then write the marker with the manifest."""
     adapter_dir = os.path.join(checkpoint_dir, ADAPTER_DIR)
     present = [name for name in ADAPTER_FILES if os.path.isfile(os.path.join(checkpoint_dir, name))]
     if present:
@@ -318,6 +318,7 @@ def finalize_checkpoint(checkpoint_dir, adapter_tokenizer=None):
             os.replace(os.path.join(checkpoint_dir, name), os.path.join(adapter_dir, name))
         if adapter_tokenizer is not None:
             adapter_tokenizer.save_pretrained(adapter_dir)
+    give_default_modes(checkpoint_dir)
     fsync_tree(checkpoint_dir)
     write_json_atomic(os.path.join(checkpoint_dir, COMPLETE_MARKER), build_manifest(checkpoint_dir))
 
@@ -379,6 +380,7 @@ def save_final_adapter(output_dir, save_pretrained):
     with save_errors_reported(final):
         shutil.rmtree(partial, ignore_errors=True)
         save_pretrained(partial)
+        give_default_modes(partial)
         fsync_tree(partial)
         remove_final_adapter(output_dir)
         os.rename(partial, final)

@@ -1,10 +1,12 @@
 """JSON and JSONL files read with file:line errors and written so that a crash never leaves half a
-file (atomic rename) or half a row (append, flush, fsync). Torch-free: the judge side uses it too.
+file (atomic rename) or half a row (append, flush, fsync), with the permissions the umask gives.
+Torch-free: the judge side uses it too.
 """
 
 import json
 import logging
 import os
+import re
 import tempfile
 
 from .errors import InputError
@@ -56,6 +58,42 @@ def read_json_object(path):
     return value
 
 
+def process_umask():
+    """The umask, read from /proc where it can be, so that it is never changed, not even briefly."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return int(re.search(r"^Umask:\s*([0-7]+)$", status.read(), re.MULTILINE).group(1), 8)
+    except (OSError, AttributeError):
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
+
+
+def default_modes():
+    """(file, folder): the modes open() and mkdir() give new files and folders."""
+    mask = process_umask()
+    return 0o666 & ~mask, 0o777 & ~mask
+
+
+def give_default_modes(root):
+    """Give root and everything under it the modes the umask gives new files and folders.
+
+    Temporary files and folders (tempfile, and safetensors 0.8 for every tensor file it writes) are
+    created owner-only and keep that mode when renamed into place: adapters, checkpoints and merged
+    models would be unreadable by the group and by a serving process running as another user.
+    """
+    file_mode, folder_mode = default_modes()
+    if not os.path.isdir(root):
+        os.chmod(root, file_mode)
+        return
+    for folder, _, names in os.walk(root):
+        os.chmod(folder, folder_mode)
+        for name in names:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, file_mode)
+
+
 def fsync_directory(path):
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -70,6 +108,7 @@ def write_text_atomic(path, text):
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.fchmod(handle, default_modes()[0])
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()

@@ -41,6 +41,7 @@ from qlorakit.adapter_paths import add_adapter_argument, check_adapter
 from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
 from qlorakit.errors import ModelError, run_main
 from qlorakit.gguf_export import GGUF_FILE, GGUF_TYPES, check_gguf_export, gguf_summary, write_gguf
+from qlorakit.jsonl import give_default_modes
 from qlorakit.trained_template import read_template_record
 
 # torch, peft, gguf and qlorakit's model modules are imported where they are used: --help and bad paths answer at once.
@@ -130,6 +131,7 @@ def save_atomically(output, save):
     partial = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
     try:
         save(partial)
+        give_default_modes(partial)  # mkdtemp's folder and safetensors' files are owner-only
         if os.path.isdir(output):
             os.rmdir(output)  # empty (check_output_free)
         os.rename(partial, output)
