@@ -1,4 +1,5 @@
-"""The cache names of the datasets maps that format and tokenize rows.
+"""The cache names of the datasets maps that format and tokenize rows, and the fingerprint of the
+rows a run trains on.
 
 datasets stores a map's result under a name made from the dataset's and a hash of the function
 and its arguments. A function of an installed package is hashed by its name, not its code, so
@@ -9,8 +10,11 @@ a hash of this package's source to the name, so any change to the code makes new
 
 import functools
 import hashlib
+import json
 import pathlib
 
+import numpy
+import pyarrow
 from datasets.fingerprint import Hasher
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
@@ -31,3 +35,39 @@ def map_rows(dataset, function, **kwargs):
     settings = {key: value for key, value in kwargs.items() if key != "desc"}  # the progress label changes nothing
     fingerprint = Hasher.hash([dataset._fingerprint, function, settings, code_fingerprint()])
     return dataset.map(function, new_fingerprint=fingerprint, **kwargs)
+
+
+def is_number(arrow_type):
+    return pyarrow.types.is_integer(arrow_type) or pyarrow.types.is_floating(arrow_type)
+
+
+def hash_arrow(digest, array):
+    """Feed an Arrow array's rows to digest, the same bytes however the rows come in batches: a
+    number as its bytes, a list of numbers (token ids, labels) as its length and its items, anything
+    else (text, the messages of a chat row) as one JSON line."""
+    if is_number(array.type):
+        digest.update(array.to_numpy(zero_copy_only=False).tobytes())
+    elif pyarrow.types.is_list(array.type) and is_number(array.type.value_type):
+        offsets = array.offsets.to_numpy()
+        offsets = offsets - offsets[0]
+        values = array.flatten().to_numpy(zero_copy_only=False)
+        for start, end in zip(offsets[:-1], offsets[1:]):
+            digest.update(numpy.int64(end - start).tobytes() + values[start:end].tobytes())
+    else:
+        for value in array.to_pylist():
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode() + b"\n")
+
+
+def rows_fingerprint(dataset, batch_size=10_000):
+    """'N rows, sha256 H': the row count and a hash of every column of the rows as the Trainer reads
+    them (token ids, labels, masks), in order. A resume compares it with the run's first start, so
+    that a data file edited, extended or regenerated in between is noticed: the seeded order would
+    otherwise go on over other rows, silently."""
+    columns = {name: hashlib.sha256() for name in sorted(dataset.column_names)}
+    for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
+        for name, digest in columns.items():
+            hash_arrow(digest, batch.column(name).combine_chunks())
+    digest = hashlib.sha256()
+    for name, column in columns.items():
+        digest.update(name.encode() + column.digest())
+    return f"{len(dataset)} rows, sha256 {digest.hexdigest()[:16]}"

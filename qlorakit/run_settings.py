@@ -1,6 +1,7 @@
 """The settings that decide what a run trains, saved beside its checkpoints, so that a resume with
 other values (a new learning rate, batch size, dataset, model, LoRA shape or seed) is noticed
-instead of silently mixing two runs in one adapter."""
+instead of silently mixing two runs in one adapter. train.check_run_settings adds the fingerprint
+of the rows themselves (train_data), which a path cannot vouch for."""
 
 import json
 import os

@@ -1,6 +1,7 @@
 """The qlora.py recipe: set up tokenizer, data and model, then train, evaluate and predict."""
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from .best_model import best_evaluation
 from .callbacks import CheckpointCallback, EarlyStopping, MMLUEvalCallback, NonFiniteGuardCallback, PreemptionCallback
 from .collate import CausalLMCollator, Seq2SeqCollator
 from .data import build_datasets
+from .data_cache import rows_fingerprint
 from .errors import ArgumentError, InputError, ModelError, TrainingInterrupted, TrainingStopped
 from .generation import (build_generation_config, cut_at_stop_strings, decoding_settings, describe_stop_strings,
                          resolve_stop_strings, stop_strings_of)
@@ -70,13 +72,15 @@ def saved_adapter_dir(checkpoint_dir):
     return adapter_dir if os.path.isdir(adapter_dir) else None
 
 
-def setup_trainer(args, resume_from=None, start_adapter=None):
+def setup_trainer(args, resume_from=None, start_adapter=None, check_settings=None):
     """Everything before training, cheapest first so that bad input fails in seconds. Seeded
     first: the LoRA initialisation draws random numbers before the Trainer would seed.
 
     resume_from: a checkpoint whose adapter is loaded as it was saved (to resume, evaluate or
     predict) instead of a fresh one built from the LoRA flags.
     start_adapter: otherwise, an adapter directory or hub id to train on from (--adapter_name_or_path).
+    check_settings: called with the training rows once they are built, before the model loads
+    (check_run_settings).
     """
     model_args, data_args, training_args = args.model, args.data, args.training
     set_seed(training_args.seed)
@@ -88,6 +92,8 @@ def setup_trainer(args, resume_from=None, start_adapter=None):
     tokenizer, new_token_ids = load_run_tokenizer(args, config)
     hold_out_eval = training_args.do_eval or training_args.do_predict
     train_dataset, eval_dataset, template = build_datasets(data_args, tokenizer, model_args.cache_dir, hold_out_eval)
+    if check_settings:
+        check_settings(train_dataset)
     if template:  # checkpoints and output_dir save the tokenizer: it prompts as the data was written
         tokenizer.chat_template = template["template"]
     if task == SEQ2SEQ and "assistant_mask" in train_dataset.column_names:
@@ -250,13 +256,24 @@ def lock_output_dir(training_args):
     return lock
 
 
-def check_resume_settings(args, resume_from):
-    """A resume continues the saved run: settings that change training must match it unless
-    --resume_with_changed_args says the change is meant. Records this run's settings."""
+def check_run_settings(args, resume_from, completed, train_dataset):
+    """What trains must be what the run in output_dir trained: its settings (run_settings) and its
+    rows (data_cache.rows_fingerprint: a data file edited in between), saved when a run starts.
+
+    A resume with other values is refused unless --resume_with_changed_args says the change is
+    meant. A finished run trains nothing: asked to train with other values, it says so in a warning,
+    so that its old adapter does not pass for one trained on them.
+    """
     run_dir = os.path.dirname(os.path.abspath(resume_from)) if resume_from else args.training.output_dir
-    current = run_settings.training_settings(args)
+    current = {**run_settings.training_settings(args), "train_data": rows_fingerprint(train_dataset)}
     saved = run_settings.read_settings(run_dir) if resume_from else None
     changed = run_settings.changed_settings(saved or {}, current)
+    if completed:
+        if changed:
+            logger.warning("%s holds a completed run trained with other settings (%s): nothing is trained, its "
+                           "adapter is used as it was trained; pass another --output_dir to train with these",
+                           run_dir, ", ".join(changed))
+        return
     if changed and not args.training.resume_with_changed_args:
         raise ArgumentError(f"resuming {resume_from} with other settings than it was trained with "
                             f"({', '.join(changed)}): pass --resume_with_changed_args True to continue anyway, "
@@ -337,19 +354,6 @@ def run(args):
             run_lock.release(lock)
 
 
-def check_completed_run_settings(args):
-    """A rerun of a finished run trains nothing. Asked to train with other settings than the run was
-    trained with (another dataset, learning rate, LoRA shape), it would hand back the old adapter as
-    if trained on them: refused in one line."""
-    output_dir = args.training.output_dir
-    saved = run_settings.read_settings(output_dir)
-    changed = run_settings.changed_settings(saved or {}, run_settings.training_settings(args))
-    if changed:
-        raise ArgumentError(f"{output_dir} holds a completed run trained with other settings ({', '.join(changed)}): "
-                            "pass another --output_dir to train with these, or --do_train False to evaluate or "
-                            "predict with its adapter")
-
-
 def completed_run_plan(training_args, checkpoint):
     """What a rerun of a finished run does instead of training, in words for the log."""
     tasks = [name for name, asked in (("evaluating", training_args.do_eval), ("predicting", training_args.do_predict))
@@ -386,13 +390,12 @@ def train_evaluate_predict(args):
                            "training", training_args.output_dir)
             completed = False
     start_adapter = starting_adapter(args, resume_from)
-    if training_args.do_train and not completed:
-        check_resume_settings(args, resume_from)
-    elif training_args.do_train and resume_from:
-        check_completed_run_settings(args)
+    check_settings = None
+    if training_args.do_train:
+        check_settings = functools.partial(check_run_settings, args, resume_from, completed)
     if completed and resume_from and training_args.load_best_model_at_end:
         resume_from = checkpoints.best_checkpoint_of(resume_from) or resume_from
-    trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from, start_adapter)
+    trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from, start_adapter, check_settings)
     if completed and resume_from:
         logger.info("%s holds a completed run: skipping training; %s", training_args.output_dir,
                     completed_run_plan(training_args, resume_from))

@@ -93,3 +93,25 @@ def test_a_resume_with_another_learning_rate_needs_consent(tiny_model_dir, tmp_p
     state = json.load(open(resumed / "checkpoint-3" / "trainer_state.json"))
     assert "a changed learning_rate does not take effect" in agreed.stderr
     assert state["log_history"][-2]["learning_rate"] == pytest.approx(0.003)  # as the warning says
+
+
+def test_a_resume_on_an_edited_data_file_needs_consent(tiny_model_dir, tmp_path, run_in_process):
+    """The same --dataset path with other rows in it: the seeded order would go on over other rows."""
+    from qlorakit.cli import train
+    from test_qlora_cli import ALPACA
+
+    data = tmp_path / "data.json"
+    shutil.copy(ALPACA, data)
+    flags = ("--dataset", str(data), "--max_train_samples", "16", "--max_steps", "3", "--save_steps", "2")
+    run_in_process(train, quick_flags(tiny_model_dir, str(tmp_path / "run"), *flags)[1:], check=True)
+    saved = json.load(open(tmp_path / "run" / "run_settings.json"))["train_data"]
+    assert saved.startswith("16 rows, sha256 ")
+    os.remove(tmp_path / "run" / "completed")
+    shutil.rmtree(tmp_path / "run" / "checkpoint-3")
+    rows = json.load(open(data))
+    data.write_text(json.dumps([{**row, "output": "Edited. " + row["output"]} for row in rows]))
+
+    refused = run_in_process(train, quick_flags(tiny_model_dir, str(tmp_path / "run"), *flags)[1:])
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert f"(train_data {saved} -> 16 rows, sha256 " in line and "--resume_with_changed_args True" in line
