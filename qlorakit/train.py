@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import transformers
 from accelerate.utils import broadcast_object_list, gather_object
-from transformers import ProgressCallback, set_seed
+from transformers import ProgressCallback, TrainerState, set_seed
 
 from . import checkpoints, jsonl, launcher, run_lock, run_settings
 from .adapter_paths import check_adapter, resolve_adapter
@@ -390,6 +390,10 @@ def train_evaluate_predict(args):
                            "training", training_args.output_dir)
             completed = False
     start_adapter = starting_adapter(args, resume_from)
+    if completed and resume_from and not (training_args.do_eval or training_args.do_predict):
+        logger.info("%s holds a completed run: skipping training; %s", training_args.output_dir,
+                    completed_run_plan(training_args, resume_from))
+        return {}  # nothing to load the model for
     check_settings = None
     if training_args.do_train:
         check_settings = functools.partial(check_run_settings, args, resume_from, completed)
@@ -399,6 +403,8 @@ def train_evaluate_predict(args):
     if completed and resume_from:
         logger.info("%s holds a completed run: skipping training; %s", training_args.output_dir,
                     completed_run_plan(training_args, resume_from))
+        # Its metrics are those of the checkpoint evaluated (epoch, step), not of a fresh state at 0.
+        trainer.state = TrainerState.load_from_json(os.path.join(resume_from, checkpoints.TRAINER_STATE_FILE))
 
     all_metrics = {"run_name": training_args.run_name}
     if training_args.do_train and not completed:
@@ -451,5 +457,20 @@ def train_evaluate_predict(args):
         trainer.save_metrics("predict", metrics)
         all_metrics.update(metrics)
     if trainer.is_world_process_zero() and (training_args.do_train or training_args.do_eval or training_args.do_predict):
-        jsonl.write_json_atomic(os.path.join(training_args.output_dir, "metrics.json"), all_metrics)
+        trained = training_args.do_train and not completed
+        save_run_metrics(training_args.output_dir, all_metrics, keep_saved=not trained)
     return all_metrics
+
+
+def save_run_metrics(output_dir, metrics, keep_saved):
+    """Write output_dir/metrics.json. keep_saved: this invocation trained nothing (a finished run
+    evaluated or predicted again), so the metrics saved by the run that trained stay beside the
+    new ones instead of being replaced by them."""
+    path = os.path.join(output_dir, "metrics.json")
+    saved = {}
+    if keep_saved and os.path.isfile(path):
+        try:
+            saved = jsonl.read_json_object(path)
+        except InputError as error:
+            logger.warning("replacing %s, which cannot be read: %s", path, error)
+    jsonl.write_json_atomic(path, {**saved, **metrics})

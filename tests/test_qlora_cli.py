@@ -211,3 +211,29 @@ def test_a_completed_run_asked_to_train_with_other_settings_says_it_trains_nothi
     assert "learning_rate 0.003 -> 0.001" in warning and "train_data 255 rows" in warning
     assert "nothing is trained" in warning
     assert sorted(os.listdir(output_dir)) == before
+
+
+def test_rerunning_a_finished_run_keeps_its_metrics_and_loads_no_model_for_nothing(tiny_model_dir, tmp_path,
+                                                                                   run_in_process, monkeypatch):
+    from qlorakit import train as train_module
+    from qlorakit.cli import train
+
+    flags = quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "2", "--save_steps", "2",
+                        "--eval_dataset_size", "8")[1:]
+    run_in_process(train, flags, check=True)
+    trained = json.load(open(tmp_path / "metrics.json"))
+    assert trained["train_loss"] > 0 and trained["epoch"] > 0
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "load_model", no_model)
+        again = run_in_process(train, flags, check=True)
+    assert json.load(open(tmp_path / "metrics.json")) == trained
+
+    run_in_process(train, [*flags, "--do_train", "False", "--do_eval"], check=True)
+    evaluated = json.load(open(tmp_path / "metrics.json"))
+    assert {key: evaluated[key] for key in trained} == trained  # epoch: the evaluated checkpoint's
+    assert evaluated["eval_loss"] > 0
+    assert again.returncode == 0
