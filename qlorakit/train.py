@@ -256,7 +256,7 @@ def lock_output_dir(training_args):
     return lock
 
 
-def check_run_settings(args, resume_from, completed, train_dataset):
+def check_run_settings(args, resume_from, completed, train_dataset=None):
     """What trains must be what the run in output_dir trained: its settings (run_settings) and its
     rows (data_cache.rows_fingerprint: a data file edited in between), saved when a run starts.
 
@@ -265,7 +265,9 @@ def check_run_settings(args, resume_from, completed, train_dataset):
     so that its old adapter does not pass for one trained on them.
     """
     run_dir = os.path.dirname(os.path.abspath(resume_from)) if resume_from else args.training.output_dir
-    current = {**run_settings.training_settings(args), "train_data": rows_fingerprint(train_dataset)}
+    current = run_settings.training_settings(args)
+    if train_dataset is not None:  # not built for a finished run with nothing else to do
+        current["train_data"] = rows_fingerprint(train_dataset)
     saved = run_settings.read_settings(run_dir) if resume_from else None
     changed = run_settings.changed_settings(saved or {}, current)
     if completed:
@@ -393,6 +395,8 @@ def train_evaluate_predict(args):
     if completed and resume_from and not (training_args.do_eval or training_args.do_predict):
         logger.info("%s holds a completed run: skipping training; %s", training_args.output_dir,
                     completed_run_plan(training_args, resume_from))
+        if training_args.do_train:
+            check_run_settings(args, resume_from, completed)
         return {}  # nothing to load the model for
     check_settings = None
     if training_args.do_train:

@@ -208,9 +208,15 @@ def test_a_completed_run_asked_to_train_with_other_settings_says_it_trains_nothi
                                                "--learning_rate", "0.001")[1:])
     assert result.returncode == 0
     warning = next(line for line in result.stderr.splitlines() if "holds a completed run trained with" in line)
-    assert "learning_rate 0.003 -> 0.001" in warning and "train_data 255 rows" in warning
-    assert "nothing is trained" in warning
+    assert "learning_rate 0.003 -> 0.001" in warning and "nothing is trained" in warning
     assert sorted(os.listdir(output_dir)) == before
+
+    evaluated = run_in_process(train, quick_flags(tiny_model_dir, output_dir, "--max_steps", "12", "--save_steps",
+                                                  "6", "--max_train_samples", "100", "--do_eval",
+                                                  "--eval_dataset_size", "8")[1:])
+    warning = next(line for line in evaluated.stderr.splitlines() if "holds a completed run trained with" in line)
+    assert "max_train_samples None -> 100" in warning and "train_data 255 rows, sha256 " in warning
+    assert "-> 100 rows, sha256 " in warning
 
 
 def test_rerunning_a_finished_run_keeps_its_metrics_and_loads_no_model_for_nothing(tiny_model_dir, tmp_path,
