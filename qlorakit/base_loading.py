@@ -9,6 +9,7 @@ Light on purpose (no torch import), so that command lines can parse their flags 
 heavy loads.
 """
 
+import argparse  # noqa: F401 (the doctests build configs as Namespaces)
 import dataclasses
 import glob
 import json

@@ -11,6 +11,7 @@ saved differently from the one evaluated shows up as a different number.
 import json
 import os
 
+import bitsandbytes as bnb
 import pytest
 import torch
 from datasets import Dataset
@@ -27,6 +28,9 @@ def oracle_eval_loss(model_dir, adapter_dir, rows):
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=torch.float32)
     base = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quantization, dtype=torch.float32)
+    for module in base.modules():  # fp32 as asked: no bf16 kernel on AVX512-BF16 CPUs (bitsandbytes' default)
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
     if tokenizer.pad_token is None:  # the recipe adds a pad token whose rows start at the mean of the others
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})
         rows_before = base.get_input_embeddings().weight.shape[0]
