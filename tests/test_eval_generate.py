@@ -84,3 +84,26 @@ def test_prompt_format_is_spelt_as_training_spells_it_and_the_old_spelling_is_an
     assert args.prompt_format == "tokenizer"
     assert capsys.readouterr().err.strip().splitlines() == [
         "note: --prompt-format chat-template is spelt tokenizer now (as qlora.py --chat_template)"]
+
+
+def test_answers_of_other_settings_are_never_mixed_into_one_file(tiny_model, random_adapter_dir, tmp_path,
+                                                                 run_in_process):
+    from qlorakit.cli import generate
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": i, "text": f"Question {i}?", "category": "generic"})
+                                 + "\n" for i in range(3)))
+    out = tmp_path / "answers.jsonl"
+    flags = ["--model_name_or_path", str(tiny_model), "-q", str(questions), "-o", str(out), "--max-new-tokens", "2"]
+    run_in_process(generate, flags, check=True)
+    record = json.loads((tmp_path / "answers.settings.json").read_text())
+    assert record["adapter"] is None and record["max_new_tokens"] == 2 and record["temperature"] == 0.7
+
+    for other, change in ((["--adapter", random_adapter_dir], f"adapter None -> {random_adapter_dir}"),
+                          (["--top_p", "0.5"], "top_p 0.9 -> 0.5")):
+        refused = run_in_process(generate, [*flags, *other])
+        assert refused.returncode == 2
+        line = refused.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: {out} holds 3 answers generated with other settings ({change})")
+    assert len(out.read_text().splitlines()) == 3
+    assert run_in_process(generate, flags).returncode == 0  # the same settings go on

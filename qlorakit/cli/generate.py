@@ -18,21 +18,26 @@ for the tokenizer's own (tokenizer:NAME for one of its named templates), or --pr
 top_p 0.9 / temperature 0.7; the generation flags (qlorakit.generation) are those of every inference
 command. Rows are written in the reference's generation format (question_id, text, category, prompt,
 generation: the raw continuation, generation_truncated: the reply, cut before the first stop string),
-appended batch by batch; a rerun skips questions already answered.
+appended batch by batch; a rerun skips questions already answered. The settings the answers are
+generated with (model, adapter, prompt format, generation flags) are saved beside the output as
+NAME.settings.json, and a rerun with other settings is refused: one file never mixes the answers
+of two models.
 """
 
 import argparse
 import logging
+import os
 import sys
 
 from qlorakit import chat_data
 from qlorakit.adapter_paths import add_adapter_argument
-from qlorakit.base_loading import add_base_loading_arguments, loading_overrides
+from qlorakit.base_loading import add_base_loading_arguments, base_name, loading_overrides
 from qlorakit.chat_format import add_tools_argument, template_choice
-from qlorakit.errors import run_main
-from qlorakit.generation import (add_generation_arguments, check_generation_arguments, inference_generation_config,
-                                 reply_text)
-from qlorakit.jsonl import JsonlAppender, load_done_keys
+from qlorakit.errors import InputError, run_main
+from qlorakit.generation import (add_generation_arguments, check_generation_arguments, generation_settings,
+                                 inference_generation_config, reply_text)
+from qlorakit.jsonl import JsonlAppender, load_done_keys, read_json_object, write_json_atomic
+from qlorakit.run_settings import changed_settings
 from qlorakit.questions import load_questions
 from qlorakit.trained_template import inference_template
 
@@ -78,6 +83,38 @@ def prompt_template(tokenizer, prompt_format):
     return chat_data.resolve_chat_template(prompt_format, tokenizer)[0]
 
 
+def answer_settings(args):
+    """What decides the answers a run writes: the model and adapter, how prompts are rendered, the
+    generation flags and the base loading, as JSON values."""
+    return {"model_name_or_path": base_name(args.model_name_or_path),
+            "adapter": base_name(args.adapter) if args.adapter else None,
+            "prompt_format": args.prompt_format, "system_prompt": args.system_prompt, "tools": args.tools,
+            "stop_strings": args.stop_strings, "seed": args.seed, **generation_settings(args),
+            **loading_overrides(args)}
+
+
+def settings_path(output):
+    """NAME.settings.json beside NAME.jsonl: not a .jsonl file, so no reader of answer files lists it."""
+    return os.path.splitext(output)[0] + ".settings.json"
+
+
+def check_answer_settings(output, settings, answered):
+    """Answers already in `output` (answered of them) must come from the same settings as the ones
+    to add; a new output records them. A file from before the record existed goes on, with a warning."""
+    path = settings_path(output)
+    if not answered:
+        write_json_atomic(path, settings)
+        return
+    if not os.path.isfile(path):
+        logger.warning("%s holds %d answers and no record of how they were generated (%s): adding the rest "
+                       "with these settings", output, answered, path)
+        return
+    changed = changed_settings(read_json_object(path), settings)
+    if changed:
+        raise InputError(f"{output} holds {answered} answers generated with other settings ({', '.join(changed)}): "
+                         "pass another -o, or remove the file to answer every question again")
+
+
 def build_prompt(question_text, tokenizer, prompt_format, system_prompt="", template=None, tools=None):
     """The model input for one question. OA questions already hold a whole "### Human: ...
     ### Assistant:" conversation and are used as they are in the Guanaco format. template: the
@@ -118,6 +155,7 @@ def main(argv=None):
     questions = load_questions(args.question_file)
     done = load_done_keys(args.output, lambda row: str(row.get("question_id")))
     todo = [q for q in questions if str(q.question_id) not in done]
+    check_answer_settings(args.output, answer_settings(args), len(questions) - len(todo))
     logger.info("%s: %d questions, %d to answer", args.output, len(questions), len(todo))
     if not todo:
         return 0
