@@ -172,6 +172,28 @@ class TestTrainedRun:
             gap = (merged(**prompt).logits - model(**prompt).logits).abs().max().item()
         assert gap < 1e-4, gap  # measured 1.9e-6
 
+    def test_the_gguf_file_holds_the_new_tokens_and_their_rows(self, tiny_model_dir, run_dir, tmp_path):
+        from gguf import GGUFReader
+
+        merged_dir = tmp_path / "merged"
+        merge_adapter(tiny_model_dir, adapter_of(run_dir), str(merged_dir), dtype="float32", gguf_type="f16")
+        gguf_only = tmp_path / "gguf-only"
+        gguf_only.mkdir()
+        shutil.copy(merged_dir / "model.gguf", gguf_only / "model.gguf")  # nothing else is read
+        from_gguf = AutoTokenizer.from_pretrained(gguf_only, gguf_file="model.gguf")
+        text = f"### Human: {QUESTION}### Assistant:{MARKERS[0]}3*8{MARKERS[1]}"
+        ids = AutoTokenizer.from_pretrained(merged_dir)(text, return_tensors="pt")["input_ids"]
+        assert from_gguf(text, return_tensors="pt")["input_ids"].tolist() == ids.tolist()
+        assert from_gguf.convert_tokens_to_ids(MARKERS) == [2049, 2050]
+        reader = GGUFReader(merged_dir / "model.gguf")
+        types = reader.fields["tokenizer.ggml.token_type"]
+        assert [int(types.parts[types.data[i]][0]) for i in (2049, 2050)] == [4, 4]  # user-defined: never split
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+        read_back = AutoModelForCausalLM.from_pretrained(gguf_only, gguf_file="model.gguf", dtype=torch.float32)
+        with torch.no_grad():
+            gap = (read_back(ids).logits - merged(ids).logits).abs().max().item()
+        assert gap < 1e-2, gap
+
     def test_a_resumed_run_ends_on_the_same_rows(self, tiny_model_dir, data_file, run_dir, tmp_path):
         resumed = tmp_path / "resumed"
         shutil.copytree(run_dir, resumed)
