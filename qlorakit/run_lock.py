@@ -1,6 +1,7 @@
-"""One run per output folder. Two runs writing the same checkpoints would overwrite each other's
-files and the later one would resume the earlier one's state; the lock file lets the second one
-refuse in one line instead. Torch-free: it only needs the folder.
+"""One run per output folder or appended output file. Two runs writing the same checkpoints would
+overwrite each other's files and the later one would resume the earlier one's state; two judge
+runs appending to one review file would both pay for every review still missing. The lock file
+lets the second one refuse in one line instead. Torch-free: the judge side uses it too.
 
 The lock is a file, linked into place only if none exists (atomic on local and NFS file systems),
 that holds the holder's pid, host and start time. A lock whose holder is a dead process on this host is stale
@@ -8,6 +9,7 @@ that holds the holder's pid, host and start time. A lock whose holder is a dead 
 is always respected, since its pid cannot be checked from here.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -71,22 +73,38 @@ def create_lock(path):
     return True
 
 
-def acquire(output_dir):
-    """Take the output folder's lock or raise RunLocked naming its holder; returns the lock path."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, LOCK_FILE)
+def acquire_lock(path, subject, elsewhere):
+    """Take the lock file `path` for `subject` (what it guards) or raise RunLocked naming its holder
+    and `elsewhere` (the way out: another output); returns path."""
     if create_lock(path):
         return path
     holder = read_holder(path)
     if not is_stale(holder):
-        raise RunLocked(f"{output_dir} is locked by another run ({describe_holder(holder)}): wait for it to "
-                        f"end or use another --output_dir (delete {path} only if that run is gone)")
-    logger.warning("taking over the stale lock of %s (%s is not running)", output_dir,
+        raise RunLocked(f"{subject} is locked by another run ({describe_holder(holder)}): wait for it to "
+                        f"end or {elsewhere} (delete {path} only if that run is gone)")
+    logger.warning("taking over the stale lock of %s (%s is not running)", subject,
                    describe_holder(holder) if isinstance(holder, dict) else "unreadable lock file")
     os.remove(path)
     if not create_lock(path):  # another run took it over between our two steps
-        raise RunLocked(f"{output_dir} is locked by another run ({describe_holder(read_holder(path) or {})})")
+        raise RunLocked(f"{subject} is locked by another run ({describe_holder(read_holder(path) or {})})")
     return path
+
+
+def acquire(output_dir):
+    """Take the output folder's lock or raise RunLocked naming its holder; returns the lock path."""
+    os.makedirs(output_dir, exist_ok=True)
+    return acquire_lock(os.path.join(output_dir, LOCK_FILE), output_dir, "use another --output_dir")
+
+
+@contextlib.contextmanager
+def appending(output_file, elsewhere="write to another file"):
+    """Hold OUTPUT.lock beside output_file while a command reads what it holds and appends the rest."""
+    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+    path = acquire_lock(f"{output_file}.lock", output_file, elsewhere)
+    try:
+        yield
+    finally:
+        release(path)
 
 
 def release(path):

@@ -144,6 +144,31 @@ class TestReviewAgainstFaultyServer:
             again = run(review_command(inputs, "--both-orders"), stub, tmp_path)
             assert again.returncode == 0 and stub.requests == requests_after  # nothing left to ask
 
+    def test_a_second_run_on_the_same_file_refuses_and_pays_for_nothing(self, inputs, tmp_path):
+        out = tmp_path / "reviews.jsonl"
+        inputs["out"] = out
+        with StubServer(latency=0.02, bill_limit=4) as stub:
+            first = subprocess.Popen(review_command(inputs, "--both-orders", "--concurrency", "2"),
+                                     env=environment(stub), cwd=tmp_path,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and stub.billed_total < 4:
+                    time.sleep(0.05)
+                second = run(review_command(inputs, "--both-orders"), stub, tmp_path)
+                assert second.returncode == 2
+                assert f"{out} is locked by another run (pid {first.pid}" in second.stderr.strip().splitlines()[-1]
+                assert stub.billed_total == 4
+                stub.open_gate()
+                assert first.wait(timeout=60) == 0
+            finally:
+                first.kill()
+                first.wait()
+            rows = read_rows(out)
+            assert len(rows) == 10 and len({order_key(r) for r in rows}) == 10
+            assert stub.billed_total == 10 and set(stub.billed.values()) == {1}
+        assert not os.path.exists(f"{out}.lock")
+
     def test_ctrl_c_stops_in_one_line_with_every_paid_reply_on_disk(self, inputs, tmp_path):
         out = inputs["out"] = tmp_path / "reviews.jsonl"
         with StubServer(latency=0.02, bill_limit=3) as stub:

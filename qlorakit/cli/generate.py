@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 
-from qlorakit import chat_data
+from qlorakit import chat_data, run_lock
 from qlorakit.adapter_paths import add_adapter_argument
 from qlorakit.base_loading import add_base_loading_arguments, base_name, loading_overrides
 from qlorakit.chat_format import add_tools_argument, template_choice
@@ -153,6 +153,12 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     questions = load_questions(args.question_file)
+    with run_lock.appending(args.output, "pass another -o"):
+        return answer_missing(args, questions)
+
+
+def answer_missing(args, questions):
+    """Generate the answers `args.output` does not hold yet and append them."""
     done = load_done_keys(args.output, lambda row: str(row.get("question_id")))
     todo = [q for q in questions if str(q.question_id) not in done]
     check_answer_settings(args.output, answer_settings(args), len(questions) - len(todo))

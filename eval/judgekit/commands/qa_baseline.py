@@ -15,6 +15,7 @@ import logging
 import uuid
 
 from judgekit import cli, client
+from qlorakit import run_lock
 from qlorakit.errors import run_main
 from qlorakit.jsonl import load_done_keys
 from qlorakit.questions import load_questions
@@ -50,6 +51,12 @@ def main(argv=None):
     args = parse_args(argv)
     cli.configure_logging(args.verbose)
     questions = load_questions(args.question, args.id_key, cli.ID_KEY_FLAG)
+    with run_lock.appending(args.output, "pass another --output"):  # two runs would both pay
+        return answer_missing(args, questions)
+
+
+def answer_missing(args, questions):
+    """Ask for the answers `args.output` does not hold yet and append them; the exit status."""
     key_of = functools.partial(answer_key, id_keys=tuple(questions[0].ids) if questions else ())
     done = load_done_keys(args.output, key_of)
     payloads = [{**q.ids, "model_id": args.model} for q in questions]  # rows keyed like the questions

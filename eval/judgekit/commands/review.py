@@ -22,6 +22,7 @@ import uuid
 from judgekit import cli, client, naming, prompts, records, verdicts
 from judgekit.errors import InputError
 from qlorakit.errors import run_main
+from qlorakit import run_lock
 from qlorakit.jsonl import load_done_keys
 from qlorakit.questions import load_questions
 
@@ -166,7 +167,13 @@ def main(argv=None):
 
     jobs = build_jobs(questions, answers_a, answers_b, reviewers, prompt_table, args.model, args.max_tokens,
                       args.both_orders)
-    key_of = functools.partial(review_key, id_keys=tuple(questions[0].ids) if questions else ())
+    with run_lock.appending(out, "pass another --output-review-file"):  # two runs would both pay
+        return judge_missing(args, out, jobs, tuple(questions[0].ids) if questions else ())
+
+
+def judge_missing(args, out, jobs, id_keys):
+    """Ask for the judgments of `jobs` that `out` does not hold yet and append them; the exit status."""
+    key_of = functools.partial(review_key, id_keys=id_keys)
     done = load_done_keys(out, key_of)
     todo = [job for job in jobs if key_of(job.payload) not in done]
     logger.info("%s: %d judgments, %d already there, %d to ask %s", out, len(jobs),
