@@ -61,6 +61,26 @@ class TestAcquire:
         assert os.path.exists(os.path.join(tmp_path, run_lock.LOCK_FILE))
 
 
+class TestAppending:
+    def test_the_file_is_locked_while_held_and_freed_after_even_on_error(self, tmp_path):
+        output = str(tmp_path / "answers" / "a.jsonl")
+        with pytest.raises(KeyError):
+            with run_lock.appending(output):
+                assert json.load(open(f"{output}.lock"))["pid"] == os.getpid()
+                with pytest.raises(run_lock.RunLocked, match=f"{output} is locked by another run .* pass -x"):
+                    with run_lock.appending(output, "pass -x"):
+                        pass
+                raise KeyError("the command failed")
+        assert not os.path.exists(f"{output}.lock")
+
+    def test_a_killed_writers_lock_is_taken_over(self, tmp_path, caplog):
+        output = tmp_path / "a.jsonl"
+        (tmp_path / "a.jsonl.lock").write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
+        with run_lock.appending(str(output)):
+            pass
+        assert "stale lock" in caplog.text and not os.path.exists(f"{output}.lock")
+
+
 def test_a_locked_folder_refuses_a_second_run_on_every_rank(tiny_model_dir, tmp_path):
     write_lock(tmp_path, os.getpid())  # this test process stands in for the first run
     single = run_python(quick_flags(tiny_model_dir, str(tmp_path), "--max_steps", "1"), check=False)
