@@ -2,6 +2,7 @@
 rate-limits, fails, stalls and hangs: every judgment completes once, a killed run resumes
 without paying twice, and the API key never shows up in what we write or print."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -88,6 +89,27 @@ def order_key(row):
     return (row["question_id"], row["answer1_model"], row["answer2_model"])
 
 
+@contextlib.contextmanager
+def review_held_at(inputs, cwd, rows_on_disk):
+    """(stub, process, output): a judge run (both orders, 2 at a time) into cwd/reviews.jsonl against
+    a stub that lets it pay for rows_on_disk replies, once it has written them; its other requests
+    wait for stub.open_gate(). The process is killed on leaving, if still running."""
+    out = inputs["out"] = cwd / "reviews.jsonl"
+    with StubServer(latency=0.02, bill_limit=rows_on_disk) as stub:
+        process = subprocess.Popen(review_command(inputs, "--both-orders", "--concurrency", "2"),
+                                   env=environment(stub), cwd=cwd, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (not out.exists() or len(read_rows(out)) < rows_on_disk):
+                time.sleep(0.05)
+            time.sleep(0.2)  # anything more would be paid for past the limit: nothing comes
+            yield stub, process, out
+        finally:
+            process.kill()
+            process.wait()
+
+
 class TestReviewAgainstFaultyServer:
     def test_every_judgment_completes_once(self, inputs, tmp_path):
         faults = ["429", "500", "slow", "429", "hang", "500"]
@@ -117,21 +139,10 @@ class TestReviewAgainstFaultyServer:
         assert first[1]["answer1_id"] == second[1]["answer2_id"] == "a1"
 
     def test_killed_run_resumes_and_pays_for_nothing_twice(self, inputs, tmp_path):
-        out = tmp_path / "reviews.jsonl"
-        inputs["out"] = out
-        with StubServer(latency=0.02, bill_limit=4) as stub:
-            process = subprocess.Popen(review_command(inputs, "--both-orders", "--concurrency", "2"),
-                                       env=environment(stub), cwd=tmp_path,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and (not out.exists() or len(read_rows(out)) < 4):
-                    time.sleep(0.05)
-                time.sleep(0.2)  # anything more would be paid for past the limit: nothing comes
-                assert len(read_rows(out)) == 4
-            finally:
-                process.kill()
-                process.wait()
+        with review_held_at(inputs, tmp_path, 4) as (stub, process, out):
+            assert len(read_rows(out)) == 4
+            process.kill()
+            process.wait()
             with out.open("a") as handle:  # a row torn by the kill
                 handle.write('{"review_id": "torn", "question_id": 5, "answer1_id"')
             stub.open_gate()
@@ -145,25 +156,13 @@ class TestReviewAgainstFaultyServer:
             assert again.returncode == 0 and stub.requests == requests_after  # nothing left to ask
 
     def test_a_second_run_on_the_same_file_refuses_and_pays_for_nothing(self, inputs, tmp_path):
-        out = tmp_path / "reviews.jsonl"
-        inputs["out"] = out
-        with StubServer(latency=0.02, bill_limit=4) as stub:
-            first = subprocess.Popen(review_command(inputs, "--both-orders", "--concurrency", "2"),
-                                     env=environment(stub), cwd=tmp_path,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and stub.billed_total < 4:
-                    time.sleep(0.05)
-                second = run(review_command(inputs, "--both-orders"), stub, tmp_path)
-                assert second.returncode == 2
-                assert f"{out} is locked by another run (pid {first.pid}" in second.stderr.strip().splitlines()[-1]
-                assert stub.billed_total == 4
-                stub.open_gate()
-                assert first.wait(timeout=60) == 0
-            finally:
-                first.kill()
-                first.wait()
+        with review_held_at(inputs, tmp_path, 4) as (stub, first, out):
+            second = run(review_command(inputs, "--both-orders"), stub, tmp_path)
+            assert second.returncode == 2
+            assert f"{out} is locked by another run (pid {first.pid}" in second.stderr.strip().splitlines()[-1]
+            assert stub.billed_total == 4
+            stub.open_gate()
+            assert first.wait(timeout=60) == 0
             rows = read_rows(out)
             assert len(rows) == 10 and len({order_key(r) for r in rows}) == 10
             assert stub.billed_total == 10 and set(stub.billed.values()) == {1}
