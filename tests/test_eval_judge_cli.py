@@ -168,6 +168,20 @@ class TestReviewAgainstFaultyServer:
             assert stub.billed_total == 10 and set(stub.billed.values()) == {1}
         assert not os.path.exists(f"{out}.lock")
 
+    def test_judgments_of_regenerated_answers_are_not_mixed_with_new_ones(self, inputs, tmp_path):
+        inputs["out"] = tmp_path / "reviews.jsonl"
+        with StubServer(latency=0.01) as stub:
+            assert run(review_command(inputs, "--both-orders"), stub, tmp_path).returncode == 0
+            rows = [json.loads(line) for line in inputs["b"].read_text().splitlines()]
+            rows[1]["generation_truncated"] = "Answer B2, generated again."
+            write_jsonl(inputs["b"], rows)
+            billed = stub.billed_total
+            again = run(review_command(inputs, "--both-orders"), stub, tmp_path)
+            assert again.returncode == 2 and stub.billed_total == billed
+            assert again.stderr.strip().splitlines()[-1].startswith(
+                f"error: {inputs['out']} holds 2 judgments of other answers to these questions by the same models")
+        assert len(read_rows(inputs["out"])) == 10
+
     def test_ctrl_c_stops_in_one_line_with_every_paid_reply_on_disk(self, inputs, tmp_path):
         out = inputs["out"] = tmp_path / "reviews.jsonl"
         with StubServer(latency=0.02, bill_limit=3) as stub:

@@ -92,6 +92,27 @@ def review_key(row, id_keys):
             str(row.get("prompt_id")))
 
 
+def other_answers_judged(done_keys, job_keys, id_count):
+    """How many judgments already written (done_keys) are of other answers than the current ones
+    (job_keys) to the same question, by the same two models and judge: answers regenerated since.
+    Judging the new ones beside them would count each such question twice, old answers and new.
+    Keys are review_key tuples: id_count ids, answer1_id, answer2_id, answer1_model, answer2_model,
+    judge_model, prompt_id.
+
+    >>> old = ("7", "a-old", "b1", "A", "B", "gpt-4", "1")
+    >>> other_answers_judged({old}, [("7", "a-new", "b1", "A", "B", "gpt-4", "1")], 1)
+    1
+    >>> other_answers_judged({old}, [("8", "a-new", "b1", "A", "B", "gpt-4", "1")], 1)  # another question
+    0
+    """
+    def question(key):
+        return (*key[:id_count], *key[id_count + 2:id_count + 5])
+
+    current = {question(key): key[id_count:id_count + 2] for key in job_keys}
+    return sum(1 for key in done_keys
+               if question(key) in current and current[question(key)] != key[id_count:id_count + 2])
+
+
 def output_path(output_review_file, model_a, model_b, judge_model, verdict):
     """The review file: --output-review-file itself, or the reference's file name inside it when it
     names a folder."""
@@ -175,6 +196,10 @@ def judge_missing(args, out, jobs, id_keys):
     """Ask for the judgments of `jobs` that `out` does not hold yet and append them; the exit status."""
     key_of = functools.partial(review_key, id_keys=id_keys)
     done = load_done_keys(out, key_of)
+    stale = other_answers_judged(done, [key_of(job.payload) for job in jobs], len(id_keys))
+    if stale:
+        raise InputError(f"{out} holds {stale} judgments of other answers to these questions by the same models "
+                         "(regenerated since?): judge into another file, or remove it to judge the current answers")
     todo = [job for job in jobs if key_of(job.payload) not in done]
     logger.info("%s: %d judgments, %d already there, %d to ask %s", out, len(jobs),
                 len(jobs) - len(todo), len(todo), args.model)
