@@ -208,3 +208,18 @@ def test_each_row_is_scored_by_its_verdict_kind_not_by_its_score_type(tmp_path):
     assert {(r.model, r.wins, r.losses, r.ties) for r in ratings} == {("p", 1, 1, 1), ("q", 1, 1, 1)}
     assert [j.verdict for j in judgments] == ["scores", "threeclass", "scores", "scores", "threeclass"]
     assert [elo.outcome_of(j) for j in judgments] == [1.0, 0.0, 0.5, None, None]
+
+
+def test_a_review_file_named_twice_or_copied_counts_once(tmp_path, caplog):
+    from judgekit.reviews import LoadStats, load_judgments
+
+    rows = [{"review_id": f"r{q}", "question_id": q, "score": q % 3 + 1} for q in range(1, 5)]
+    path = tmp_path / "p-vs-q-gpt-4-reviewer.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    copy = tmp_path / "copy" / path.name
+    copy.parent.mkdir()
+    copy.write_text(path.read_text() + json.dumps({"review_id": "r5", "question_id": 5, "score": 1}) + "\n")
+    stats = LoadStats()
+    judgments = load_judgments([path, path, copy], stats=stats)
+    assert [j.question_id for j in judgments] == [1, 2, 3, 4, 5]
+    assert stats.duplicates == 8 and "8 review rows read twice" in caplog.text

@@ -15,6 +15,7 @@ A row's question is identified by ``id_key`` when given, else by the first of
 """
 
 import dataclasses
+import json
 import logging
 
 from qlorakit.jsonl import read_jsonl
@@ -46,6 +47,7 @@ class Judgment:
 class LoadStats:
     rows: int = 0
     reoriented: int = 0
+    duplicates: int = 0  # rows read before (a file named twice, or copied into another)
     files_by_id_key: dict = dataclasses.field(default_factory=dict)  # {"message_id": 1, ...}
 
 
@@ -84,7 +86,7 @@ def load_judgments(paths, judge=DEFAULT_JUDGE, owners=None, stats=None, id_key=N
     """All judgments of the review files, in file order (``id_flag``: see ``qlorakit.questions.detect_id_key``)."""
     owners = owners or {}
     stats = stats if stats is not None else LoadStats()
-    judgments = []
+    judgments, seen = [], set()
     for path in paths:
         file_pair = None
         rows = list(read_jsonl(path, tolerate_torn_tail=True))
@@ -93,6 +95,11 @@ def load_judgments(paths, judge=DEFAULT_JUDGE, owners=None, stats=None, id_key=N
         for number, row in rows:
             if "score" not in row:
                 raise InputError(f"{path}:{number}: a review row needs 'score'")
+            identity = row.get("review_id") or json.dumps(row, sort_keys=True)
+            if identity in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(identity)
             if row.get("answer1_model") and row.get("answer2_model"):
                 model1, model2 = row["answer1_model"], row["answer2_model"]
             else:
@@ -104,6 +111,9 @@ def load_judgments(paths, judge=DEFAULT_JUDGE, owners=None, stats=None, id_key=N
             stats.rows += 1
     logger.info("questions identified by %s", ", ".join(f"{key} ({count} file{'s' * (count > 1)})"
                                                         for key, count in stats.files_by_id_key.items()))
+    if stats.duplicates:
+        logger.warning("%d review rows read twice (the same review_id: a file named twice or copied) are counted "
+                       "once", stats.duplicates)
     if stats.reoriented:
         logger.info("%d rows oriented by their answer ids rather than their file names", stats.reoriented)
     return judgments
