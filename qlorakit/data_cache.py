@@ -10,7 +10,6 @@ a hash of this package's source to the name, so any change to the code makes new
 
 import functools
 import hashlib
-import json
 import pathlib
 
 import numpy
@@ -41,29 +40,33 @@ def is_number(arrow_type):
     return pyarrow.types.is_integer(arrow_type) or pyarrow.types.is_floating(arrow_type)
 
 
+def is_token_column(arrow_type):
+    """Numbers or lists of numbers: token ids, labels, masks, lengths (what the collator reads)."""
+    return is_number(arrow_type) or (pyarrow.types.is_list(arrow_type) and is_number(arrow_type.value_type))
+
+
 def hash_arrow(digest, array):
-    """Feed an Arrow array's rows to digest, the same bytes however the rows come in batches: a
-    number as its bytes, a list of numbers (token ids, labels) as its length and its items, anything
-    else (text, the messages of a chat row) as one JSON line."""
+    """Feed a token column's rows to digest, the same bytes however the rows come in batches: a
+    number as its bytes, a list as its length and its items."""
     if is_number(array.type):
         digest.update(array.to_numpy(zero_copy_only=False).tobytes())
-    elif pyarrow.types.is_list(array.type) and is_number(array.type.value_type):
-        offsets = array.offsets.to_numpy()
-        offsets = offsets - offsets[0]
-        values = array.flatten().to_numpy(zero_copy_only=False)
-        for start, end in zip(offsets[:-1], offsets[1:]):
-            digest.update(numpy.int64(end - start).tobytes() + values[start:end].tobytes())
-    else:
-        for value in array.to_pylist():
-            digest.update(json.dumps(value, sort_keys=True, default=str).encode() + b"\n")
+        return
+    offsets = array.offsets.to_numpy()
+    offsets = offsets - offsets[0]
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    for start, end in zip(offsets[:-1], offsets[1:]):
+        digest.update(numpy.int64(end - start).tobytes() + values[start:end].tobytes())
 
 
 def rows_fingerprint(dataset, batch_size=10_000):
-    """'N rows, sha256 H': the row count and a hash of every column of the rows as the Trainer reads
-    them (token ids, labels, masks), in order. A resume compares it with the run's first start, so
-    that a data file edited, extended or regenerated in between is noticed: the seeded order would
-    otherwise go on over other rows, silently."""
-    columns = {name: hashlib.sha256() for name in sorted(dataset.column_names)}
+    """'N rows, sha256 H': the row count and a hash of the token columns of the rows as the Trainer
+    reads them (token ids, labels, masks, lengths), in order; the text they were made from counts
+    only through them. A resume compares it with the run's first start, so that a data file
+    edited, extended or regenerated in between is noticed: the seeded order would otherwise go on
+    over other rows, silently."""
+    features = dataset.data.schema
+    columns = {name: hashlib.sha256() for name in sorted(dataset.column_names)
+               if is_token_column(features.field(name).type)}
     for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
         for name, digest in columns.items():
             hash_arrow(digest, batch.column(name).combine_chunks())

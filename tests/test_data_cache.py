@@ -54,3 +54,34 @@ def test_the_fingerprint_changes_with_any_module_of_the_package(tmp_path, monkey
     (tmp_path / "cli" / "train.py").write_text("B = 2\n")
     assert fingerprint() != first
     data_cache.code_fingerprint.cache_clear()
+
+
+class TestRowsFingerprint:
+    ROWS = {"input_ids": [[1, 2, 3], [4, 5], [6]], "length": [3, 2, 1], "input": ["a", "b", "c"]}
+
+    def fingerprint(self, rows=None, **kwargs):
+        from datasets import Dataset
+
+        from qlorakit.data_cache import rows_fingerprint
+
+        return rows_fingerprint(Dataset.from_dict(rows or self.ROWS), **kwargs)
+
+    def test_the_same_rows_give_the_same_fingerprint_however_batched(self):
+        assert self.fingerprint().startswith("3 rows, sha256 ")
+        assert self.fingerprint(batch_size=1) == self.fingerprint(batch_size=2) == self.fingerprint()
+
+    def test_tokens_moved_between_rows_or_rows_reordered_change_it(self):
+        moved = {**self.ROWS, "input_ids": [[1, 2], [3, 4, 5], [6]]}
+        reordered = {name: values[::-1] for name, values in self.ROWS.items()}
+        assert len({self.fingerprint(), self.fingerprint(moved), self.fingerprint(reordered)}) == 3
+
+    def test_text_counts_only_through_its_tokens(self):
+        assert self.fingerprint({**self.ROWS, "input": ["x", "y", "z"]}) == self.fingerprint()
+
+    def test_a_selection_reads_as_the_rows_it_holds(self):
+        from datasets import Dataset
+
+        from qlorakit.data_cache import rows_fingerprint
+
+        selected = Dataset.from_dict(self.ROWS).select([1, 2])
+        assert rows_fingerprint(selected) == self.fingerprint({name: values[1:] for name, values in self.ROWS.items()})
