@@ -135,3 +135,15 @@ def test_a_resume_on_an_edited_data_file_needs_consent(tiny_model_dir, tmp_path,
     assert refused.returncode == 2
     line = refused.stderr.strip().splitlines()[-1]
     assert f"(train_data {saved} -> 16 rows, sha256 " in line and "--resume_with_changed_args True" in line
+
+
+def test_the_schedule_and_clipping_are_compared_on_resume(tiny_model_dir):
+    from qlorakit.config import parse_arguments
+    from qlorakit.run_settings import changed_settings, training_settings
+
+    def settings(*flags):
+        return training_settings(parse_arguments(["--model_name_or_path", tiny_model_dir, "--output_dir", "o",
+                                                  "--use_cpu", *flags]))
+
+    assert changed_settings(settings(), settings("--warmup_ratio", "0.1", "--max_grad_norm", "1.0")) == [
+        "warmup_steps 0.03 -> 0.1", "max_grad_norm 0.3 -> 1.0"]
