@@ -392,21 +392,20 @@ def train_evaluate_predict(args):
                            "training", training_args.output_dir)
             completed = False
     start_adapter = starting_adapter(args, resume_from)
-    if completed and resume_from and not (training_args.do_eval or training_args.do_predict):
+    if completed and training_args.load_best_model_at_end:  # completed: resume_from is its newest checkpoint
+        resume_from = checkpoints.best_checkpoint_of(resume_from) or resume_from
+    if completed:
         logger.info("%s holds a completed run: skipping training; %s", training_args.output_dir,
                     completed_run_plan(training_args, resume_from))
+    if completed and not (training_args.do_eval or training_args.do_predict):
         if training_args.do_train:
             check_run_settings(args, resume_from, completed)
         return {}  # nothing to load the model for
     check_settings = None
     if training_args.do_train:
         check_settings = functools.partial(check_run_settings, args, resume_from, completed)
-    if completed and resume_from and training_args.load_best_model_at_end:
-        resume_from = checkpoints.best_checkpoint_of(resume_from) or resume_from
     trainer, tokenizer, eval_dataset = setup_trainer(args, resume_from, start_adapter, check_settings)
-    if completed and resume_from:
-        logger.info("%s holds a completed run: skipping training; %s", training_args.output_dir,
-                    completed_run_plan(training_args, resume_from))
+    if completed:
         # Its metrics are those of the checkpoint evaluated (epoch, step), not of a fresh state at 0.
         trainer.state = TrainerState.load_from_json(os.path.join(resume_from, checkpoints.TRAINER_STATE_FILE))
 
