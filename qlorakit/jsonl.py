@@ -3,6 +3,7 @@ file (atomic rename) or half a row (append, flush, fsync), with the permissions 
 Torch-free: the judge side uses it too.
 """
 
+import argparse
 import json
 import logging
 import os
@@ -55,6 +56,14 @@ def read_json_object(path):
         raise InputError(f"{path}: invalid JSON ({err})") from None
     if not isinstance(value, dict):
         raise InputError(f"{path}: {JSON_KINDS[type(value)]}, not a JSON object")
+    return value
+
+
+def appended_file(value):
+    """argparse type of an output file a command appends rows to: a folder there is a usage error
+    (one line), before anything is loaded."""
+    if os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value} is a folder: name the JSONL file to write in it")
     return value
 
 

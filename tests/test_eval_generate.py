@@ -2,6 +2,7 @@
 qlorakit, batched sampling, rows in the reference's generation format, resume."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,18 @@ def test_answers_of_other_settings_are_never_mixed_into_one_file(tiny_model, ran
         assert line.startswith(f"error: {out} holds 3 answers generated with other settings ({change})")
     assert len(out.read_text().splitlines()) == 3
     assert run_in_process(generate, flags).returncode == 0  # the same settings go on
+
+
+@pytest.mark.parametrize("command", ["generate", "qa_baseline"])
+def test_an_output_that_is_a_folder_is_refused_before_loading(command, tmp_path, run_in_process):
+    from judgekit.commands import qa_baseline
+    from qlorakit.cli import generate
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "text": "Hi?", "category": "generic"}) + "\n")
+    module, flags = {"generate": (generate, ["--model_name_or_path", str(tmp_path / "no-model")]),
+                     "qa_baseline": (qa_baseline, [])}[command]
+    result = run_in_process(module, [*flags, "-q", str(questions), "-o", str(tmp_path)])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(f"{tmp_path} is a folder: name the JSONL file to write in it")
+    assert sorted(os.listdir(tmp_path)) == ["questions.jsonl"]

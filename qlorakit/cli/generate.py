@@ -36,7 +36,7 @@ from qlorakit.chat_format import add_tools_argument, template_choice
 from qlorakit.errors import InputError, run_main
 from qlorakit.generation import (add_generation_arguments, check_generation_arguments, generation_settings,
                                  inference_generation_config, reply_text)
-from qlorakit.jsonl import JsonlAppender, load_done_keys, read_json_object, write_json_atomic
+from qlorakit.jsonl import JsonlAppender, appended_file, load_done_keys, read_json_object, write_json_atomic
 from qlorakit.run_settings import changed_settings
 from qlorakit.questions import load_questions
 from qlorakit.trained_template import inference_template
@@ -61,7 +61,7 @@ def parse_args(argv):
     parser.add_argument("--model_name_or_path", "--model", dest="model_name_or_path", required=True)
     add_adapter_argument(parser, absent="none: the base alone")
     parser.add_argument("-q", "--question-file", required=True)
-    parser.add_argument("-o", "--output", required=True, help="generations file (JSONL, appended)")
+    parser.add_argument("-o", "--output", required=True, type=appended_file, help="generations file (JSONL, appended)")
     parser.add_argument("--prompt-format", type=prompt_format,
                         help="guanaco, tokenizer (the tokenizer's own template) or a .jinja file (default: the "
                              "adapter's training template, else guanaco)")

@@ -17,7 +17,7 @@ import uuid
 from judgekit import cli, client
 from qlorakit import run_lock
 from qlorakit.errors import run_main
-from qlorakit.jsonl import load_done_keys
+from qlorakit.jsonl import appended_file, load_done_keys
 from qlorakit.questions import load_questions
 
 logger = logging.getLogger("qa_baseline_gpt")
@@ -32,7 +32,7 @@ SYSTEM_PROMPT = "You are an assistant. Answer the user's request clearly, correc
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-q", "--question", "--question-file", dest="question", required=True)
-    parser.add_argument("-o", "--output", required=True, help="answers file (JSONL, appended)")
+    parser.add_argument("-o", "--output", required=True, type=appended_file, help="answers file (JSONL, appended)")
     parser.add_argument("-m", "--model", default="gpt-3.5-turbo")
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=0.7)
