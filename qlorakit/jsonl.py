@@ -89,18 +89,26 @@ def give_default_modes(root):
 
     Temporary files and folders (tempfile, and safetensors 0.8 for every tensor file it writes) are
     created owner-only and keep that mode when renamed into place: adapters, checkpoints and merged
-    models would be unreadable by the group and by a serving process running as another user.
+    models would be unreadable by the group and by a serving process running as another user. A file
+    system that refuses modes (some FUSE mounts) leaves them as they are: a save never fails for it.
     """
     file_mode, folder_mode = default_modes()
     if not os.path.isdir(root):
-        os.chmod(root, file_mode)
+        set_mode(root, file_mode)
         return
     for folder, _, names in os.walk(root):
-        os.chmod(folder, folder_mode)
+        set_mode(folder, folder_mode)
         for name in names:
             path = os.path.join(folder, name)
             if not os.path.islink(path):
-                os.chmod(path, file_mode)
+                set_mode(path, file_mode)
+
+
+def set_mode(path_or_descriptor, mode):
+    try:
+        os.chmod(path_or_descriptor, mode)
+    except OSError:
+        pass  # permissions are a convenience here; the data is written either way
 
 
 def fsync_directory(path):
@@ -117,7 +125,7 @@ def write_text_atomic(path, text):
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
-        os.fchmod(handle, default_modes()[0])
+        set_mode(handle, default_modes()[0])
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()

@@ -78,3 +78,15 @@ def test_checkpoints_final_adapter_and_merged_model_follow_the_umask(umask, tiny
     merge_adapter(tiny_model_dir, str(output_dir / "adapter_model"), str(merged), dtype="float32")
     assert (merged / "model.safetensors").is_file()
     assert wrong_modes(str(merged)) == {}
+
+
+def test_a_file_system_that_refuses_modes_never_fails_a_save(tmp_path, monkeypatch):
+    def refuse(path, mode):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "a.safetensors").write_text("x")
+    give_default_modes(str(tmp_path / "saved"))
+    write_json_atomic(tmp_path / "record.json", {"a": 1})
+    assert (tmp_path / "record.json").read_text().strip().startswith("{")
