@@ -56,35 +56,45 @@ def warn_if_other_base(adapter, model_name_or_path, config):
                        reason)
 
 
-def load_base_for_inference(model_name_or_path, loading, trust_remote_code=False, adapter=None):
+def load_inference_tokenizer(model_name_or_path, adapter=None, trust_remote_code=False, config=None):
+    """The left-padding tokenizer inference prompts with: an adapter that trains added tokens brings
+    the tokenizer that holds them, else the base's. The commands load it first, so that a prompt
+    template or --tools it cannot take is refused before the weights load."""
+    kwargs = {"trust_remote_code": trust_remote_code}
+    tokenizer = adapter_tokenizer(adapter, read_adapter_config(adapter), padding_side="left", **kwargs) if adapter else None
+    config = config or load_model_config(model_name_or_path, **kwargs)
+    return tokenizer or load_tokenizer(model_name_or_path, padding_side="left", config=config, **kwargs)
+
+
+def load_base_for_inference(model_name_or_path, loading, trust_remote_code=False, adapter=None, tokenizer=None):
     """(base model, left-padding tokenizer) loaded as `loading` says, embeddings resized to the tokenizer.
-    adapter: the adapter that will go on it, to warn first when this base is not the one it was trained on."""
+    adapter: the adapter that will go on it, to warn first when this base is not the one it was trained on.
+    tokenizer: load_inference_tokenizer's, when the caller loaded it already."""
     kwargs = {"trust_remote_code": trust_remote_code}
     config = load_model_config(model_name_or_path, **kwargs)
     task = model_task(config, model_name_or_path)
     check_model_weights(model_name_or_path)
     if adapter:
         warn_if_other_base(adapter, model_name_or_path, config)
-    # An adapter that trains added tokens brings the tokenizer that holds them.
-    tokenizer = adapter_tokenizer(adapter, read_adapter_config(adapter), padding_side="left", **kwargs) if adapter else None
-    tokenizer = tokenizer or load_tokenizer(model_name_or_path, padding_side="left", config=config, **kwargs)
+    tokenizer = tokenizer or load_inference_tokenizer(model_name_or_path, adapter, trust_remote_code, config)
     dtype = torch.float32 if loading.bits == 32 else getattr(torch, loading.compute_dtype)
     model = load_base_weights(model_name_or_path, task, loading, dtype, device_map=resolve_device_map()[0], **kwargs)
     resize_embeddings_for(tokenizer, model)
     return model, tokenizer
 
 
-def load_for_inference(model_name_or_path, adapter=None, trust_remote_code=False, **overrides):
+def load_for_inference(model_name_or_path, adapter=None, trust_remote_code=False, tokenizer=None, **overrides):
     """A base model with an optional trained adapter, ready to generate.
 
     The base is loaded as the adapter's base_loading.json says (the base it was trained against);
     overrides (BaseLoading fields by name, e.g. bits=16 or base_loading.loading_overrides of a
     command line) override it. Without the file (adapters saved before it existed, or no
     adapter) the default is 4-bit NF4 with double quantization and bf16 compute. The tokenizer
-    pads on the left so that batched generation continues every prompt from its last real token.
+    (load_inference_tokenizer's, or the one given) pads on the left so that batched generation
+    continues every prompt from its last real token.
     """
     loading, saved = inference_loading(adapter, **overrides)
-    model, tokenizer = load_base_for_inference(model_name_or_path, loading, trust_remote_code, adapter)
+    model, tokenizer = load_base_for_inference(model_name_or_path, loading, trust_remote_code, adapter, tokenizer)
     if saved:
         note_other_model_class(adapter, saved.model_class, model, model_name_or_path)
     if adapter:

@@ -99,3 +99,21 @@ def test_the_refusal_names_the_tokenizers_named_tool_template(tokenizer):
             inference_template(None, tokenizer, None, "--chat_template", tools=TOOLS)
     finally:
         tokenizer.chat_template = saved
+
+
+@pytest.mark.parametrize("command", [guanaco_generate, chat, generate])
+def test_tools_a_template_cannot_take_are_refused_before_the_weights_load(command, tiny_model_dir, tools_file,
+                                                                         tmp_path, run_in_process, monkeypatch):
+    from qlorakit import inference_model
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(inference_model, "load_base_weights", no_weights)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "text": "Hi?", "category": "generic"}) + "\n")
+    flags = {generate: ["-q", str(questions), "-o", str(tmp_path / "answers.jsonl"), "--prompt-format", "guanaco"],
+             guanaco_generate: ["--question", "Hi?"], chat: ["--chat_template", "guanaco"]}[command]
+    result = run_in_process(command, ["--model_name_or_path", tiny_model_dir, "--tools", tools_file, *flags])
+    assert result.returncode == 2
+    assert "the chat template has no tool layout" in result.stderr.strip().splitlines()[-1]

@@ -169,11 +169,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from qlorakit.inference_model import load_for_inference  # heavy: after the flags are known to be good
+    from qlorakit.inference_model import load_for_inference, load_inference_tokenizer  # heavy: after the flags
 
     torch.manual_seed(args.seed)
-    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
+    tokenizer = load_inference_tokenizer(args.model_name_or_path, args.adapter)
     _, template = inference_template(args.chat_template, tokenizer, args.adapter, "--chat_template", tools=args.tools)
+    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, tokenizer=tokenizer,
+                                          **loading_overrides(args))
     try:
         chat(model, tokenizer, template, args)
     except KeyboardInterrupt:

@@ -169,12 +169,14 @@ def answer_missing(args, questions):
     import torch
     from tqdm import tqdm
 
-    from qlorakit.inference_model import load_for_inference
+    from qlorakit.inference_model import load_for_inference, load_inference_tokenizer
 
-    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter,
-                                          trust_remote_code=args.trust_remote_code, **loading_overrides(args))
+    tokenizer = load_inference_tokenizer(args.model_name_or_path, args.adapter, args.trust_remote_code)
     prompt_name, template = inference_template(args.prompt_format, tokenizer, args.adapter, "--prompt-format",
                                                default="guanaco", tools=args.tools)
+    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter,
+                                          trust_remote_code=args.trust_remote_code, tokenizer=tokenizer,
+                                          **loading_overrides(args))
     generation_config = inference_generation_config(args, tokenizer, template)
     torch.manual_seed(args.seed)
     with JsonlAppender(args.output) as writer, tqdm(total=len(todo), desc="generating") as bar:

@@ -20,7 +20,7 @@ from qlorakit.chat_format import add_tools_argument, template_choice
 from qlorakit.errors import run_main
 from qlorakit.generation import (add_generation_arguments, check_generation_arguments, inference_generation_config,
                                  reply_text)
-from qlorakit.inference_model import load_for_inference
+from qlorakit.inference_model import load_for_inference, load_inference_tokenizer
 from qlorakit.trained_template import inference_template
 
 
@@ -61,9 +61,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, **loading_overrides(args))
+    tokenizer = load_inference_tokenizer(args.model_name_or_path, args.adapter)
     _, template = inference_template(args.chat_template, tokenizer, args.adapter, "--chat_template", default="guanaco",
                                      tools=args.tools)
+    model, tokenizer = load_for_inference(args.model_name_or_path, adapter=args.adapter, tokenizer=tokenizer,
+                                          **loading_overrides(args))
     generation_config = inference_generation_config(args, tokenizer, template)
     prompt = build_question_prompt(tokenizer, template, args.question, args.tools)
     print(f"{prompt}{generate_answer(model, tokenizer, prompt, generation_config, args.seed)}")
