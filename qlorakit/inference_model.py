@@ -61,6 +61,8 @@ def load_inference_tokenizer(model_name_or_path, adapter=None, trust_remote_code
     the tokenizer that holds them, else the base's. The commands load it first, so that a prompt
     template or --tools it cannot take is refused before the weights load."""
     kwargs = {"trust_remote_code": trust_remote_code}
+    if adapter:
+        check_adapter(adapter)
     tokenizer = adapter_tokenizer(adapter, read_adapter_config(adapter), padding_side="left", **kwargs) if adapter else None
     config = config or load_model_config(model_name_or_path, **kwargs)
     return tokenizer or load_tokenizer(model_name_or_path, padding_side="left", config=config, **kwargs)
