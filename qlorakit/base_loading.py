@@ -9,7 +9,6 @@ Light on purpose (no torch import), so that command lines can parse their flags 
 heavy loads.
 """
 
-import argparse  # noqa: F401 (the doctests build configs as Namespaces)
 import dataclasses
 import glob
 import json
@@ -194,6 +193,7 @@ def base_aliases(model_name_or_path):
 def config_fields(config):
     """The IDENTITY_FIELDS a model config (a transformers config object) has, as a dict.
 
+    >>> import argparse
     >>> config_fields(argparse.Namespace(model_type="llama", hidden_size=4096, vocab_size=None))
     {'model_type': 'llama', 'hidden_size': 4096}
     """

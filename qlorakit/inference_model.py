@@ -64,8 +64,10 @@ def load_inference_tokenizer(model_name_or_path, adapter=None, trust_remote_code
     if adapter:
         check_adapter(adapter)
     tokenizer = adapter_tokenizer(adapter, read_adapter_config(adapter), padding_side="left", **kwargs) if adapter else None
+    if tokenizer is not None:
+        return tokenizer
     config = config or load_model_config(model_name_or_path, **kwargs)
-    return tokenizer or load_tokenizer(model_name_or_path, padding_side="left", config=config, **kwargs)
+    return load_tokenizer(model_name_or_path, padding_side="left", config=config, **kwargs)
 
 
 def load_base_for_inference(model_name_or_path, loading, trust_remote_code=False, adapter=None, tokenizer=None):

@@ -93,11 +93,12 @@ def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, recor
                               args.training.activation_checkpointing_kwargs)
     targets = lora_target_modules(model, lora_args.lora_modules)
     if adapter_dir:
-        conflicts = lora_conflicts(read_adapter_config(adapter_dir), lora_args, targets, compared_flags)
+        adapter_config = read_adapter_config(adapter_dir)
+        conflicts = lora_conflicts(adapter_config, lora_args, targets, compared_flags)
         if conflicts:
             logger.warning("%s was trained with %s; using the saved adapter's settings, these flags are ignored",
                            adapter_dir, ", ".join(conflicts))
-        check_adapter_tokens(adapter_dir, tokenizer, new_token_ids)
+        check_adapter_tokens(adapter_dir, adapter_config, tokenizer, new_token_ids)
         model = load_adapter(model, adapter_dir, is_trainable=True, autocast_adapter_dtype=False)
     else:
         token_layers = (trainable_token_layers(model, new_token_ids, lora_args.new_tokens_in_head, targets)
@@ -113,10 +114,10 @@ def attach_lora(model, args, task=CAUSAL, sharded=False, adapter_dir=None, recor
     return model
 
 
-def check_adapter_tokens(adapter_dir, tokenizer, new_token_ids):
+def check_adapter_tokens(adapter_dir, adapter_config, tokenizer, new_token_ids):
     """An adapter that trains the rows of added tokens goes on only with the same tokens at the same
-    ids (rows of other tokens would be read as its own), and one without them cannot take new ones."""
-    adapter_config = read_adapter_config(adapter_dir)
+    ids (rows of other tokens would be read as its own), and one without them cannot take new ones.
+    adapter_config: the adapter's peft config (lora.read_adapter_config)."""
     saved_ids, new_token_ids = trained_token_ids(adapter_config), sorted(new_token_ids)
     if not saved_ids and not new_token_ids:
         return

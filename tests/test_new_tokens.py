@@ -216,17 +216,18 @@ class TestMismatchedTokens:
             load_adapter(model, adapter_of(run_dir))
 
     def test_continuing_needs_the_same_tokens(self, tiny_model_dir, run_dir):
-        tokenizer = load_tokenizer(tiny_model_dir)
+        tokenizer, config = load_tokenizer(tiny_model_dir), read_adapter_config(adapter_of(run_dir))
         with pytest.raises(ModelError, match=r"was trained with --new_tokens <\|calc\|>,<\|end_calc\|>; this run "
                                              r"has none"):
-            check_adapter_tokens(adapter_of(run_dir), tokenizer, [])
+            check_adapter_tokens(adapter_of(run_dir), config, tokenizer, [])
         other = add_new_tokens(tokenizer, ["<|calc_start|>", "<|calc_stop|>"])  # same ids, other tokens
         with pytest.raises(ModelError, match=r"this run has --new_tokens <\|calc_start\|>,<\|calc_stop\|>"):
-            check_adapter_tokens(adapter_of(run_dir), tokenizer, other)
+            check_adapter_tokens(adapter_of(run_dir), config, tokenizer, other)
 
     def test_an_adapter_without_token_rows_takes_no_new_tokens(self, tiny_model_dir, random_adapter_dir):
         tokenizer = load_tokenizer(tiny_model_dir)
         ids = add_new_tokens(tokenizer, MARKERS)
+        config = read_adapter_config(random_adapter_dir)
         with pytest.raises(ModelError, match=r"was trained with no --new_tokens; this run has --new_tokens"):
-            check_adapter_tokens(random_adapter_dir, tokenizer, ids)
-        check_adapter_tokens(random_adapter_dir, load_tokenizer(tiny_model_dir), [])  # neither: nothing to say
+            check_adapter_tokens(random_adapter_dir, config, tokenizer, ids)
+        check_adapter_tokens(random_adapter_dir, config, load_tokenizer(tiny_model_dir), [])  # neither: nothing to say
