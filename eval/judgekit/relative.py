@@ -7,6 +7,7 @@ the score in each order, since the judge favours the first answer, and a 95% boo
 interval obtained by resampling questions.
 """
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -100,8 +101,4 @@ def compute_relative_scores(judgments, reference, samples=BOOTSTRAP_SAMPLES, see
 
 def other_kinds(judgments):
     """``{kind: count}`` of the verdicts that are not 10-point score pairs, which relative scores skip."""
-    counts = {}
-    for judgment in judgments:
-        if judgment.verdict != SCORES:
-            counts[judgment.verdict] = counts.get(judgment.verdict, 0) + 1
-    return counts
+    return dict(collections.Counter(judgment.verdict for judgment in judgments if judgment.verdict != SCORES))
