@@ -99,8 +99,9 @@ def settings_path(output):
 
 
 def check_answer_settings(output, settings, answered):
-    """Answers already in `output` (answered of them) must come from the same settings as the ones
-    to add; a new output records them. A file from before the record existed goes on, with a warning."""
+    """The answers already in `output` (`answered`: how many, for any question) must come from the
+    same settings as the ones to add; a new output records them. A file from before the record
+    existed goes on, with a warning."""
     path = settings_path(output)
     if not answered:
         write_json_atomic(path, settings)
@@ -161,7 +162,7 @@ def answer_missing(args, questions):
     """Generate the answers `args.output` does not hold yet and append them."""
     done = load_done_keys(args.output, lambda row: str(row.get("question_id")))
     todo = [q for q in questions if str(q.question_id) not in done]
-    check_answer_settings(args.output, answer_settings(args), len(questions) - len(todo))
+    check_answer_settings(args.output, answer_settings(args), len(done))
     logger.info("%s: %d questions, %d to answer", args.output, len(questions), len(todo))
     if not todo:
         return 0
